@@ -1,0 +1,100 @@
+"""Graph operations on batched point clouds in plain torch (no compiled extensions).
+
+* :func:`knn` — k nearest neighbours, chunked so memory is O(B·chunk·N), never O(N²) for large N.
+* :func:`random_order` / :func:`fps_order` — point orders whose prefixes are the downsampled sets
+  (random sampling, farthest-point sampling). Every layer of a network takes a prefix of one order,
+  so downsampling uses identical indices for a cloud and its rotated copy.
+* :func:`estimate_normals` — PCA normals oriented away from the centroid (O(3)-equivariant).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Keep one chunk's distance matrix at or below this many entries (per cloud in the batch).
+_KNN_CHUNK_ENTRIES = 1 << 21
+
+
+def knn(query: torch.Tensor, keys: torch.Tensor, k: int, chunk: int | None = None) -> torch.Tensor:
+    """Indices (B, M, k) of the k nearest ``keys`` (B, N, 3) for each ``query`` point (B, M, 3).
+
+    Neighbours are sorted by distance (nearest first). A query point that is also a key finds
+    itself first. Computed in chunks of query points so peak memory is B·chunk·N.
+    """
+    if query.dim() != 3 or keys.dim() != 3 or query.shape[-1] != 3 or keys.shape[-1] != 3:
+        raise ValueError(f"knn expects (B, M, 3) and (B, N, 3), got {tuple(query.shape)} and {tuple(keys.shape)}")
+    b, m, _ = query.shape
+    n = keys.shape[1]
+    if k > n:
+        raise ValueError(f"k={k} neighbours requested but the cloud has only {n} points")
+    if chunk is None:
+        chunk = max(1, min(m, _KNN_CHUNK_ENTRIES // max(n, 1)))
+    out = torch.empty(b, m, k, dtype=torch.long, device=query.device)
+    kk = (keys * keys).sum(-1)  # (B, N)
+    for s in range(0, m, chunk):
+        q = query[:, s : s + chunk]
+        # squared distances via |q|^2 - 2 q.k + |k|^2 (exact enough; ties broken by index order)
+        d = (q * q).sum(-1, keepdim=True) - 2.0 * torch.bmm(q, keys.transpose(1, 2)) + kk[:, None, :]
+        out[:, s : s + chunk] = d.topk(k, dim=-1, largest=False, sorted=True).indices
+    return out
+
+
+def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Batched gather: x (B, N, C), idx (B, M, k) -> (B, M, k, C)."""
+    b, m, k = idx.shape
+    flat = idx.reshape(b, m * k, 1).expand(-1, -1, x.shape[-1])
+    return torch.gather(x, 1, flat).reshape(b, m, k, x.shape[-1])
+
+
+def random_order(b: int, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """A random permutation of n points per cloud (B, N): its prefixes are uniform random subsets."""
+    return torch.rand(b, n, generator=generator, device=device).argsort(dim=1)
+
+
+def fps_order(pos: torch.Tensor, m: int | None = None) -> torch.Tensor:
+    """Farthest-point-sampling order (B, m) of pos (B, N, 3); prefixes are FPS subsets.
+
+    Starts from the point farthest from the centroid, so the order is equivariant to isometries
+    fixing the centroid (up to exact ties).
+    """
+    b, n, _ = pos.shape
+    m = n if m is None else m
+    centred = pos - pos.mean(1, keepdim=True)
+    cur = centred.pow(2).sum(-1).argmax(1)  # (B,)
+    order = torch.empty(b, m, dtype=torch.long, device=pos.device)
+    dist = torch.full((b, n), float("inf"), dtype=pos.dtype, device=pos.device)
+    ar = torch.arange(b, device=pos.device)
+    for i in range(m):
+        order[:, i] = cur
+        d = (pos - pos[ar, cur][:, None]).pow(2).sum(-1)
+        dist = torch.minimum(dist, d)
+        cur = dist.argmax(1)
+    return order
+
+
+def take(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Reorder points: x (B, N, C), order (B, M) -> (B, M, C)."""
+    return torch.gather(x, 1, order[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def estimate_normals(pos: torch.Tensor, k: int = 16) -> torch.Tensor:
+    """Unit normals (B, N, 3) by PCA over k neighbours, oriented away from the centroid.
+
+    The smallest-eigenvalue eigenvector of the local covariance is equivariant to O(3) up to sign;
+    orienting it to point away from the cloud centroid fixes the sign equivariantly.
+    """
+    squeeze = pos.dim() == 2
+    if squeeze:
+        pos = pos[None]
+    k = min(k, pos.shape[1])
+    idx = knn(pos, pos, k)
+    nb = gather(pos, idx)  # (B, N, k, 3)
+    centred = nb - nb.mean(2, keepdim=True)
+    cov = centred.transpose(-1, -2) @ centred  # (B, N, 3, 3)
+    _, vecs = torch.linalg.eigh(cov.double())
+    normal = vecs[..., 0].to(pos.dtype)
+    outward = pos - pos.mean(1, keepdim=True)
+    sign = torch.where((normal * outward).sum(-1, keepdim=True) < 0, -1.0, 1.0).to(pos.dtype)
+    normal = normal * sign
+    normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return normal[0] if squeeze else normal
