@@ -1,0 +1,638 @@
+"""Datasets: the three public ModelNet layouts, a fast ``.npz`` cache, splits and augmentation.
+
+Layouts (auto-detected by :func:`detect_format`):
+
+``"h5"``
+    PointNet's ``modelnet40_ply_hdf5_2048``: ``train_files.txt`` / ``test_files.txt`` list h5 files
+    (entries such as ``data/modelnet40_ply_hdf5_2048/ply_data_train0.h5`` are resolved by file name
+    inside the dataset folder), ``shape_names.txt``; each h5 has ``data`` (S, P, 3), ``label``
+    (S, 1) and optionally ``normal`` (S, P, 3). Missing normals are estimated (PCA, outward).
+``"normal_resampled"``
+    PointNet++'s ``modelnet40_normal_resampled``: ``<class>/<class>_XXXX.txt`` rows
+    ``x,y,z,nx,ny,nz``, ``modelnet40_shape_names.txt`` and ``modelnet40_{train,test}.txt``
+    (or the ``modelnet10_*`` files) listing shape ids such as ``airplane_0001``.
+``"off"``
+    Princeton ``ModelNet40/<class>/{train,test}/*.off`` (or ``ModelNet10``); the root may be the
+    folder holding ``ModelNet40`` or that folder itself. Points and normals are sampled on the
+    mesh surfaces (seeded).
+
+Up axis: the Princeton OFF meshes are z-up, while the PointNet h5 and PointNet++ normal_resampled
+releases are y-up. ``up_axis="y"`` converts y-up data to z-up with the proper rotation
+``(x, y, z) -> (x, -z, y)`` (+90 degrees about x, det +1), applied to points and normals, so that
+``rotate="z"`` augmentation really rotates about the gravity axis.
+
+:func:`prepare` converts a layout once into a cache ``.npz`` (see its docstring for the format);
+:func:`load_dataset` loads a cache or a dataset folder (preparing the cache on first use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import PcsymError, atomic_writer
+from .meshes import normalize, read_geometry, read_point_table, sample_surface
+
+FORMATS = ("h5", "normal_resampled", "off")
+UP_AXES = ("y", "z")
+ROTATIONS = ("none", "z", "so3")
+CACHE_VERSION = 1
+#: At least this many points per shape are cached (when available) so training can resample.
+MIN_CACHED_POINTS = 2048
+_NORMAL_BATCH = 64
+_CACHE_KEYS = ("points", "normals", "labels", "class_names", "split", "source_format", "up_axis", "cache_version")
+
+# (x, y, z) -> (x, -z, y): takes +y to +z; rotation by +90 degrees about x.
+Y_UP_TO_Z_UP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float32)
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``; stage is ``"read"`` (shapes read) or ``"normals"`` (shapes
+whose normals were estimated)."""
+
+
+@dataclass
+class PointCloudData:
+    """A whole dataset in memory (numpy arrays, one row per shape).
+
+    ``points`` / ``normals`` float32 (S, P, 3), ``labels`` int64 (S,), ``class_names`` str (C,),
+    ``split`` str (S,) with ``"train"`` / ``"test"``.
+    """
+
+    points: np.ndarray
+    normals: np.ndarray
+    labels: np.ndarray
+    class_names: np.ndarray
+    split: np.ndarray
+    source_format: str = ""
+    up_axis: str = "z"
+    path: Path | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def indices(self, split: str) -> np.ndarray:
+        """Indices of the shapes in ``split`` (``"train"`` or ``"test"``)."""
+        return np.flatnonzero(self.split == split)
+
+
+# --------------------------------------------------------------------------------------------
+# layout detection and sources
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Shape:
+    points: np.ndarray  # (P, 3)
+    normals: np.ndarray | None  # (P, 3) or None -> estimated
+    label: int
+    split: str
+
+
+@dataclass
+class _Source:
+    """A dataset layout: class names, number of shapes and an iterator over them."""
+
+    root: Path
+    class_names: list[str]
+    total: int
+    shapes: Callable[[], Iterator[_Shape]]
+    #: most points any shape can provide (None: unlimited, the shapes are sampled on meshes)
+    max_points: int | None = None
+    #: sample this many points on meshes (set by prepare)
+    sample_points: int = MIN_CACHED_POINTS
+    seed: int = 0
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PcsymError(f"cannot read list file: {exc}", path=path) from None
+
+
+def _first_existing(root: Path, names: tuple[str, ...]) -> Path | None:
+    return next((root / n for n in names if (root / n).is_file()), None)
+
+
+def _off_root(root: Path) -> Path | None:
+    """The folder whose sub-folders are classes with train/test OFF files, if any."""
+    for cand in (root / "ModelNet40", root / "ModelNet10", root):
+        if cand.is_dir() and any(
+            (d / s).is_dir() and any((d / s).glob("*.off")) for d in cand.iterdir() if d.is_dir() for s in ("train", "test")
+        ):
+            return cand
+    return None
+
+
+_NR_LISTS = {
+    "train": ("modelnet40_train.txt", "modelnet10_train.txt"),
+    "test": ("modelnet40_test.txt", "modelnet10_test.txt"),
+}
+_NR_NAMES = ("modelnet40_shape_names.txt", "modelnet10_shape_names.txt", "shape_names.txt")
+
+
+def _detect(root: Path) -> str | None:
+    if (root / "train_files.txt").is_file() or (root / "test_files.txt").is_file():
+        return "h5"
+    if any(_first_existing(root, names) for names in _NR_LISTS.values()):
+        return "normal_resampled"
+    if _off_root(root) is not None:
+        return "off"
+    return None
+
+
+def detect_format(root: str | os.PathLike) -> str:
+    """Which layout ``root`` holds: ``"h5"``, ``"normal_resampled"`` or ``"off"``."""
+    root = Path(root)
+    if not root.exists():
+        raise PcsymError("no such dataset directory", path=root)
+    if not root.is_dir():
+        raise PcsymError("not a directory (expected a dataset folder or a .npz cache)", path=root)
+    fmt = _detect(root)
+    if fmt is None:
+        hint = sorted(d.name for d in root.iterdir() if d.is_dir() and _detect(d))
+        raise PcsymError(
+            f"no known dataset layout in {root}: expected one of h5 (train_files.txt/test_files.txt + *.h5), "
+            "normal_resampled (modelnet40_train.txt/modelnet40_test.txt + <class>/*.txt), "
+            "off (ModelNet40/<class>/{train,test}/*.off)" + (f"; did you mean {', '.join(hint)}?" if hint else "")
+        )
+    return fmt
+
+
+def _h5_source(root: Path) -> _Source:
+    import h5py
+
+    names_file = root / "shape_names.txt"
+    if not names_file.is_file():
+        raise PcsymError("h5 dataset without shape_names.txt", path=root)
+    class_names = _read_lines(names_file)
+    files: list[tuple[Path, str]] = []
+    for split in ("train", "test"):
+        listing = root / f"{split}_files.txt"
+        if listing.is_file():
+            for entry in _read_lines(listing):
+                h5 = root / Path(entry.replace("\\", "/")).name
+                if not h5.is_file():
+                    raise PcsymError(f"{listing.name} lists {entry!r}, but {h5.name} is not in the dataset folder", path=root)
+                files.append((h5, split))
+    counts, max_points = [], None
+    for h5, _ in files:
+        try:
+            with h5py.File(h5, "r") as f:
+                s, p, c = f["data"].shape
+                if c != 3 or f["label"].shape[0] != s:
+                    raise ValueError(f"data {f['data'].shape} / label {f['label'].shape} shapes do not match")
+                counts.append(s)
+                max_points = p if max_points is None else min(max_points, p)
+        except (OSError, KeyError, ValueError) as exc:
+            raise PcsymError(f"not a ModelNet h5 file: {exc}", path=h5) from None
+
+    def shapes() -> Iterator[_Shape]:
+        for h5, split in files:
+            with h5py.File(h5, "r") as f:
+                data = f["data"][:]
+                labels = f["label"][:].reshape(-1).astype(np.int64)
+                normals = f["normal"][:] if "normal" in f else None
+            for i in range(len(data)):
+                yield _Shape(data[i], None if normals is None else normals[i], int(labels[i]), split)
+
+    return _Source(root, class_names, sum(counts), shapes, max_points=max_points)
+
+
+def _normal_resampled_source(root: Path) -> _Source:
+    names_file = _first_existing(root, _NR_NAMES)
+    if names_file is None:
+        raise PcsymError(f"normal_resampled dataset without {' or '.join(_NR_NAMES)}", path=root)
+    class_names = _read_lines(names_file)
+    index = {c: i for i, c in enumerate(class_names)}
+    entries: list[tuple[Path, int, str]] = []
+    for split, candidates in _NR_LISTS.items():
+        listing = _first_existing(root, candidates)
+        for shape_id in _read_lines(listing) if listing else []:
+            cls = shape_id.rsplit("_", 1)[0]
+            if cls not in index:
+                raise PcsymError(f"{listing.name} lists {shape_id!r} of unknown class {cls!r} (not in {names_file.name})", path=root)
+            txt = root / cls / f"{shape_id}.txt"
+            if not txt.is_file():
+                raise PcsymError(f"{listing.name} lists {shape_id!r}, but {cls}/{shape_id}.txt is missing", path=root)
+            entries.append((txt, index[cls], split))
+
+    def shapes() -> Iterator[_Shape]:
+        for txt, label, split in entries:
+            table = read_point_table(txt)
+            if table.shape[1] < 3 or not np.isfinite(table).all():
+                raise PcsymError(f"expected finite rows x,y,z[,nx,ny,nz], got {table.shape[1]} columns or NaN/inf", path=txt)
+            yield _Shape(table[:, :3], table[:, 3:6] if table.shape[1] >= 6 else None, label, split)
+
+    # every file of the release has the same number of rows; take the first file's as the limit
+    max_points = len(read_point_table(entries[0][0])) if entries else None
+    return _Source(root, class_names, len(entries), shapes, max_points=max_points)
+
+
+def _off_source(root: Path) -> _Source:
+    base = _off_root(root)
+    class_names = sorted(d.name for d in base.iterdir() if d.is_dir() and any((d / s).is_dir() for s in ("train", "test")))
+    entries = [
+        (off, label, split)
+        for label, cls in enumerate(class_names)
+        for split in ("train", "test")
+        for off in sorted((base / cls / split).glob("*.off"))
+    ]
+
+    def shapes() -> Iterator[_Shape]:
+        for i, (off, label, split) in enumerate(entries):
+            geom = read_geometry(off)
+            if not geom.is_mesh:
+                raise PcsymError("OFF file without faces; cannot sample a surface", path=off)
+            rng = np.random.default_rng([source.seed, i])
+            pts, nrm = sample_surface(geom.vertices, geom.faces, source.sample_points, rng)
+            yield _Shape(pts, nrm, label, split)
+
+    source = _Source(root, class_names, len(entries), shapes)
+    return source
+
+
+_SOURCES = {"h5": _h5_source, "normal_resampled": _normal_resampled_source, "off": _off_source}
+
+
+# --------------------------------------------------------------------------------------------
+# prepare / cache
+# --------------------------------------------------------------------------------------------
+
+
+def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise PcsymError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
+def _user_cache_dir() -> Path:
+    env = os.environ.get("PCSYM_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pcsym"
+
+
+def cache_paths(src: str | os.PathLike, fmt: str, points: int, up_axis: str) -> list[Path]:
+    """Candidate cache files for a dataset folder, preferred first: inside ``src`` (when it is
+    writable), then the user cache (``$PCSYM_CACHE_DIR``, else ``$XDG_CACHE_HOME/pcsym``, else
+    ``~/.cache/pcsym``) keyed by a hash of the absolute path."""
+    src = Path(src).resolve()
+    key = f"{fmt}_{points}_{up_axis}.npz"
+    digest = hashlib.sha256(str(src).encode()).hexdigest()[:16]
+    user = _user_cache_dir() / f"{digest}_{key}"
+    return [src / f".pcsym_cache_{key}", user] if _writable_dir(src) else [user]
+
+
+def _writable_dir(path: Path) -> bool:
+    """Writable by us *and* not marked read-only (root passes os.access on read-only folders)."""
+    try:
+        return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
+def prepare(
+    src: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    points: int = 1024,
+    up_axis: str = "z",
+    fmt: str | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> Path:
+    """Convert a dataset folder into a cache ``.npz`` and return its path.
+
+    Cache format (``np.savez``, no pickles; load with ``allow_pickle=False``):
+
+    ==================  ==========================================================================
+    ``points``          float32 (S, P, 3), each cloud centred at its centroid, max norm 1, z-up
+    ``normals``         float32 (S, P, 3), unit; given by the source or estimated (PCA, outward)
+    ``labels``          int64 (S,), index into ``class_names``
+    ``class_names``     str (C,), the dataset's class list (line index = label)
+    ``split``           str (S,), ``"train"`` / ``"test"`` (the official split)
+    ``source_format``   str scalar, ``"h5"`` / ``"normal_resampled"`` / ``"off"``
+    ``up_axis``         str scalar, the source up axis that was rotated to z (``"y"``) or ``"z"``
+    ``points_per_shape`` int scalar, P
+    ``cache_version``   int scalar
+    ==================  ==========================================================================
+
+    P = min(available, max(points, 2048)) so training can draw a fresh subset each epoch. When a
+    shape has more points than P a seeded random subset (in random order) is kept; when every point
+    is kept the source order is preserved (the h5 release is already in random order). A shape with
+    fewer points than P (rare) is padded by resampling its points with replacement.
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise PcsymError("no such dataset directory" if not src.exists() else "not a dataset directory", path=src)
+    fmt = detect_format(src) if fmt is None else _check_choice(fmt, FORMATS, "dataset format")
+    _check_choice(up_axis, UP_AXES, "up axis")
+    if points < 1:
+        raise PcsymError(f"--points must be positive, got {points}")
+    source = _SOURCES[fmt](src)
+    if source.total == 0:
+        raise PcsymError(f"the {fmt} dataset lists no shapes", path=src)
+    keep = max(points, MIN_CACHED_POINTS)
+    if source.max_points is not None:
+        keep = min(keep, source.max_points)
+    source.sample_points, source.seed = keep, seed
+    arrays = _build_arrays(source, keep, up_axis, seed, progress)
+    arrays.update(source_format=np.array(fmt), up_axis=np.array(up_axis))
+    targets = [Path(out)] if out is not None else cache_paths(src, fmt, points, up_axis)
+    for i, target in enumerate(targets):
+        try:
+            _write_npz(target, arrays)
+            return target
+        except OSError as exc:
+            if i == len(targets) - 1:
+                raise PcsymError(f"cannot write dataset cache: {exc.strerror or exc}", path=target) from None
+    raise AssertionError("unreachable")
+
+
+def _build_arrays(source: _Source, keep: int, up_axis: str, seed: int, progress: Progress | None) -> dict:
+    total = source.total
+    points = np.empty((total, keep, 3), np.float32)
+    normals = np.empty((total, keep, 3), np.float32)
+    labels = np.empty(total, np.int64)
+    split = np.empty(total, dtype="<U5")
+    missing = np.zeros(total, bool)
+    n = 0
+    for i, shape in enumerate(source.shapes()):
+        if i >= total:
+            raise PcsymError("dataset changed while reading", path=source.root)
+        rng = np.random.default_rng([seed, i])
+        m = len(shape.points)
+        if m == keep:
+            idx = slice(None)
+        else:
+            idx = rng.choice(m, keep, replace=m < keep)
+        points[i] = shape.points[idx]
+        if shape.normals is None:
+            missing[i] = True
+        else:
+            normals[i] = shape.normals[idx]
+        labels[i], split[i] = shape.label, shape.split
+        n = i + 1
+        if progress:
+            progress("read", n, total)
+    if n != total:
+        raise PcsymError(f"expected {total} shapes, read {n}", path=source.root)
+    if labels.min() < 0 or labels.max() >= len(source.class_names):
+        raise PcsymError(
+            f"labels range {labels.min()}..{labels.max()} but there are {len(source.class_names)} class names", path=source.root
+        )
+    _estimate_missing_normals(points, normals, missing, progress)
+    length = np.linalg.norm(normals, axis=-1, keepdims=True)
+    normals /= np.where(length > 0, length, 1.0)
+    points[:] = normalize(points)
+    if up_axis == "y":
+        points[:] = points @ Y_UP_TO_Z_UP.T
+        normals[:] = normals @ Y_UP_TO_Z_UP.T
+    return {
+        "points": points,
+        "normals": normals,
+        "labels": labels,
+        "class_names": np.array(source.class_names, dtype=str),
+        "split": split,
+        "points_per_shape": np.array(keep),
+        "cache_version": np.array(CACHE_VERSION),
+    }
+
+
+def _estimate_missing_normals(points: np.ndarray, normals: np.ndarray, missing: np.ndarray, progress: Progress | None) -> None:
+    """Fill ``normals[missing]`` with PCA normals, in batches (in place)."""
+    from .graph import estimate_normals
+
+    todo = np.flatnonzero(missing)
+    for s in range(0, len(todo), _NORMAL_BATCH):
+        batch = todo[s : s + _NORMAL_BATCH]
+        with torch.no_grad():
+            normals[batch] = estimate_normals(torch.from_numpy(points[batch])).numpy()
+        if progress:
+            progress("normals", min(s + _NORMAL_BATCH, len(todo)), len(todo))
+
+
+def _write_npz(target: Path, arrays: dict) -> None:
+    with atomic_writer(target) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
+
+
+def _read_cache(path: Path) -> PointCloudData:
+    """Load and validate a cache ``.npz``; raise PcsymError if it is not a valid one."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in _CACHE_KEYS if k not in z.files]
+            if missing:
+                raise PcsymError(f"not a pcsym dataset cache (missing {', '.join(missing)})", path=path)
+            if int(z["cache_version"]) != CACHE_VERSION:
+                raise PcsymError(f"dataset cache version {int(z['cache_version'])} is not {CACHE_VERSION}; prepare it again", path=path)
+            data = PointCloudData(
+                points=z["points"],
+                normals=z["normals"],
+                labels=z["labels"].astype(np.int64, copy=False),
+                class_names=z["class_names"],
+                split=z["split"],
+                source_format=str(z["source_format"]),
+                up_axis=str(z["up_axis"]),
+                path=path,
+            )
+    except PcsymError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError, EOFError ...
+        raise PcsymError(f"corrupt dataset cache: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", path=path) from None
+    s = len(data.labels)
+    ok = (
+        data.points.ndim == 3
+        and data.points.shape[0] == s
+        and data.points.shape[2] == 3
+        and data.normals.shape == data.points.shape
+        and data.split.shape == (s,)
+        and (s == 0 or (data.labels.min() >= 0 and data.labels.max() < len(data.class_names)))
+    )
+    if not ok:
+        raise PcsymError("corrupt dataset cache: array shapes or labels are inconsistent", path=path)
+    return data
+
+
+def load_dataset(
+    path: str | os.PathLike,
+    points: int = 1024,
+    up_axis: str | None = None,
+    fmt: str | None = None,
+    progress: Progress | None = None,
+) -> PointCloudData:
+    """Load a dataset from a cache ``.npz`` or a dataset folder.
+
+    A folder is prepared into a cache on first use (see :func:`prepare`) and the cache is reused
+    afterwards without touching the source files. ``up_axis`` defaults to ``"z"`` for folders; for a
+    cache it defaults to whatever the cache was prepared with, and a different explicit value is an
+    error. A stale or corrupt automatic cache is rebuilt; a corrupt ``.npz`` given directly raises.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise PcsymError("no such dataset file or directory", path=path)
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            raise PcsymError("not a dataset: expected a dataset folder or a .npz cache made by `pcsym prepare`", path=path)
+        data = _read_cache(path)
+        if up_axis is not None and _check_choice(up_axis, UP_AXES, "up axis") != data.up_axis:
+            raise PcsymError(f"cache was prepared with --up-axis {data.up_axis}, not {up_axis}; prepare it again", path=path)
+        return data
+    up_axis = _check_choice(up_axis or "z", UP_AXES, "up axis")
+    fmt = detect_format(path) if fmt is None else _check_choice(fmt, FORMATS, "dataset format")
+    for cache in cache_paths(path, fmt, points, up_axis):
+        if cache.is_file():
+            try:
+                return _read_cache(cache)
+            except PcsymError:
+                pass  # our own automatic cache: rebuild it below
+    return _read_cache(prepare(path, points=points, up_axis=up_axis, fmt=fmt, progress=progress))
+
+
+# --------------------------------------------------------------------------------------------
+# splits, rotations, torch dataset
+# --------------------------------------------------------------------------------------------
+
+
+def train_val_split(labels: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded split of ``range(len(labels))`` into sorted (train_idx, val_idx).
+
+    Each class contributes ``round(val_fraction * n_c)`` shapes to validation, at least one when
+    it has two or more shapes and ``val_fraction > 0``, and never all of them.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise PcsymError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    labels = np.asarray(labels).reshape(-1)
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(val_fraction * len(members)))
+        if val_fraction > 0 and len(members) >= 2:
+            k = max(k, 1)
+        val.append(members[: min(k, len(members) - 1)])
+    val_idx = np.sort(np.concatenate(val)) if val else np.empty(0, np.int64)
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    return train_idx.astype(np.int64), val_idx.astype(np.int64)
+
+
+def rotation_matrix(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A random rotation, float32 (3, 3): ``"z"`` uniform about the z axis, ``"so3"`` uniform
+    (Haar) on SO(3) via a normalized Gaussian quaternion, ``"none"`` the identity."""
+    _check_choice(kind, ROTATIONS, "rotation")
+    if kind == "none":
+        return np.eye(3, dtype=np.float32)
+    if kind == "z":
+        t = rng.uniform(0.0, 2.0 * np.pi)
+        c, s = np.cos(t), np.sin(t)
+        return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    q = rng.standard_normal(4)
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ],
+        dtype=np.float32,
+    )
+
+
+class PointCloudDataset(torch.utils.data.Dataset):
+    """Shapes of a :class:`PointCloudData` (optionally a subset ``indices``) as torch tensors.
+
+    ``dataset[i]`` -> ``(points (P, 3) float32, normals (P, 3) float32, label int)``.
+
+    * ``points``: P. If the stored clouds have more points, ``resample=True`` draws a fresh random
+      subset on every access, ``resample=False`` takes the first P. Fewer stored points are padded
+      by resampling with replacement.
+    * ``rotate``: ``"none"``, ``"z"`` (uniform about z) or ``"so3"`` (uniform on SO(3)); normals are
+      rotated identically.
+    * ``jitter``: sigma of Gaussian noise on positions, clipped to ``±jitter_clip``.
+    * ``scale``: ``(lo, hi)`` isotropic scale factor drawn uniformly.
+    * ``anisotropic_scale``: ``(lo, hi)`` independent per-axis factors (off by default; normals are
+      transformed by the inverse transpose and renormalized).
+    * ``point_dropout``: PointNet++'s random point dropout: each item drops a fraction
+      r ~ U[0, point_dropout] of its points, replacing them (and their normals) by the first point.
+
+    Order: subset, scale, rotate, jitter, dropout. Randomness is drawn from a generator seeded by
+    ``(seed, epoch, shape index)``, so a run is reproducible for any DataLoader worker layout;
+    call :meth:`set_epoch` at the start of each epoch to vary it.
+    """
+
+    def __init__(
+        self,
+        data: PointCloudData,
+        indices: np.ndarray | None = None,
+        points: int = 1024,
+        resample: bool = True,
+        rotate: str = "none",
+        jitter: float = 0.0,
+        jitter_clip: float = 0.05,
+        scale: tuple[float, float] | None = None,
+        anisotropic_scale: tuple[float, float] | None = None,
+        point_dropout: float = 0.0,
+        seed: int = 0,
+    ):
+        self.data = data
+        self.indices = np.arange(len(data.labels)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.points = int(points)
+        self.resample = resample
+        self.rotate = _check_choice(rotate, ROTATIONS, "rotation")
+        self.jitter, self.jitter_clip = float(jitter), float(jitter_clip)
+        self.scale = scale
+        self.anisotropic_scale = anisotropic_scale
+        if not 0.0 <= point_dropout < 1.0:
+            raise PcsymError(f"point dropout must be in [0, 1), got {point_dropout}")
+        self.point_dropout = float(point_dropout)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        shape = int(self.indices[i])
+        rng = np.random.default_rng([self.seed, self.epoch, shape])
+        pts, nrm = self.data.points[shape], self.data.normals[shape]
+        stored = len(pts)
+        if stored > self.points:
+            idx = rng.choice(stored, self.points, replace=False) if self.resample else np.arange(self.points)
+        elif stored < self.points:
+            idx = np.concatenate([np.arange(stored), rng.choice(stored, self.points - stored, replace=True)])
+        else:
+            idx = None
+        pts = np.array(pts if idx is None else pts[idx], dtype=np.float32)
+        nrm = np.array(nrm if idx is None else nrm[idx], dtype=np.float32)
+
+        if self.scale is not None:
+            pts *= np.float32(rng.uniform(*self.scale))
+        if self.anisotropic_scale is not None:
+            factors = rng.uniform(*self.anisotropic_scale, size=3).astype(np.float32)
+            pts *= factors
+            nrm /= factors  # inverse transpose of a diagonal map
+            nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
+        if self.rotate != "none":
+            rot = rotation_matrix(self.rotate, rng)
+            pts, nrm = pts @ rot.T, nrm @ rot.T
+        if self.jitter > 0:
+            pts += np.clip(self.jitter * rng.standard_normal(pts.shape), -self.jitter_clip, self.jitter_clip).astype(np.float32)
+        if self.point_dropout > 0:
+            drop = rng.random(len(pts)) <= rng.random() * self.point_dropout
+            pts[drop], nrm[drop] = pts[0], nrm[0]
+        return torch.from_numpy(np.ascontiguousarray(pts)), torch.from_numpy(np.ascontiguousarray(nrm)), int(self.data.labels[shape])

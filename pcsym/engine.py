@@ -1,0 +1,345 @@
+"""Training, evaluation and checkpoints.
+
+Checkpoints are plain dicts of tensors and primitives (``torch.load(weights_only=True)`` loads
+them; nothing pickled is executed), written atomically. Every epoch is seeded from
+(seed, epoch) so ``--resume`` continues exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .config import ModelConfig
+from .errors import PcsymError, atomic_write_bytes
+
+CHECKPOINT_FORMAT = "pcsym-checkpoint"
+CHECKPOINT_VERSION = 1
+PRETRAINED = {"so3": "so3.pt", "o2": "o2.pt"}
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    out: str = "runs/latest"
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | step
+    label_smoothing: float = 0.1
+    seed: int = 0
+    val_fraction: float = 0.2
+    rotate: str = "z"  # none | z | so3 (train-time augmentation)
+    jitter: float = 0.01
+    scale_low: float = 0.8
+    scale_high: float = 1.2
+    anisotropic_scale: bool = False
+    point_dropout: float = 0.0
+    workers: int = 0
+    device: str = "cpu"
+    threads: int = 0  # 0 = torch default
+    max_steps: int = 0  # stop each epoch after this many steps (0 = full epoch); for smoke tests
+    eval_rotate: str = "z"  # rotation applied to validation clouds (z-rotated validation by default)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _state_to_plain(obj):
+    """Deep-copy optimizer/scheduler state into primitives + tensors (weights_only-safe)."""
+    if isinstance(obj, dict):
+        return {k: _state_to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_state_to_plain(v) for v in obj]
+    return obj
+
+
+def save_checkpoint(path: str | Path, model, cfg: ModelConfig, extra: dict | None = None) -> None:
+    """Write a checkpoint atomically: the previous file stays intact if this is interrupted."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "pcsym_version": __version__,
+        "model_config": cfg.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if extra:
+        state.update(_state_to_plain(extra))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A checkpoint path, or the name of a model shipped in the package (``so3``, ``o2``)."""
+    s = str(name_or_path)
+    if s in PRETRAINED:
+        p = Path(__file__).parent / "pretrained" / PRETRAINED[s]
+        if not p.exists():
+            raise PcsymError(f"the shipped model '{s}' is missing from this installation ({p})")
+        return p
+    p = Path(s)
+    if not p.exists():
+        raise PcsymError("checkpoint not found (pass a .pt file or a shipped model name: "
+                         f"{', '.join(PRETRAINED)})", path=s)
+    if p.is_dir():
+        for cand in ("best.pt", "last.pt"):
+            if (p / cand).exists():
+                return p / cand
+        raise PcsymError("is a directory without best.pt or last.pt", path=s)
+    return p
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint dict safely (weights_only=True) and check its format/version."""
+    p = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle with code, truncated zip, garbage
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+            raise PcsymError("refusing to load: the checkpoint contains pickled code or objects, not just "
+                             "tensors (only pcsym checkpoints are accepted)", path=p) from None
+        raise PcsymError(f"not a readable checkpoint ({msg[:160]})", path=p) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise PcsymError("not a pcsym checkpoint (no pcsym header)", path=p)
+    if int(ckpt.get("format_version", 0)) > CHECKPOINT_VERSION:
+        raise PcsymError(f"checkpoint format v{ckpt.get('format_version')} was written by pcsym "
+                         f"{ckpt.get('pcsym_version')}, newer than this pcsym {__version__}; upgrade pcsym", path=p)
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu"):
+    """Rebuild the model from the config stored in the checkpoint; returns (model, ckpt)."""
+    from .models.classifier import build_model
+
+    ckpt = read_checkpoint(path)
+    cfg = ModelConfig.from_dict(ckpt["model_config"])
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise PcsymError(f"checkpoint does not match its model config (missing {len(missing)}, unexpected "
+                         f"{len(unexpected)} tensors; e.g. {(missing + unexpected)[:2]})", path=path)
+    return model.to(device).eval(), ckpt
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def _schedule(tcfg: TrainConfig, optimizer, steps_per_epoch: int):
+    total = max(1, tcfg.epochs * steps_per_epoch)
+    warm = min(steps_per_epoch, total // 10)
+
+    def f(step):
+        if step < warm:
+            return (step + 1) / warm
+        if tcfg.schedule == "step":
+            return 0.5 ** ((step // steps_per_epoch) // max(1, tcfg.epochs // 3))
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))) * 0.99 + 0.01
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
+
+
+def make_loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, workers: int, drop_last: bool = False):
+    gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                                       num_workers=workers, drop_last=drop_last,
+                                       persistent_workers=False)
+
+
+class TrainingInterrupted(Exception):
+    pass
+
+
+def train(mcfg: ModelConfig, tcfg: TrainConfig, resume: bool = False,
+          on_epoch: Callable[[dict], None] | None = None,
+          on_step: Callable[[int, int, float, float], None] | None = None) -> dict:
+    """Train; writes best.pt, last.pt, metrics.csv, config.json into tcfg.out. Returns the summary."""
+    from .data import PointCloudDataset, load_dataset, train_val_split
+    from .models.classifier import build_model
+
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    out = Path(tcfg.out)
+    device = torch.device(tcfg.device)
+    data = load_dataset(tcfg.data, points=mcfg.points)
+    train_mask = np.asarray(data.split) == "train"
+    pool = np.nonzero(train_mask)[0] if train_mask.any() else np.arange(len(data.labels))
+    tr_rel, va_rel = train_val_split(np.asarray(data.labels)[pool], tcfg.val_fraction, tcfg.seed)
+    tr_idx, va_idx = pool[tr_rel], pool[va_rel]
+    mcfg.class_names = list(data.class_names)
+    if len(tr_idx) < 2:
+        raise PcsymError(f"the dataset has only {len(tr_idx)} training shapes", path=tcfg.data)
+
+    train_ds = PointCloudDataset(data, tr_idx, points=mcfg.points, rotate=tcfg.rotate, jitter=tcfg.jitter,
+                                 scale=(tcfg.scale_low, tcfg.scale_high), anisotropic_scale=(0.8, 1.25) if tcfg.anisotropic_scale else None,
+                                 point_dropout=tcfg.point_dropout, resample=True, seed=tcfg.seed)
+    val_ds = PointCloudDataset(data, va_idx, points=mcfg.points, rotate=tcfg.eval_rotate, resample=False,
+                               seed=tcfg.seed + 7919)
+
+    _seed_all(tcfg.seed)
+    model = build_model(mcfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    steps_per_epoch = max(1, len(train_ds) // tcfg.batch_size)
+    if tcfg.max_steps:
+        steps_per_epoch = min(steps_per_epoch, tcfg.max_steps)
+    scheduler = _schedule(tcfg, optimizer, steps_per_epoch)
+    start_epoch, best_acc, history = 0, -1.0, []
+    last_path = out / "last.pt"
+    if resume:
+        if not last_path.exists():
+            raise PcsymError("nothing to resume: no last.pt", path=out)
+        ckpt = read_checkpoint(last_path)
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, best_acc = int(ckpt["epoch"]) + 1, float(ckpt["best_val_acc"])
+        history = list(ckpt.get("history", []))
+    out.mkdir(parents=True, exist_ok=True)
+    from .errors import atomic_write_bytes as _w
+    import json
+
+    _w(out / "config.json", json.dumps({"model": mcfg.to_dict(), "train": tcfg.to_dict()}, indent=2).encode())
+
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
+    stop = {"flag": False}
+
+    def _sigint(signum, frame):
+        stop["flag"] = True
+
+    old = signal.signal(signal.SIGINT, _sigint) if _main_thread() else None
+    try:
+        for epoch in range(start_epoch, tcfg.epochs):
+            _seed_all(tcfg.seed * 1000 + epoch)
+            train_ds.set_epoch(epoch)
+            model.train()
+            t0 = time.time()
+            tot, correct, loss_sum = 0, 0, 0.0
+            loader = make_loader(train_ds, tcfg.batch_size, True, tcfg.seed, epoch, tcfg.workers, drop_last=True)
+            for step, (pos, nrm, y) in enumerate(loader):
+                if step >= steps_per_epoch:
+                    break
+                if stop["flag"]:
+                    raise TrainingInterrupted()
+                pos, nrm, y = pos.to(device), nrm.to(device), y.to(device)
+                logits = model(pos, nrm)
+                loss = loss_fn(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                tot += len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                loss_sum += float(loss) * len(y)
+                if on_step:
+                    on_step(step + 1, steps_per_epoch, loss_sum / tot, correct / tot)
+            train_time = time.time() - t0
+            val = evaluate_model(model, val_ds, batch_size=max(tcfg.batch_size, 32), device=device)
+            row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(tot, 1), 5),
+                   "train_acc": round(correct / max(tot, 1), 5), "val_acc": round(val["overall_accuracy"], 5),
+                   "val_macc": round(val["mean_class_accuracy"], 5), "lr": optimizer.param_groups[0]["lr"],
+                   "epoch_seconds": round(train_time, 2), "shapes_per_second": round(tot / max(train_time, 1e-9), 2)}
+            history.append(row)
+            is_best = row["val_acc"] > best_acc
+            best_acc = max(best_acc, row["val_acc"])
+            extra = {"epoch": epoch, "best_val_acc": best_acc, "history": history, "train_config": tcfg.to_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "val_accuracy": row["val_acc"]}
+            if is_best:
+                save_checkpoint(out / "best.pt", model, mcfg, {k: v for k, v in extra.items()
+                                                                if k not in ("optimizer", "scheduler")})
+            save_checkpoint(last_path, model, mcfg, extra)
+            write_metrics(out / "metrics.csv", history)
+            if on_epoch:
+                on_epoch(row)
+    except TrainingInterrupted:
+        return {"interrupted": True, "out": str(out), "history": history, "best_val_acc": best_acc}
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+    return {"interrupted": False, "out": str(out), "history": history, "best_val_acc": best_acc}
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    if history:
+        w = csv.DictWriter(buf, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1):
+    """Logits averaged over ``votes`` augmented copies (copy v uses the dataset with epoch v)."""
+    model.eval()
+    total = None
+    labels = None
+    for v in range(max(1, votes)):
+        ds.set_epoch(v)
+        outs, ys = [], []
+        for pos, nrm, y in make_loader(ds, batch_size, False, 0, v, 0):
+            outs.append(torch.softmax(model(pos.to(device), nrm.to(device)).float(), dim=-1).cpu())
+            ys.append(y)
+        probs = torch.cat(outs)
+        total = probs if total is None else total + probs
+        labels = torch.cat(ys)
+    return total / max(1, votes), labels
+
+
+def metrics_from_predictions(y_true, y_pred, class_names: list[str]) -> dict:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
+
+    labels = list(range(len(class_names)))
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    present = cm.sum(1) > 0
+    per_class = np.where(present, np.diag(cm) / np.maximum(cm.sum(1), 1), np.nan)
+    return {
+        "overall_accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        "mean_class_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        "per_class_accuracy": {class_names[i]: (None if np.isnan(a) else float(a)) for i, a in enumerate(per_class)},
+        "support": {class_names[i]: int(cm[i].sum()) for i in labels},
+        "confusion_matrix": cm.tolist(),
+        "class_names": list(class_names),
+        "n": int(len(y_true)),
+    }
+
+
+def evaluate_model(model, ds, batch_size: int = 32, device="cpu", votes: int = 1) -> dict:
+    probs, labels = predict(model, ds, batch_size, device, votes)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), model.cfg.class_names)

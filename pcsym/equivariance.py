@@ -1,0 +1,120 @@
+"""Numerical equivariance check of a model: in-group elements must leave logits invariant and
+transform every steerable layer by ρ_out(g); elements outside the group are shown for contrast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .groups import contains, gspace
+
+
+@dataclass
+class CheckRow:
+    element: str
+    in_group: bool
+    logits_abs: float
+    logits_rel: float
+    layers: dict  # layer name -> relative error (in-group elements only)
+
+    @property
+    def worst_rel(self) -> float:
+        return max([self.logits_rel] + list(self.layers.values()))
+
+
+def _rot(axis: str, angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
+    R = np.eye(3)
+    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
+    return R
+
+
+def contrast_candidates(seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    from scipy.spatial.transform import Rotation
+
+    return [
+        ("rotation 0.9 rad about x", _rot("x", 0.9)),
+        ("rotation 0.7 rad about z", _rot("z", 0.7)),
+        ("rotation pi about x", _rot("x", np.pi)),
+        ("mirror z -> -z", np.diag([1.0, 1.0, -1.0])),
+        ("mirror x -> -x", np.diag([-1.0, 1.0, 1.0])),
+        ("inversion", -np.eye(3)),
+        ("random rotation", Rotation.random(random_state=seed).as_matrix()),
+        ("stretch x by 1.5 (no isometry)", np.diag([1.5, 1.0, 1.0])),
+    ]
+
+
+def group_elements(name: str, n_random: int, seed: int):
+    """(label, element) pairs: every non-identity element of a finite group, or a few escnn
+    testing elements plus seeded random samples of a continuous group."""
+    G = gspace(name).fibergroup
+    if G.order() > 0:
+        els = [g for g in G.elements if g != G.identity]
+        return [(f"g{i + 1}", g) for i, g in enumerate(els)]
+    np.random.seed(seed)
+    out = []
+    for i, g in enumerate(G.testing_elements()):
+        if g == G.identity:
+            continue
+        out.append((f"test{i}", g))
+        if len(out) >= 3:
+            break
+    out += [(f"random{i + 1}", G.sample()) for i in range(n_random)]
+    return out
+
+
+def _transform(pos, normals, M):
+    Mt = torch.as_tensor(M, dtype=pos.dtype)
+    pos_g = pos @ Mt.T
+    # normals are covectors: inverse-transpose (= M itself for orthogonal M), then renormalised
+    Nt = torch.linalg.inv(Mt).T
+    n_g = torch.nn.functional.normalize(normals @ Nt.T, dim=-1)
+    return pos_g, n_g
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    diff = float((a - b).abs().max())
+    return diff, diff / max(float(b.abs().max()), 1e-12)
+
+
+@torch.no_grad()
+def check_model(model, pos: torch.Tensor, normals: torch.Tensor, n_random: int = 3, seed: int = 0,
+                dtype=torch.float64) -> list[CheckRow]:
+    """Run the check on one cloud (N, 3) + normals (N, 3). The model is evaluated in ``dtype``
+    (float64 by default, which makes kNN ties from rounding practically impossible)."""
+    from .models.layers import direct_sum_matrix
+
+    model = model.to(dtype).eval()
+    name = model.cfg.group
+    gs = gspace(name)
+    pos, normals = pos[None].to(dtype), normals[None].to(dtype)
+    order = model.point_order(pos)  # identical indices for every transformed copy
+    base, feats = model(pos, normals, order=order, return_features=True)
+    rows = []
+    for label, g in group_elements(name, n_random, seed):
+        M = np.asarray(gs.basespace_action(g))
+        out, feats_g = model(*_transform(pos, normals, M), order=order, return_features=True)
+        a, r = _rel(out, base)
+        layers = {}
+        for lo, lg in zip(feats, feats_g):
+            rho = torch.as_tensor(direct_sum_matrix(lo.reps, g), dtype=dtype)
+            layers[lo.name] = _rel(lg.feat, lo.feat @ rho.T)[1]
+        rows.append(CheckRow(f"{label}: {_describe(M)}", True, a, r, layers))
+    for label, M in contrast_candidates(seed):
+        if contains(name, M):
+            continue
+        out = model(*_transform(pos, normals, M), order=order)
+        a, r = _rel(out, base)
+        rows.append(CheckRow(label, False, a, r, {}))
+    return rows
+
+
+def _describe(M: np.ndarray) -> str:
+    det = np.linalg.det(M)
+    R = M * np.sign(det)
+    angle = np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1)))
+    kind = "rotation" if det > 0 else "improper"
+    return f"{kind} {angle:.0f}°"

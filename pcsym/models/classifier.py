@@ -1,0 +1,132 @@
+"""The equivariant point-cloud classifier: steerable conv blocks -> invariant layer -> pooling -> MLP.
+
+Downsampling uses one point *order* per cloud (random permutation, or farthest-point order);
+layer l keeps the first N_l points of it and convolves over the k nearest of the previous
+layer's points. A cloud and its transformed copy therefore use identical indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..graph import fps_order, gather, knn, random_order, take
+from ..groups import gspace
+from .layers import (BasisKernelConv, EquivBatchNorm, FieldNonlinearity, ImplicitKernelConv, channel_types,
+                     channels_for, type_size)
+
+EVAL_ORDER_SEED = 0  # eval-mode random sampling is seeded: deterministic predictions
+
+
+@dataclass
+class LayerOutput:
+    name: str
+    pos: torch.Tensor  # (B, N_l, 3)
+    feat: torch.Tensor  # (B, N_l, C_l)
+    reps: list  # escnn representations of the fields (for equivariance checks)
+
+
+class SteerableBlock(nn.Module):
+    """kNN gather -> steerable conv (implicit or basis kernel) -> equivariant BN -> nonlinearity."""
+
+    def __init__(self, cfg: ModelConfig, in_reps, pre_reps, act_reps, kind: str):
+        super().__init__()
+        if cfg.kernel == "implicit":
+            self.conv = ImplicitKernelConv(cfg.group, in_reps, pre_reps, kernel_dims=cfg.kernel_dims,
+                                           kernel_layers=cfg.kernel_layers, lmax=cfg.lmax, n_radial=cfg.n_radial,
+                                           max_freq=cfg.max_freq)
+        else:
+            self.conv = BasisKernelConv(cfg.group, in_reps, pre_reps)
+        self.norm = EquivBatchNorm(pre_reps)
+        self.act = FieldNonlinearity(act_reps, kind)
+        self.k = cfg.k
+        self.act_reps = list(act_reps)
+
+    def forward(self, pos_src, feat_src, n_out: int):
+        query = pos_src[:, :n_out]
+        k = min(self.k, pos_src.shape[1])
+        idx = knn(query, pos_src, k)
+        rel = query[:, :, None, :] - gather(pos_src, idx)  # x_i - x_j
+        scale = rel.norm(dim=-1).mean(dim=(1, 2), keepdim=True).clamp_min(1e-8)[..., None]  # invariant
+        out = self.conv(rel / scale, gather(feat_src, idx))
+        return query, self.act(self.norm(out))
+
+
+class EquivariantClassifier(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        gs = gspace(cfg.group)
+        trivial = gs.trivial_repr
+        in_reps = ([gs.basespace_action] if cfg.use_normals else []) + [trivial]
+        self.in_reps = in_reps
+        blocks = []
+        reps = in_reps
+        for width in cfg.widths:
+            pre, act, kind = channel_types(cfg.group, channels_for(cfg.group, width, cfg.max_freq), cfg.max_freq)
+            blocks.append(SteerableBlock(cfg, reps, pre, act, kind))
+            reps = act
+        inv = [trivial] * cfg.invariant_dims
+        blocks.append(SteerableBlock(cfg, reps, inv, inv, "regular"))
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Sequential(
+            nn.Linear(2 * cfg.invariant_dims, cfg.head_dims), nn.BatchNorm1d(cfg.head_dims), nn.ELU(),
+            nn.Dropout(cfg.dropout), nn.Linear(cfg.head_dims, cfg.num_classes))
+
+    def layer_points(self, n: int) -> list[int]:
+        sizes = []
+        for s in tuple(self.cfg.strides) + (self.cfg.final_stride,):
+            n = max(1, n // s)
+            sizes.append(n)
+        return sizes
+
+    def point_order(self, pos: torch.Tensor) -> torch.Tensor:
+        if self.cfg.sampling == "fps":
+            return fps_order(pos)
+        if self.training:
+            return random_order(pos.shape[0], pos.shape[1], device=pos.device)
+        gen = torch.Generator(device=pos.device).manual_seed(EVAL_ORDER_SEED)
+        return random_order(pos.shape[0], pos.shape[1], generator=gen, device=pos.device)
+
+    def input_features(self, normals: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones_like(pos[..., :1])
+        if self.cfg.use_normals:
+            if normals is None:
+                from ..graph import estimate_normals
+
+                normals = estimate_normals(pos)
+            return torch.cat([normals, ones], dim=-1)
+        return ones
+
+    def forward_ordered(self, pos: torch.Tensor, feat: torch.Tensor, return_features: bool = False):
+        """Core network on points already in sampling order. Returns logits (and layer outputs)."""
+        outs = []
+        sizes = self.layer_points(pos.shape[1])
+        for i, (block, n) in enumerate(zip(self.blocks, sizes)):
+            pos, feat = block(pos, feat, n)
+            if return_features:
+                last = i == len(self.blocks) - 1
+                outs.append(LayerOutput("invariant" if last else f"block{i + 1}", pos, feat, block.act_reps))
+        pooled = torch.cat([feat.max(dim=1).values, feat.mean(dim=1)], dim=-1)
+        logits = self.head(pooled)
+        return (logits, outs) if return_features else logits
+
+    def forward(self, pos: torch.Tensor, normals: torch.Tensor | None = None, order: torch.Tensor | None = None,
+                return_features: bool = False):
+        """pos (B, N, 3), normals (B, N, 3) or None -> logits (B, classes)."""
+        feat = self.input_features(normals, pos)
+        if order is None:
+            order = self.point_order(pos)
+        return self.forward_ordered(take(pos, order), take(feat, order), return_features)
+
+
+def build_model(cfg: ModelConfig) -> EquivariantClassifier:
+    return EquivariantClassifier(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
