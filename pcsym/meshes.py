@@ -266,8 +266,10 @@ def _decode_text(path: Path, data: bytes, fmt: str) -> str:
 
 
 def _looks_utf16(head: bytes) -> bool:
-    even, odd = head[0::2], head[1::2]
-    return max(even.count(0), odd.count(0)) > 0.4 * max(len(odd), 1)
+    """ASCII text in UTF-16 without a BOM: NULs in every other byte, and only there."""
+    n = max(len(head) // 2, 1)
+    zeros = sorted((head[0::2].count(0), head[1::2].count(0)))
+    return zeros[1] > 0.4 * n and zeros[0] < 0.05 * n
 
 
 def _all_numbers(tokens: list[str]) -> bool:
@@ -322,10 +324,13 @@ def _read_off(path: Path, data: bytes, max_vertices: int) -> Geometry:
         raise PcsymError(
             f"truncated OFF: header says {nv} vertices and {nf} faces, but only {len(body)} data lines follow", path=path
         )
+    rows = body[nv : nv + nf]
     try:
         vertices = np.array([row[:3] for row in body[:nv]], dtype=np.float64).reshape(nv, 3)
+        if rows and all(len(r) == 4 and r[0] == "3" for r in rows):  # fast path: plain triangles
+            return Geometry(vertices, np.array(rows, dtype=np.int64)[:, 1:])
         polys = []
-        for row in body[nv : nv + nf]:
+        for row in rows:
             k = int(row[0])
             if k < 3 or len(row) < k + 1:
                 raise ValueError
@@ -382,14 +387,22 @@ def _read_ply(path: Path, data: bytes, max_vertices: int) -> Geometry:
     if nv == 0:
         raise PcsymError("file has no vertices", path=path)
     _check_vertex_count(nv, path, max_vertices)
+    body = data[data.find(b"\n", end) + 1 :]
+    need, have = _ply_min_body(header, body)
+    if have < need:  # open3d pads truncated files with zeros instead of failing
+        unit = "bytes" if "binary" in header else "data lines"
+        raise PcsymError(f"could not parse file as {fmt}: truncated (header needs at least {need} {unit}, found {have})", path=path)
     o3d = _open3d()
-    with _quiet_native_output():
+    with _capture_native_output() as native:
         if nf:
             mesh = o3d.io.read_triangle_mesh(str(path))
             geom = Geometry(np.asarray(mesh.vertices), np.asarray(mesh.triangles))
         else:
             cloud = o3d.io.read_point_cloud(str(path), format="ply")
             geom = Geometry(np.asarray(cloud.points), None, np.asarray(cloud.normals) if cloud.has_normals() else None)
+    problem = _native_error(native.text)
+    if problem:
+        raise PcsymError(f"could not parse file as {fmt}: {problem}", path=path)
     if len(geom.vertices) != nv or (nf and len(geom.faces) == 0):
         raise PcsymError(
             f"could not parse file as {fmt}: header declares {nv} vertices/{nf} faces, read {len(geom.vertices)}/"
@@ -397,6 +410,34 @@ def _read_ply(path: Path, data: bytes, max_vertices: int) -> Geometry:
             path=path,
         )
     return geom
+
+
+_PLY_SIZES = {
+    **dict.fromkeys(("char", "uchar", "int8", "uint8"), 1),
+    **dict.fromkeys(("short", "ushort", "int16", "uint16"), 2),
+    **dict.fromkeys(("int", "uint", "int32", "uint32", "float", "float32"), 4),
+    **dict.fromkeys(("double", "float64"), 8),
+}
+
+
+def _ply_min_body(header: str, body: bytes) -> tuple[int, int]:
+    """(least body size the header implies, actual size): bytes for binary PLY, lines for ascii.
+
+    List properties (face indices) count as their smallest valid length, 3 entries.
+    """
+    if "format ascii" in header:
+        total = sum(int(n) for n in re.findall(r"^element\s+\w+\s+(\d+)", header, flags=re.M))
+        return total, sum(1 for ln in body.splitlines() if ln.strip())
+    need, count = 0, 0
+    for line in header.splitlines():
+        toks = line.split()
+        if toks[:1] == ["element"] and len(toks) >= 3:
+            count = int(toks[2])
+        elif toks[:2] == ["property", "list"] and len(toks) >= 4:
+            need += count * (_PLY_SIZES.get(toks[2], 1) + 3 * _PLY_SIZES.get(toks[3], 1))
+        elif toks[:1] == ["property"] and len(toks) >= 2:
+            need += count * _PLY_SIZES.get(toks[1], 1)
+    return need, len(body)
 
 
 def _read_stl(path: Path, data: bytes, max_vertices: int) -> Geometry:
@@ -417,12 +458,13 @@ def _read_stl(path: Path, data: bytes, max_vertices: int) -> Geometry:
         if binary_size == 84:
             raise PcsymError("file has no vertices (binary STL with 0 triangles)", path=path)
     o3d = _open3d()
-    with _quiet_native_output():
+    with _capture_native_output() as native:
         mesh = o3d.io.read_triangle_mesh(str(path))
     vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
-    if len(vertices) == 0 or len(faces) == 0:
+    problem = _native_error(native.text)
+    if len(vertices) == 0 or len(faces) == 0 or problem:
         kind = "binary" if binary_size == len(data) else "ASCII"
-        raise PcsymError(f"could not parse file as {kind} STL", path=path)
+        raise PcsymError(f"could not parse file as {kind} STL" + (f": {problem}" if problem else ""), path=path)
     return Geometry(vertices, faces)
 
 
@@ -476,28 +518,49 @@ def _open3d():
     return o3d
 
 
-@contextlib.contextmanager
-def _quiet_native_output():
-    """Silence C-level stdout/stderr (open3d's RPly prints there regardless of verbosity)."""
-    try:
-        fds = (sys.stdout.fileno(), sys.stderr.fileno())
-    except (AttributeError, OSError, ValueError):  # no real fds (e.g. captured streams)
-        yield
-        return
-    import ctypes
+class _NativeOutput:
+    """What native code printed while :func:`_capture_native_output` was active."""
 
+    text = ""
+
+
+@contextlib.contextmanager
+def _capture_native_output():
+    """Capture C-level stdout/stderr (open3d's RPly prints parse errors there regardless of the
+    verbosity level, then returns garbage); the text is inspected by the caller, never shown."""
+    import ctypes
+    import tempfile
+
+    captured = _NativeOutput()
+    fds = (1, 2)
+    try:
+        for fd in fds:
+            os.fstat(fd)
+    except OSError:  # no standard fds (daemonized): nothing to capture
+        yield captured
+        return
     libc = ctypes.CDLL(None)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(fd) for fd in fds]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for fd in fds:
-            os.dup2(devnull, fd)
-        yield
-    finally:
-        libc.fflush(None)
-        for fd, keep in zip(fds, saved):
-            os.dup2(keep, fd)
-            os.close(keep)
-        os.close(devnull)
+    with tempfile.TemporaryFile() as sink:
+        try:
+            for fd in fds:
+                os.dup2(sink.fileno(), fd)
+            yield captured
+        finally:
+            libc.fflush(None)
+            for fd, keep in zip(fds, saved):
+                os.dup2(keep, fd)
+                os.close(keep)
+            sink.seek(0)
+            captured.text = sink.read().decode("utf-8", errors="replace")
+
+
+def _native_error(text: str) -> str | None:
+    """The first error line open3d / RPly printed, if any."""
+    for line in text.splitlines():
+        clean = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+        if "error" in clean.lower() or "failed" in clean.lower():
+            return clean[:160]
+    return None

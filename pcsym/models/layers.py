@@ -10,6 +10,7 @@ as the concatenation of the fields, last dimension.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -35,6 +36,27 @@ def direct_sum_matrix(reps, g) -> np.ndarray:
     return out
 
 
+def private_copy(module: nn.Module) -> nn.Module:
+    """Deep-copy an escnn module's torch state while sharing escnn's (immutable, cached) group,
+    representation and gspace objects. escnn shares basis modules between layers, so without
+    this ``.double()`` on one model would change the dtype of another."""
+    from escnn.group import Group, GroupElement, Representation
+    from escnn.gspaces import GSpace
+
+    classes = (Group, GroupElement, Representation, GSpace)
+    saved = {c: c.__dict__.get("__deepcopy__") for c in classes}
+    try:
+        for c in classes:
+            c.__deepcopy__ = lambda self, memo: self
+        return copy.deepcopy(module)
+    finally:
+        for c, fn in saved.items():
+            if fn is None:
+                del c.__deepcopy__
+            else:
+                c.__deepcopy__ = fn
+
+
 def field_type(group: str, reps):
     """escnn FieldType over the 0-dimensional gspace of G (what escnn's Linear acts on)."""
     from escnn import gspaces
@@ -57,7 +79,9 @@ class EquivLinear(nn.Module):
 
         with quiet_stdout():
             lin = enn.Linear(field_type(group, in_reps), field_type(group, out_reps), bias=bias, initialize=False)
-        self.expansion = lin._basisexpansion.float()  # some escnn bases are sampled in float64
+        # escnn caches and shares basis modules between layers: take a private copy so that
+        # .double()/.to() on one model never changes another; some bases come in float64.
+        self.expansion = private_copy(lin._basisexpansion).float()
         self.in_size, self.out_size = type_size(in_reps), type_size(out_reps)
         self.weight = nn.Parameter(torch.randn(self.expansion.dimension()))
         if lin.bias is not None:
@@ -335,6 +359,7 @@ class BasisKernelConv(nn.Module):
             self.pc = enn.R3PointConv(enn.FieldType(gs, list(in_reps)), enn.FieldType(gs, list(out_reps)),
                                       width=max_radius, n_rings=n_rings, frequencies_cutoff=frequencies_cutoff,
                                       bias=True, initialize=False)
+            self.pc = private_copy(self.pc)  # private copy of escnn's shared basis modules
         self.in_size, self.out_size = type_size(in_reps), type_size(out_reps)
         with torch.no_grad():  # cheap init: unit output variance on unit-variance random input
             self.pc.weights.normal_()

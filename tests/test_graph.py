@@ -1,0 +1,70 @@
+import torch
+
+from pcsym.graph import estimate_normals, fps_order, gather, knn, random_order, take
+
+
+def test_knn_matches_brute_force_and_chunking():
+    torch.manual_seed(0)
+    q, keys = torch.randn(3, 70, 3), torch.randn(3, 200, 3)
+    ref = torch.cdist(q, keys).topk(7, largest=False).indices
+    assert torch.equal(knn(q, keys, 7), ref)
+    assert torch.equal(knn(q, keys, 7, chunk=9), ref)  # several chunks, same answer
+
+
+def test_knn_self_is_first_neighbour():
+    p = torch.randn(2, 50, 3)
+    idx = knn(p, p, 4)
+    assert torch.equal(idx[..., 0], torch.arange(50).expand(2, 50))
+
+
+def test_knn_rejects_k_larger_than_cloud():
+    import pytest
+
+    with pytest.raises(ValueError, match="only 5 points"):
+        knn(torch.randn(1, 5, 3), torch.randn(1, 5, 3), 6)
+
+
+def test_knn_chunk_memory_is_bounded():
+    # the default chunk keeps one distance block at <= 2^21 entries per cloud, never N x N at N = 4096
+    from pcsym import graph
+
+    n = 4096
+    chunk = max(1, min(n, graph._KNN_CHUNK_ENTRIES // n))
+    assert chunk * n <= graph._KNN_CHUNK_ENTRIES < n * n
+
+
+def test_orders_are_permutations_and_prefixes_are_subsets():
+    p = torch.randn(2, 64, 3)
+    for order in (random_order(2, 64), fps_order(p)):
+        assert order.shape == (2, 64)
+        assert torch.equal(order.sort(1).values, torch.arange(64).expand(2, 64))
+    sub = take(p, fps_order(p, 16))
+    assert sub.shape == (2, 16, 3)
+
+
+def test_fps_spreads_points_better_than_random():
+    torch.manual_seed(0)
+    p = torch.rand(1, 2000, 3)
+    def min_gap(idx):
+        s = take(p, idx)[0]
+        d = torch.cdist(s, s) + torch.eye(len(s)) * 9
+        return d.min()
+    assert min_gap(fps_order(p, 64)) > 2 * min_gap(random_order(1, 2000)[:, :64])
+
+
+def test_gather_shapes():
+    x = torch.arange(2 * 5 * 3, dtype=torch.float).reshape(2, 5, 3)
+    idx = torch.tensor([[[0, 4]], [[1, 1]]])
+    g = gather(x, idx)
+    assert g.shape == (2, 1, 2, 3)
+    assert torch.equal(g[1, 0, 0], x[1, 1])
+
+
+def test_estimated_normals_on_a_sphere_point_outward_and_rotate_with_it():
+    torch.manual_seed(0)
+    p = torch.nn.functional.normalize(torch.randn(1, 800, 3), dim=-1)
+    n = estimate_normals(p)
+    assert (n * p).sum(-1).min() > 0.95  # sphere normal = position, oriented outward
+    R = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))[0].float()
+    n_rot = estimate_normals(p @ R.T)
+    assert torch.allclose(n_rot, n @ R.T, atol=1e-4)
