@@ -63,11 +63,15 @@ class TrainConfig:
 
 
 def _state_to_plain(obj):
-    """Deep-copy optimizer/scheduler state into primitives + tensors (weights_only-safe)."""
+    """Copy nested state into Python primitives + tensors, so ``weights_only=True`` loads it."""
     if isinstance(obj, dict):
-        return {k: _state_to_plain(v) for k, v in obj.items()}
+        return {(k.item() if isinstance(k, np.generic) else k): _state_to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_state_to_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj)
     return obj
 
 
@@ -77,7 +81,7 @@ def save_checkpoint(path: str | Path, model, cfg: ModelConfig, extra: dict | Non
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "pcsym_version": __version__,
-        "model_config": cfg.to_dict(),
+        "model_config": _state_to_plain(cfg.to_dict()),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     if extra:
@@ -113,11 +117,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle with code, truncated zip, garbage
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+        text = str(exc)
+        msg = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        if "GLOBAL" in text or "Unsupported global" in text:  # a pickled callable/class: refuse
             raise PcsymError("refusing to load: the checkpoint contains pickled code or objects, not just "
                              "tensors (only pcsym checkpoints are accepted)", path=p) from None
-        raise PcsymError(f"not a readable checkpoint ({msg[:160]})", path=p) from None
+        raise PcsymError(f"not a readable checkpoint ({type(exc).__name__}: {msg[:120]})", path=p) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise PcsymError("not a pcsym checkpoint (no pcsym header)", path=p)
     if int(ckpt.get("format_version", 0)) > CHECKPOINT_VERSION:
@@ -189,7 +194,7 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, resume: bool = False,
     pool = np.nonzero(train_mask)[0] if train_mask.any() else np.arange(len(data.labels))
     tr_rel, va_rel = train_val_split(np.asarray(data.labels)[pool], tcfg.val_fraction, tcfg.seed)
     tr_idx, va_idx = pool[tr_rel], pool[va_rel]
-    mcfg.class_names = list(data.class_names)
+    mcfg.class_names = [str(c) for c in data.class_names]
     if len(tr_idx) < 2:
         raise PcsymError(f"the dataset has only {len(tr_idx)} training shapes", path=tcfg.data)
 
@@ -206,7 +211,7 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, resume: bool = False,
     if tcfg.max_steps:
         steps_per_epoch = min(steps_per_epoch, tcfg.max_steps)
     scheduler = _schedule(tcfg, optimizer, steps_per_epoch)
-    start_epoch, best_acc, history = 0, -1.0, []
+    start_epoch, best_acc, history, partial = 0, -1.0, [], None
     last_path = out / "last.pt"
     if resume:
         if not last_path.exists():
@@ -217,6 +222,7 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, resume: bool = False,
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best_acc = int(ckpt["epoch"]) + 1, float(ckpt["best_val_acc"])
         history = list(ckpt.get("history", []))
+        partial = ckpt.get("partial")  # set when Ctrl-C stopped training in the middle of an epoch
     out.mkdir(parents=True, exist_ok=True)
     from .errors import atomic_write_bytes as _w
     import json
@@ -236,12 +242,26 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, resume: bool = False,
             train_ds.set_epoch(epoch)
             model.train()
             t0 = time.time()
-            tot, correct, loss_sum = 0, 0, 0.0
+            tot, correct, loss_sum, skip = 0, 0, 0.0, 0
+            if partial is not None and int(partial["epoch"]) == epoch:
+                skip = int(partial["step"])
+                tot, correct, loss_sum = int(partial["tot"]), int(partial["correct"]), float(partial["loss_sum"])
             loader = make_loader(train_ds, tcfg.batch_size, True, tcfg.seed, epoch, tcfg.workers, drop_last=True)
             for step, (pos, nrm, y) in enumerate(loader):
                 if step >= steps_per_epoch:
                     break
+                if step < skip:  # already trained before the interruption (same batches: seeded loader)
+                    if step == skip - 1:
+                        torch.set_rng_state(partial["rng_state"])
+                    continue
                 if stop["flag"]:
+                    # save the exact mid-epoch state: resuming replays the remaining steps identically
+                    save_checkpoint(last_path, model, mcfg, {
+                        "epoch": epoch - 1, "best_val_acc": best_acc, "history": history,
+                        "train_config": tcfg.to_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "partial": {"epoch": epoch, "step": step, "tot": tot, "correct": correct,
+                                    "loss_sum": loss_sum, "rng_state": torch.get_rng_state()}})
                     raise TrainingInterrupted()
                 pos, nrm, y = pos.to(device), nrm.to(device), y.to(device)
                 logits = model(pos, nrm)
@@ -264,6 +284,7 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, resume: bool = False,
             history.append(row)
             is_best = row["val_acc"] > best_acc
             best_acc = max(best_acc, row["val_acc"])
+            partial = None
             extra = {"epoch": epoch, "best_val_acc": best_acc, "history": history, "train_config": tcfg.to_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "val_accuracy": row["val_acc"]}

@@ -51,6 +51,15 @@ def random_order(b: int, n: int, generator: torch.Generator | None = None, devic
     return torch.rand(b, n, generator=generator, device=device).argsort(dim=1)
 
 
+EVAL_ORDER_SEED = 0
+
+
+def eval_order(b: int, n: int, device=None) -> torch.Tensor:
+    """The seeded random order used in eval mode (deterministic predictions; same for exports)."""
+    gen = torch.Generator(device=device).manual_seed(EVAL_ORDER_SEED)
+    return random_order(b, n, generator=gen, device=device)
+
+
 def fps_order(pos: torch.Tensor, m: int | None = None) -> torch.Tensor:
     """Farthest-point-sampling order (B, m) of pos (B, N, 3); prefixes are FPS subsets.
 

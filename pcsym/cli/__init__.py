@@ -399,9 +399,18 @@ def _expand_inputs(inputs: List[Path], exts) -> list[Path]:
     return files
 
 
-def _load_classifier(name_or_path: str):
-    from ..engine import load_model
+def _load_classifier(name_or_path: str, allow_scripted: bool = True):
+    """(model, info). Shipped models and ``.ts`` files load as TorchScript exports when possible:
+    plain torch, no escnn import, a much faster cold start."""
+    from ..engine import PRETRAINED, load_model, resolve_checkpoint
 
+    if allow_scripted:
+        p = resolve_checkpoint(name_or_path)
+        scripted = p.with_suffix(".ts") if str(name_or_path) in PRETRAINED else p
+        if scripted.suffix == ".ts" and scripted.exists():
+            from ..export import ScriptedClassifier
+
+            return ScriptedClassifier(scripted), {}
     return load_model(name_or_path)
 
 
@@ -451,7 +460,7 @@ def check_equivariance(
         if (checkpoint is None) == (group is None):
             raise PcsymError("give either a checkpoint or --group NAME")
         if checkpoint is not None:
-            net, _ = _load_classifier(checkpoint)
+            net, _ = _load_classifier(checkpoint, allow_scripted=False)
             n = net.cfg.points
         else:
             torch.manual_seed(seed)
@@ -502,6 +511,31 @@ def _print_check(cfg, rows, tol, src):
     con.print(t)
     worst = max((r.worst_rel for r in rows if r.in_group), default=0.0)
     con.print(f"worst in-group relative error {worst:.2e} (tol {tol:g}): {'PASS' if worst <= tol else 'FAIL'}")
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@app.command()
+def export(
+    checkpoint: str = typer.Argument(..., help="Checkpoint .pt, run directory, or shipped model name."),
+    fmt: str = typer.Option("torchscript", "--format", help="torchscript or onnx."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: next to the checkpoint)."),
+):
+    """Export to TorchScript or ONNX: runs with plain torch / onnxruntime, same logits."""
+
+    def body():
+        from ..engine import load_model, resolve_checkpoint
+        from ..export import export_model
+
+        if fmt not in ("torchscript", "onnx"):
+            raise PcsymError(f"unknown --format '{fmt}': use torchscript or onnx")
+        model, _ = load_model(checkpoint)
+        target = out or resolve_checkpoint(checkpoint).with_suffix(".ts" if fmt == "torchscript" else ".onnx")
+        export_model(model, target, fmt)
+        _console().print(f"exported {fmt}: {target}")
+
+    _run(body)
 
 
 # ----------------------------------------------------------------------------- data

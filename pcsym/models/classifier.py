@@ -13,12 +13,10 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..graph import fps_order, gather, knn, random_order, take
+from ..graph import eval_order, fps_order, gather, knn, random_order, take
 from ..groups import gspace
 from .layers import (BasisKernelConv, EquivBatchNorm, FieldNonlinearity, ImplicitKernelConv, channel_types,
                      channels_for, type_size)
-
-EVAL_ORDER_SEED = 0  # eval-mode random sampling is seeded: deterministic predictions
 
 
 @dataclass
@@ -89,8 +87,7 @@ class EquivariantClassifier(nn.Module):
             return fps_order(pos)
         if self.training:
             return random_order(pos.shape[0], pos.shape[1], device=pos.device)
-        gen = torch.Generator(device=pos.device).manual_seed(EVAL_ORDER_SEED)
-        return random_order(pos.shape[0], pos.shape[1], generator=gen, device=pos.device)
+        return eval_order(pos.shape[0], pos.shape[1], device=pos.device)  # seeded: deterministic predictions
 
     def input_features(self, normals: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
         ones = torch.ones_like(pos[..., :1])

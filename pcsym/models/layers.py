@@ -122,6 +122,32 @@ class EquivLinear(nn.Module):
         return nn.functional.linear(x, w, b)
 
 
+class FrozenLinear(nn.Module):
+    """An :class:`EquivLinear` with its weights expanded once: plain torch, exportable."""
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None):
+        super().__init__()
+        self.register_buffer("w", w.detach().clone())
+        self.register_buffer("b", None if b is None else b.detach().clone())
+
+    def expand(self):
+        return self.w, self.b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.w, self.b)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every EquivLinear replaced by its expanded FrozenLinear."""
+    model = copy.deepcopy(model).eval()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, EquivLinear):
+                with torch.no_grad():
+                    setattr(parent, name, FrozenLinear(*child.expand()))
+    return model
+
+
 class FieldNonlinearity(nn.Module):
     """Equivariant nonlinearity for a channel layout built by :func:`channel_types`.
 

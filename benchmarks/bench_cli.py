@@ -1,0 +1,133 @@
+"""Wall time of whole ``pcsym`` command-line invocations, each a fresh subprocess (median of 3):
+
+* ``pcsym --help`` (the CLI must stay instant: no torch/escnn import);
+* a cold ``pcsym classify sample_data/meshes/bed_0001.off`` (new process: imports, model rebuild from the
+  shipped checkpoint, mesh loading + surface sampling, one forward pass). "Cold" means a fresh process, not
+  an empty OS page cache or an empty escnn basis cache.
+
+If the shipped model (pcsym/pretrained/) is missing, the classify timing is skipped with a message; pass
+``--model PATH`` to time ``classify`` with another checkpoint instead.
+
+    python benchmarks/bench_cli.py [--quick] [--threads N] [--model so3|PATH]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+MESH = C.REPO / "sample_data" / "meshes" / "bed_0001.off"
+
+
+def pcsym_exe() -> list[str]:
+    exe = Path(sys.executable).parent / "pcsym"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("pcsym")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from pcsym.cli import main; sys.argv[0] = 'pcsym'; sys.exit(main())"]
+
+
+def time_command(cmd: list[str], repeats: int, threads: int) -> dict:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    times, last = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        last = subprocess.run(cmd, capture_output=True, text=True, cwd=str(C.REPO), env=env)
+        times.append(time.perf_counter() - t)
+        if last.returncode != 0:
+            break
+    return {"command": " ".join(Path(cmd[0]).name if i == 0 else c for i, c in enumerate(cmd)),
+            "times_s": times, "median_s": C.median(times), "returncode": last.returncode,
+            "stdout_tail": last.stdout.strip().splitlines()[-12:], "stderr_tail": last.stderr.strip().splitlines()[-3:]}
+
+
+def shipped_model_path(name: str) -> Path | None:
+    """Path of a shipped model name (looked up without importing torch), or None if missing."""
+    try:
+        from pcsym.engine import PRETRAINED  # imports torch; fine in the benchmark driver
+    except Exception:  # noqa: BLE001
+        PRETRAINED = {"so3": "so3.pt", "o2": "o2.pt"}
+    if name not in PRETRAINED:
+        return None
+    import pcsym
+
+    p = Path(pcsym.__file__).parent / "pretrained" / PRETRAINED[name]
+    return p if p.exists() else None
+
+
+def main() -> int:
+    p = C.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="so3", help="shipped model name or checkpoint path for classify (default so3)")
+    args = p.parse_args()
+    repeats = 1 if args.quick else 3
+    env = C.environment(args.threads, args.quick)
+    if env["contention_note"]:
+        print("warning: " + env["contention_note"], flush=True)
+    exe = pcsym_exe()
+    rows = []
+
+    r = time_command(exe + ["--help"], repeats, args.threads)
+    r["name"] = "help"
+    rows.append(r)
+    print(f"  pcsym --help: {r['median_s']:.3f} s (rc {r['returncode']})", flush=True)
+
+    shipped = args.model in ("so3", "o2")
+    model_path = shipped_model_path(args.model) if shipped else (Path(args.model) if Path(args.model).exists() else None)
+    skipped = None
+    if model_path is None:
+        skipped = (f"shipped model '{args.model}' not found in pcsym/pretrained/" if shipped
+                   else f"checkpoint {args.model} not found") + ": classify timing skipped"
+        print("  " + skipped, flush=True)
+    else:
+        cmd = exe + ["classify", str(MESH.relative_to(C.REPO)), "--threads", str(args.threads)]
+        if not shipped or args.model != "so3":
+            cmd += ["--model", args.model]
+        r = time_command(cmd, repeats, args.threads)
+        r["name"] = "classify cold"
+        r["model"] = str(args.model)
+        rows.append(r)
+        print(f"  pcsym classify: {r['median_s']:.3f} s (rc {r['returncode']})", flush=True)
+        if r["returncode"] != 0:
+            print("  classify failed: " + " | ".join(r["stderr_tail"]), flush=True)
+
+    help_s = rows[0]["median_s"]
+    cls = next((x for x in rows if x["name"] == "classify cold"), None)
+    cls_txt = (f"{cls['median_s']:.1f}s" + ("" if cls["returncode"] == 0 else " (FAILED)")) if cls else "skipped"
+    if cls and not shipped:
+        cls_txt += f" (model {Path(args.model).name})"
+    headline = f"help {help_s:.2f}s, classify cold {cls_txt}"
+    cols = [("name", "what"), ("command", "command"), ("median_s", f"median s (of {repeats})"),
+            ("returncode", "exit code")]
+    md = "\n\n".join([
+        "# bench_cli: whole-process wall time of pcsym commands",
+        C.env_markdown(env),
+        "Each command is a fresh subprocess (interpreter start + imports + work); median of repeats. "
+        "`classify` is cold in the sense of a new process (the OS page cache and escnn's basis cache are "
+        "left as they are).",
+        C.table(rows, cols),
+        f"Note: {skipped}." if skipped else "",
+        f"**{headline}**",
+    ])
+    data = {"benchmark": "cli", "env": env, "rows": rows, "skipped": skipped, "headline": headline}
+    jp, mp = C.write_results(args.out, "bench_cli", data, md, args.quick)
+    print()
+    print(C.table(rows, cols))
+    print(f"\nwrote {jp} and {mp}")
+    print(headline)
+    failed = any(x["returncode"] != 0 for x in rows)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

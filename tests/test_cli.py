@@ -1,0 +1,307 @@
+"""The commands as a user runs them: exit codes, messages, files written."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pcsym.cli import app
+
+from .conftest import SAMPLE
+
+runner = CliRunner()
+MINI = SAMPLE / "modelnet10_mini"
+TINY = ["--points", "256", "--widths", "16,32", "--batch-size", "8", "--threads", "1"]
+PCSYM = [sys.executable, "-m", "pcsym"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, sample_dataset):
+    out = tmp_path_factory.mktemp("run") / "so3"
+    r = run("-q", "train", "--data", sample_dataset, "--out", out, "--group", "so3", "--epochs", "2",
+            "--max-steps", "3", *TINY)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_version_and_help():
+    r = run("--version")
+    assert r.exit_code == 0 and r.stdout.startswith("pcsym ")
+    r = run("--help")
+    assert r.exit_code == 0
+    for cmd in ("groups", "train", "evaluate", "classify", "check-equivariance", "export", "data"):
+        assert cmd in r.stdout
+
+
+def test_groups_table_and_json():
+    r = run("groups")
+    assert r.exit_code == 0
+    for name in ("trivial", "so2", "o2", "so3", "o3", "m", "f", "inv", "so2xinv", "o2xinv", "mxinv", "c4", "d4"):
+        assert f" {name} " in r.stdout
+    rows = json.loads(run("groups", "--json").stdout)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["o2"]["order"] == "continuous" and by_name["d4"]["order"] == 8
+    assert by_name["m"]["escnn"] == "escnn.gspaces.mirOnR3()"
+
+
+def test_train_writes_checkpoints_metrics_and_config(tiny_run):
+    assert {"best.pt", "last.pt", "metrics.csv", "config.json"} <= {p.name for p in tiny_run.iterdir()}
+    lines = (tiny_run / "metrics.csv").read_text().strip().splitlines()
+    assert lines[0].startswith("epoch,train_loss,train_acc,val_acc") and len(lines) == 3
+    ckpt = torch.load(tiny_run / "last.pt", weights_only=True)  # loads without executing anything
+    assert ckpt["model_config"]["group"] == "so3" and ckpt["model_config"]["points"] == 256
+    assert ckpt["model_config"]["class_names"][0] == "bathtub"
+
+
+def test_train_refuses_non_empty_out_without_resume_or_force(tiny_run):
+    r = run("train", "--data", MINI, "--out", tiny_run, *TINY)
+    assert r.exit_code == 2
+    assert "not empty" in r.stderr and "--resume" in r.stderr and "Traceback" not in r.output
+
+
+def test_unknown_group_suggests_the_closest():
+    r = run("train", "--data", MINI, "--out", "unused", "--group", "so33")
+    assert r.exit_code == 2
+    assert "unknown group 'so33'" in r.stderr and "Did you mean 'so3'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_reports_metrics(tiny_run, sample_dataset, tmp_path):
+    r = run("evaluate", tiny_run / "best.pt", "--data", sample_dataset, "--json", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert m["n"] == 60  # 20% of the 300 sample shapes
+    assert sum(map(sum, m["confusion_matrix"])) == 60
+    assert 0.0 <= m["overall_accuracy"] <= 1.0 and len(m["per_class_accuracy"]) == 10
+    assert (tmp_path / "metrics.json").exists() and (tmp_path / "confusion.csv").exists()
+    r = run("evaluate", tiny_run, "--data", sample_dataset, "--rotate", "so3")
+    assert r.exit_code == 0 and "overall accuracy" in r.stdout and "confusion matrix" in r.stdout
+
+
+def test_evaluate_bad_rotate_flag(tiny_run):
+    r = run("evaluate", tiny_run, "--data", MINI, "--rotate", "x")
+    assert r.exit_code == 2 and "unknown --rotate 'x'" in r.stderr
+
+
+def test_classify_with_checkpoint(tiny_run, sample_mesh):
+    r = run("classify", sample_mesh, "--model", tiny_run / "best.pt", "--top-k", "3", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)["results"][0]
+    assert res["ok"] and len(res["top"]) == 3
+    probs = [t["probability"] for t in res["top"]]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0001
+
+
+def test_classify_shipped_model_out_of_the_box(sample_mesh):
+    r = run("classify", sample_mesh)
+    assert r.exit_code == 0, r.output
+    assert "probability" in r.stdout and "bed" in r.stdout
+
+
+def test_classify_missing_file_is_one_line_exit_2(tmp_path, tiny_run):
+    r = run("classify", tmp_path / "nope.obj", "--model", tiny_run)
+    assert r.exit_code == 2
+    assert "nope.obj" in r.stderr and "Traceback" not in r.output
+
+
+def test_classify_keeps_going_after_a_bad_file(tmp_path, tiny_run, sample_mesh):
+    bad = tmp_path / "broken.stl"
+    bad.write_bytes(b"\x00" * 90)
+    r = run("classify", sample_mesh, bad, "--model", tiny_run, "--json")
+    assert r.exit_code == 2
+    results = json.loads(r.stdout)["results"]
+    assert [x["ok"] for x in results] == [True, False]
+    assert "broken.stl" in r.stderr
+
+
+def test_check_equivariance_passes_on_trained_checkpoint(tiny_run):
+    r = run("check-equivariance", tiny_run / "best.pt", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["passed"]
+    inside = [x for x in rep["rows"] if x["in_group"]]
+    outside = [x for x in rep["rows"] if not x["in_group"]]
+    assert inside and max(x["worst_rel"] for x in inside) < 1e-6  # escnn bases are stored in float32
+    assert outside and max(x["logits_rel"] for x in outside) > 1e-3  # e.g. inversion, stretch
+
+
+def test_check_equivariance_fresh_model_by_group():
+    r = run("check-equivariance", "--group", "m", "--points", "256")
+    assert r.exit_code == 0, r.output
+    assert "PASS" in r.stdout
+    rep = json.loads(run("check-equivariance", "--group", "m", "--points", "256", "--json").stdout)
+    outside = {x["element"]: x["logits_rel"] for x in rep["rows"] if not x["in_group"]}
+    assert outside["rotation 0.9 rad about x"] > 1e-3  # not a symmetry of M: logits change
+
+
+def test_check_equivariance_fails_with_exit_1_on_a_broken_model(tiny_run, tmp_path):
+    """Corrupt the stored equivariant basis of one layer: the model is no longer equivariant."""
+    ckpt = torch.load(tiny_run / "best.pt", weights_only=True)
+    keys = [k for k in ckpt["state_dict"] if "blocks.1.conv.contract" in k and "sampled_basis" in k]
+    assert keys
+    g = torch.Generator().manual_seed(0)
+    for k in keys:
+        ckpt["state_dict"][k] = ckpt["state_dict"][k] + 0.5 * torch.randn(ckpt["state_dict"][k].shape, generator=g)
+    torch.save(ckpt, tmp_path / "broken.pt")
+    r = run("check-equivariance", tmp_path / "broken.pt")
+    assert r.exit_code == 1, r.output
+    assert "FAIL" in r.stdout
+
+
+def test_malicious_checkpoint_is_refused_and_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "pcsym-checkpoint", "payload": Evil()}, path)
+    for cmd in (["classify", SAMPLE / "meshes" / "bed_0001.off", "--model", path], ["evaluate", path, "--data", MINI],
+                ["check-equivariance", path], ["export", path]):
+        r = run(*cmd)
+        assert r.exit_code == 2, (cmd, r.output)
+        assert "refusing to load" in r.stderr
+    assert not marker.exists()
+
+
+def test_garbage_and_foreign_checkpoints(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    r = run("evaluate", tmp_path / "junk.pt", "--data", MINI)
+    assert r.exit_code == 2 and "not a readable checkpoint" in r.stderr
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    r = run("evaluate", tmp_path / "foreign.pt", "--data", MINI)
+    assert r.exit_code == 2 and "not a pcsym checkpoint" in r.stderr
+
+
+def test_export_torchscript_and_onnx_give_the_same_logits(tiny_run, tmp_path, sample_mesh):
+    import numpy as np
+
+    from pcsym.engine import load_model
+    from pcsym.export import ScriptedClassifier, prepare_inputs
+    from pcsym.meshes import load_cloud
+
+    assert run("export", tiny_run, "--out", tmp_path / "m.ts").exit_code == 0
+    assert run("export", tiny_run, "--format", "onnx", "--out", tmp_path / "m.onnx").exit_code == 0
+    model, _ = load_model(tiny_run)
+    p, n = load_cloud(sample_mesh, 256)
+    p, n = torch.tensor(p)[None], torch.tensor(n)[None]
+    with torch.no_grad():
+        ref = model(p, n)
+    assert torch.allclose(ScriptedClassifier(tmp_path / "m.ts")(p, n), ref, atol=1e-5)
+    import onnxruntime as ort
+
+    pp, nn_ = prepare_inputs(p, n)
+    out = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"pos": pp.numpy(), "normals": nn_.numpy()})[0]
+    assert np.abs(out - ref.numpy()).max() < 1e-4
+    r = run("classify", sample_mesh, "--model", tmp_path / "m.ts", "--json")
+    assert r.exit_code == 0, r.output
+
+
+def test_config_file_with_flag_override(tmp_path, sample_dataset):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("group: m\nepochs: 1\nmax_steps: 2\npoints: 256\nwidths: '16'\nbatch_size: 8\n")
+    out = tmp_path / "run"
+    r = run("-q", "train", "--config", cfg, "--data", sample_dataset, "--out", out, "--group", "inv")
+    assert r.exit_code == 0, r.output
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["group"] == "inv"  # the flag wins
+    assert saved["train"]["epochs"] == 1 and saved["model"]["points"] == 256  # from the file
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("colour: red\n")
+    r = run("train", "--config", bad, "--data", sample_dataset, "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "unknown setting 'colour'" in r.stderr
+
+
+# ----------------------------------------------------------------------------- never lose work
+
+RESUME_ARGS = ["--group", "so3", "--epochs", "3", "--max-steps", "6", *TINY, "--seed", "3"]
+
+
+def _train_proc(data, out, *extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([*PCSYM, "-q", "train", "--data", str(data), "--out", str(out), *RESUME_ARGS, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+
+
+def _wait_for_epochs(out: Path, n: int, proc, timeout=180):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        m = out / "metrics.csv"
+        if m.exists() and len(m.read_text().strip().splitlines()) >= n + 1:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.communicate()}")
+        time.sleep(0.05)
+    raise AssertionError("timeout")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, sample_dataset):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    p = _train_proc(sample_dataset, out)
+    assert p.wait(300) == 0, p.communicate()
+    return out
+
+
+def _same_weights(a: Path, b: Path):
+    sa = torch.load(a, weights_only=True)["state_dict"]
+    sb = torch.load(b, weights_only=True)["state_dict"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(reference_run, sample_dataset, tmp_path):
+    out = tmp_path / "run"
+    p = _train_proc(sample_dataset, out)
+    _wait_for_epochs(out, 1, p)
+    time.sleep(0.3)  # in the middle of epoch 2
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert (out / "last.pt").exists()
+    r = subprocess.run([*PCSYM, "-q", "train", "--data", str(sample_dataset), "--out", str(out), *RESUME_ARGS,
+                        "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    _same_weights(out / "last.pt", reference_run / "last.pt")
+    assert (out / "metrics.csv").read_text().count("\n") == 4
+
+
+def test_ctrl_c_saves_mid_epoch_and_resume_is_exact(reference_run, sample_dataset, tmp_path):
+    out = tmp_path / "run"
+    p = _train_proc(sample_dataset, out)
+    _wait_for_epochs(out, 1, p)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    if p.returncode == 0:
+        pytest.skip("training finished before the signal arrived (machine too fast)")
+    assert p.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    r = subprocess.run([*PCSYM, "-q", "train", "--data", str(sample_dataset), "--out", str(out), *RESUME_ARGS,
+                        "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    _same_weights(out / "last.pt", reference_run / "last.pt")
+
+
+def test_json_stdout_is_clean_in_a_real_process(tiny_run, sample_mesh):
+    """escnn prints on import of some groups; --json output must still parse."""
+    r = subprocess.run([*PCSYM, "check-equivariance", "--group", "o2", "--points", "128", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["group"] == "o2"
+    r = subprocess.run([*PCSYM, "classify", str(sample_mesh), "--model", str(tiny_run), "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert json.loads(r.stdout)["results"][0]["ok"]
