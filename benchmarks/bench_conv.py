@@ -151,6 +151,9 @@ def worker(spec: dict) -> dict:
         big = spec["square_mm"]
         res["square_mm_gflops"] = dense_gflops([big, big, big], 3, spec["mm_min_s"])
         res["mm_efficiency"] = res["gflops"] / res["dense_mm_gflops"]
+        with torch.no_grad():  # structural zeros of the equivariant contraction matrix (still multiplied densely)
+            w, _ = conv.dense_weight()
+            res["contract_nonzero_frac"] = float((w.abs() > 1e-9).float().mean())
     return res
 
 
@@ -217,11 +220,11 @@ def main() -> int:
             ("peak_mem_mb", "peak +MiB"), ("equiv_rel_err", "equiv rel err (f32)")]
     flop_rows = [dict(group=r["group"], gflop=r["flops"]["total"] / 1e9, gflops=r["gflops"],
                       contract=r["flops"]["contract_mm"] / r["flops"]["total"],
-                      dense=r["dense_mm_gflops"], square=r["square_mm_gflops"], eff=r["mm_efficiency"],
+                      dense=r["dense_mm_gflops"], nz=r.get("contract_nonzero_frac"), square=r["square_mm_gflops"], eff=r["mm_efficiency"],
                       shape="x".join(map(str, r["flops"]["contract_shape"])))
                  for r in rows if r["method"] == "implicit" and "flops" in r]
     flop_cols = [("group", "group"), ("gflop", "matmul GFLOP (fwd+bwd)"), ("contract", "share in contraction"),
-                 ("gflops", "achieved GFLOP/s"), ("shape", "contraction mm shape"),
+                 ("gflops", "achieved GFLOP/s"), ("shape", "contraction mm shape"), ("nz", "nonzero share of contraction W"),
                  ("dense", "torch.mm same shape GFLOP/s"), ("square", f"torch.mm {sizes['square_mm']}^3 GFLOP/s"),
                  ("eff", "achieved / same-shape mm")]
     headline = f"min speedup vs escnn R3PointConv: {min_speedup:.1f}x" if min_speedup else \

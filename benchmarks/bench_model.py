@@ -115,8 +115,8 @@ def main() -> int:
         tp = dict(batch=4, points=512, k=10, repeats=1, groups=["o2", "m", "trivial"])
         sc = dict(batch=2, points=(256, 512, 1024), ks=(5, 10, 20), repeats=2)
     else:
-        tp = dict(batch=16, points=1024, k=10, repeats=5, groups=GROUPS)
-        sc = dict(batch=8, points=(256, 512, 1024, 2048, 4096), ks=(5, 10, 20, 40), repeats=5)
+        tp = dict(batch=16, points=1024, k=10, repeats=10, groups=GROUPS)
+        sc = dict(batch=8, points=(256, 512, 1024, 2048, 4096), ks=(5, 10, 20, 40), repeats=7)
     env = C.environment(args.threads, quick)
     print(f"bench_model: {args.threads} thread(s){' [QUICK]' if quick else ''}", flush=True)
     if env["contention_note"]:

@@ -293,6 +293,9 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, resume: bool = False,
                                                                 if k not in ("optimizer", "scheduler")})
             save_checkpoint(last_path, model, mcfg, extra)
             write_metrics(out / "metrics.csv", history)
+            from .plots import learning_curve
+
+            learning_curve(history, out / "learning_curve.png")
             if on_epoch:
                 on_epoch(row)
     except TrainingInterrupted:

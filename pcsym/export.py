@@ -63,7 +63,11 @@ def export_model(model, path: str | Path, fmt: str = "torchscript") -> Path:
     net = OrderedNet(model).eval()
     pos, nrm = _example(model)
     if fmt == "torchscript":
-        with torch.no_grad():
+        import warnings
+
+        with torch.no_grad(), warnings.catch_warnings():
+            # shapes become constants: the export is for clouds of cfg.points points (documented)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(net, (pos, nrm), check_trace=False)
         buf = io.BytesIO()
         torch.jit.save(traced, buf, _extra_files={META_NAME: json.dumps(metadata(model))})

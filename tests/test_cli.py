@@ -57,7 +57,8 @@ def test_groups_table_and_json():
 
 
 def test_train_writes_checkpoints_metrics_and_config(tiny_run):
-    assert {"best.pt", "last.pt", "metrics.csv", "config.json"} <= {p.name for p in tiny_run.iterdir()}
+    assert {"best.pt", "last.pt", "metrics.csv", "config.json", "learning_curve.png"} <= {
+        p.name for p in tiny_run.iterdir()}
     lines = (tiny_run / "metrics.csv").read_text().strip().splitlines()
     assert lines[0].startswith("epoch,train_loss,train_acc,val_acc") and len(lines) == 3
     ckpt = torch.load(tiny_run / "last.pt", weights_only=True)  # loads without executing anything
@@ -86,6 +87,7 @@ def test_evaluate_reports_metrics(tiny_run, sample_dataset, tmp_path):
     assert sum(map(sum, m["confusion_matrix"])) == 60
     assert 0.0 <= m["overall_accuracy"] <= 1.0 and len(m["per_class_accuracy"]) == 10
     assert (tmp_path / "metrics.json").exists() and (tmp_path / "confusion.csv").exists()
+    assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = run("evaluate", tiny_run, "--data", sample_dataset, "--rotate", "so3")
     assert r.exit_code == 0 and "overall accuracy" in r.stdout and "confusion matrix" in r.stdout
 

@@ -1,0 +1,27 @@
+"""Copy a trained run's best checkpoint into the package as a shipped model (+ TorchScript export).
+
+Usage: python scripts/ship_model.py RUN_DIR NAME   e.g.  python scripts/ship_model.py runs/o2 o2
+Only for checkpoints you trained yourself: it loads with weights_only=False to convert checkpoints
+written before numpy scalars were sanitised, then re-saves a weights_only-safe file.
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+from pcsym.config import ModelConfig
+from pcsym.engine import _state_to_plain, load_model, save_checkpoint
+from pcsym.export import export_model
+
+run, name = Path(sys.argv[1]), sys.argv[2]
+ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+ckpt = _state_to_plain(ckpt)
+dest = Path("pcsym/pretrained") / f"{name}.pt"
+tmp = dest.with_suffix(".tmp.pt")
+torch.save(ckpt, tmp)  # plain again; now rebuild through the normal loader
+model, _ = load_model(tmp)
+keep = {k: ckpt[k] for k in ("epoch", "best_val_acc", "history", "train_config", "val_accuracy") if k in ckpt}
+save_checkpoint(dest, model, ModelConfig.from_dict(ckpt["model_config"]), keep)
+tmp.unlink()
+export_model(model, dest.with_suffix(".ts"))
+print(f"shipped {dest} (+ .ts): epoch {ckpt.get('epoch', 0) + 1}, val acc {ckpt.get('best_val_acc')}")
