@@ -34,6 +34,8 @@ PRETRAINED = {"so3": "so3.pt", "o2": "o2.pt"}
 @dataclass
 class TrainConfig:
     data: str = ""
+    up_axis: str | None = None  # y: rotate a y-up dataset to z-up (None: z, or the cache's own)
+    data_format: str | None = None  # h5 | normal_resampled | off (None: detect)
     out: str = "runs/latest"
     epochs: int = 30
     batch_size: int = 16
@@ -189,7 +191,7 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, resume: bool = False,
         torch.set_num_threads(tcfg.threads)
     out = Path(tcfg.out)
     device = torch.device(tcfg.device)
-    data = load_dataset(tcfg.data, points=mcfg.points)
+    data = load_dataset(tcfg.data, points=mcfg.points, up_axis=tcfg.up_axis, fmt=tcfg.data_format)
     train_mask = np.asarray(data.split) == "train"
     pool = np.nonzero(train_mask)[0] if train_mask.any() else np.arange(len(data.labels))
     tr_rel, va_rel = train_val_split(np.asarray(data.labels)[pool], tcfg.val_fraction, tcfg.seed)

@@ -307,3 +307,23 @@ def test_json_stdout_is_clean_in_a_real_process(tiny_run, sample_mesh):
     r = subprocess.run([*PCSYM, "classify", str(sample_mesh), "--model", str(tiny_run), "--json"],
                        capture_output=True, text=True, timeout=300)
     assert json.loads(r.stdout)["results"][0]["ok"]
+
+
+def test_data_fetch_cli_checksum_and_extraction(tmp_path):
+    import hashlib
+    import zipfile
+
+    archive = tmp_path / "src" / "tiny.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("tiny/shape_names.txt", "a\n")
+    good = hashlib.sha256(archive.read_bytes()).hexdigest()
+    out = tmp_path / "dl"
+    r = run("-q", "data", "fetch", archive.as_uri(), "--out", out, "--sha256", "0" * 64)
+    assert r.exit_code == 2 and "checksum mismatch" in r.stderr
+    assert not list(out.rglob("*.part")) and not (out / "tiny.zip").exists()
+    r = run("-q", "data", "fetch", archive.as_uri(), "--out", out, "--sha256", good)
+    assert r.exit_code == 0, r.output
+    assert (out / "tiny" / "shape_names.txt").read_text() == "a\n"
+    r = run("data", "fetch", "modelnet40_hdf5", "--out", out)
+    assert r.exit_code == 2 and "modelnet40_ply_hdf5_2048" in r.stderr

@@ -121,6 +121,8 @@ def train(
     ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="Dataset directory (h5, normal_resampled or OFF layout) or cache .npz."),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="Output directory for checkpoints and metrics."),
+    up_axis: Optional[str] = typer.Option(None, "--up-axis", help="Up axis of the data: z or y (y is rotated to z)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="h5, normal_resampled or off (default: detect)."),
     group: str = typer.Option("o2", "--group", help="Symmetry group (see `pcsym groups`)."),
     kernel: str = typer.Option("implicit", "--kernel", help="implicit (MLP kernel) or basis (escnn R3PointConv)."),
     k: int = typer.Option(10, "--k", help="Neighbours per layer."),
@@ -167,7 +169,8 @@ def train(
         mcfg = ModelConfig(group=merged["group"], kernel=merged["kernel"], k=int(merged["k"]),
                            points=int(merged["points"]), widths=wid, strides=strides, sampling=merged["sampling"],
                            class_names=["?"]).validate()
-        tcfg = TrainConfig(data=str(merged["data"]), out=str(merged["out"]), epochs=int(merged["epochs"]),
+        tcfg = TrainConfig(data=str(merged["data"]), out=str(merged["out"]), up_axis=merged["up_axis"],
+                           data_format=merged["fmt"], epochs=int(merged["epochs"]),
                            batch_size=int(merged["batch_size"]), lr=float(merged["lr"]), seed=int(merged["seed"]),
                            rotate=merged["rotate"], device=dev, threads=int(merged["threads"]),
                            workers=int(merged["workers"]), max_steps=int(merged["max_steps"]))
@@ -241,6 +244,8 @@ def _train_with_progress(mcfg, tcfg, resume: bool):
 def evaluate(
     checkpoint: str = typer.Argument(..., help="Checkpoint .pt, run directory, or shipped model name (so3, o2)."),
     data: Path = typer.Option(..., "--data", help="Dataset directory or cache .npz."),
+    up_axis: Optional[str] = typer.Option(None, "--up-axis", help="Up axis of the data: z or y (y is rotated to z)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="h5, normal_resampled or off (default: detect)."),
     split: str = typer.Option("val", "--split", help="val (the held-out 20% of train), test, train or all."),
     rotate: str = typer.Option("none", "--rotate", help="Test-time rotation: none, z or so3."),
     votes: int = typer.Option(1, "--votes", help="Average predictions over N augmented copies."),
@@ -266,7 +271,7 @@ def evaluate(
         dev = _setup_torch(threads, device)
         model, _ = load_model(checkpoint, dev)
         cfg = model.cfg
-        ds_all = load_dataset(data, points=cfg.points)
+        ds_all = load_dataset(data, points=cfg.points, up_axis=up_axis, fmt=fmt)
         if list(ds_all.class_names) != list(cfg.class_names):
             raise PcsymError(f"dataset classes ({len(ds_all.class_names)}) differ from the model's "
                              f"({len(cfg.class_names)})", path=data)
