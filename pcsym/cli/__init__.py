@@ -20,6 +20,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Prepare, cache and fetch data
 app.add_typer(data_app, name="data")
 
 STATE = {"debug": False, "quiet": False}
+UP_AXIS_OPTION = typer.Option(None, "--up-axis", help="Up axis of the data: z or y (y is rotated to z).")
+FORMAT_OPTION = typer.Option(None, "--format", help="h5, normal_resampled or off (default: detect).")
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "sample_data"
 
 
@@ -121,8 +123,8 @@ def train(
     ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="Dataset directory (h5, normal_resampled or OFF layout) or cache .npz."),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="Output directory for checkpoints and metrics."),
-    up_axis: Optional[str] = typer.Option(None, "--up-axis", help="Up axis of the data: z or y (y is rotated to z)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="h5, normal_resampled or off (default: detect)."),
+    up_axis: Optional[str] = UP_AXIS_OPTION,
+    fmt: Optional[str] = FORMAT_OPTION,
     group: str = typer.Option("o2", "--group", help="Symmetry group (see `pcsym groups`)."),
     kernel: str = typer.Option("implicit", "--kernel", help="implicit (MLP kernel) or basis (escnn R3PointConv)."),
     k: int = typer.Option(10, "--k", help="Neighbours per layer."),
@@ -244,8 +246,8 @@ def _train_with_progress(mcfg, tcfg, resume: bool):
 def evaluate(
     checkpoint: str = typer.Argument(..., help="Checkpoint .pt, run directory, or shipped model name (so3, o2)."),
     data: Path = typer.Option(..., "--data", help="Dataset directory or cache .npz."),
-    up_axis: Optional[str] = typer.Option(None, "--up-axis", help="Up axis of the data: z or y (y is rotated to z)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="h5, normal_resampled or off (default: detect)."),
+    up_axis: Optional[str] = UP_AXIS_OPTION,
+    fmt: Optional[str] = FORMAT_OPTION,
     split: str = typer.Option("val", "--split", help="val (the held-out 20% of train), test, train or all."),
     rotate: str = typer.Option("none", "--rotate", help="Test-time rotation: none, z or so3."),
     votes: int = typer.Option(1, "--votes", help="Average predictions over N augmented copies."),
@@ -353,6 +355,7 @@ def classify(
     top_k: int = typer.Option(5, "--top-k", help="How many classes to show."),
     seed: int = typer.Option(0, "--seed", help="Seed of the surface sampling."),
     max_vertices: int = typer.Option(2_000_000, "--max-vertices", help="Refuse larger inputs."),
+    up_axis: Optional[str] = UP_AXIS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     threads: int = typer.Option(0, "--threads"),
 ):
@@ -366,6 +369,11 @@ def classify(
 
         if top_k < 1:
             raise PcsymError("--top-k must be at least 1")
+        if up_axis not in (None, "y", "z"):
+            raise PcsymError(f"unknown --up-axis '{up_axis}': use y or z")
+        from ..data import Y_UP_TO_Z_UP
+
+        up = np.asarray(Y_UP_TO_Z_UP, dtype=np.float32) if up_axis == "y" else np.eye(3, dtype=np.float32)
         _setup_torch(threads, "cpu")
         files = _expand_inputs(inputs, SUPPORTED_EXTENSIONS)
         net, _ = _load_classifier(model)
@@ -375,6 +383,7 @@ def classify(
             try:
                 pts, nrm = load_cloud(f, n_points=net.cfg.points, rng=np.random.default_rng(seed),
                                       max_vertices=max_vertices)
+                pts, nrm = pts @ up.T, nrm @ up.T
                 with torch.no_grad():
                     probs = torch.softmax(net(torch.as_tensor(pts)[None], torch.as_tensor(nrm)[None]), -1)[0]
                 top = probs.topk(min(top_k, len(names)))
@@ -556,17 +565,17 @@ def data_prepare(
     src: Path = typer.Argument(..., help="Dataset directory in any supported layout."),
     out: Optional[Path] = typer.Option(None, "--out", help="Cache file (.npz); default: inside SRC or ~/.cache/pcsym."),
     points: int = typer.Option(1024, "--points"),
-    up_axis: str = typer.Option("z", "--up-axis", help="Up axis of the source: z or y (y is rotated to z)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="h5, normal_resampled or off (default: detect)."),
+    up_axis: Optional[str] = UP_AXIS_OPTION,
+    fmt: Optional[str] = FORMAT_OPTION,
 ):
     """Convert a dataset once into a fast cached array file."""
 
     def body():
         from ..data import prepare
 
-        if up_axis not in ("y", "z"):
+        if up_axis not in (None, "y", "z"):
             raise PcsymError(f"unknown --up-axis '{up_axis}': use y or z")
-        path = prepare(src, out=out, points=points, up_axis=up_axis, fmt=fmt)
+        path = prepare(src, out=out, points=points, up_axis=up_axis or "z", fmt=fmt)
         _console().print(f"cache written: {path}")
 
     _run(body)
