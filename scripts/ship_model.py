@@ -1,6 +1,6 @@
 """Copy a trained run's best checkpoint into the package as a shipped model (+ TorchScript export).
 
-Usage: python scripts/ship_model.py RUN_DIR NAME   e.g.  python scripts/ship_model.py runs/o2 o2
+Usage: python scripts/ship_model.py RUN_DIR_OR_CKPT NAME   e.g.  python scripts/ship_model.py runs/o2 o2
 Only for checkpoints you trained yourself: it loads with weights_only=False to convert checkpoints
 written before numpy scalars were sanitised, then re-saves a weights_only-safe file.
 """
@@ -14,10 +14,11 @@ from pcsym.engine import _state_to_plain, load_model, save_checkpoint
 from pcsym.export import export_model
 
 run, name = Path(sys.argv[1]), sys.argv[2]
-ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+src = run / "best.pt" if run.is_dir() else run
+ckpt = torch.load(src, map_location="cpu", weights_only=False)
 ckpt = _state_to_plain(ckpt)
 dest = Path("pcsym/pretrained") / f"{name}.pt"
-tmp = dest.with_suffix(".tmp.pt")
+tmp = dest.with_name(f"{name}.shipping.pt")
 torch.save(ckpt, tmp)  # plain again; now rebuild through the normal loader
 model, _ = load_model(tmp)
 keep = {k: ckpt[k] for k in ("epoch", "best_val_acc", "history", "train_config", "val_accuracy") if k in ckpt}
