@@ -214,13 +214,23 @@ def test_export_torchscript_and_onnx_give_the_same_logits(tiny_run, tmp_path, sa
 
 def test_config_file_with_flag_override(tmp_path, sample_dataset):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("group: m\nepochs: 1\nmax_steps: 2\npoints: 256\nwidths: '16'\nbatch_size: 8\n")
+    cfg.write_text("group: m\nepochs: 1\nmax_steps: 2\npoints: 256\nwidths: '16'\nbatch_size: 8\n"
+                   "schedule: step\npoint_dropout: 0.3\n")
     out = tmp_path / "run"
-    r = run("-q", "train", "--config", cfg, "--data", sample_dataset, "--out", out, "--group", "inv")
+    r = run("-q", "train", "--config", cfg, "--data", sample_dataset, "--out", out, "--group", "inv",
+            "--anisotropic-scale", "--scale", "0.9,1.1", "--jitter", "0", "--eval-rotate", "so3")
     assert r.exit_code == 0, r.output
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["group"] == "inv"  # the flag wins
     assert saved["train"]["epochs"] == 1 and saved["model"]["points"] == 256  # from the file
+    t = saved["train"]
+    assert (t["schedule"], t["point_dropout"], t["anisotropic_scale"]) == ("step", 0.3, True)
+    assert (t["scale_low"], t["scale_high"], t["jitter"], t["eval_rotate"]) == (0.9, 1.1, 0.0, "so3")
+    for bad_flag, msg in ((["--schedule", "linear"], "unknown --schedule 'linear'"),
+                          (["--scale", "1.2,0.8"], "--scale needs 0 < LOW <= HIGH"),
+                          (["--eval-rotate", "x"], "unknown --eval-rotate 'x'")):
+        r = run("train", "--data", sample_dataset, "--out", tmp_path / "y", *bad_flag)
+        assert r.exit_code == 2 and msg in r.stderr, r.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("colour: red\n")
     r = run("train", "--config", bad, "--data", sample_dataset, "--out", tmp_path / "x")

@@ -137,6 +137,16 @@ def train(
     widths: str = typer.Option("32,64,128", "--widths", help="Approx. feature dims of the steerable layers."),
     sampling: str = typer.Option("random", "--sampling", help="Downsampling: random or fps."),
     max_steps: int = typer.Option(0, "--max-steps", help="Cap steps per epoch (0 = full epochs)."),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay", help="AdamW weight decay."),
+    schedule: str = typer.Option("cosine", "--schedule", help="Learning-rate schedule: cosine or step."),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing"),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Held-out part of the train split."),
+    jitter: float = typer.Option(0.01, "--jitter", help="Std of Gaussian point jitter (0 = off)."),
+    scale: str = typer.Option("0.8,1.2", "--scale", help="Range of random isotropic scaling (1,1 = off)."),
+    anisotropic_scale: bool = typer.Option(False, "--anisotropic-scale",
+                                           help="Scale axes independently (breaks rotation symmetry)."),
+    point_dropout: float = typer.Option(0.0, "--point-dropout", help="Max fraction of points dropped."),
+    eval_rotate: str = typer.Option("z", "--eval-rotate", help="Rotation of validation clouds: none, z or so3."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/TOML file of defaults; flags override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out."),
@@ -165,8 +175,19 @@ def train(
             wid = tuple(int(x) for x in str(merged["widths"]).split(","))
         except ValueError:
             raise PcsymError(f"--widths must be comma-separated integers, got '{merged['widths']}'") from None
-        if merged["rotate"] not in ("none", "z", "so3"):
-            raise PcsymError(f"unknown --rotate '{merged['rotate']}': use none, z or so3")
+        for flag in ("rotate", "eval_rotate"):
+            if merged[flag] not in ("none", "z", "so3"):
+                raise PcsymError(f"unknown --{flag.replace('_', '-')} '{merged[flag]}': use none, z or so3")
+        if merged["schedule"] not in ("cosine", "step"):
+            raise PcsymError(f"unknown --schedule '{merged['schedule']}': use cosine or step")
+        try:
+            scale_low, scale_high = (float(x) for x in str(merged["scale"]).split(","))
+        except ValueError:
+            raise PcsymError(f"--scale must be two numbers LOW,HIGH, got '{merged['scale']}'") from None
+        if not 0 < scale_low <= scale_high:
+            raise PcsymError(f"--scale needs 0 < LOW <= HIGH, got '{merged['scale']}'")
+        if not 0 <= float(merged["point_dropout"]) < 1 or not 0 < float(merged["val_fraction"]) < 1:
+            raise PcsymError("--point-dropout must be in [0, 1) and --val-fraction in (0, 1)")
         strides = (2, 4, 4, 4, 4)[: len(wid)]
         mcfg = ModelConfig(group=merged["group"], kernel=merged["kernel"], k=int(merged["k"]),
                            points=int(merged["points"]), widths=wid, strides=strides, sampling=merged["sampling"],
@@ -175,7 +196,13 @@ def train(
                            data_format=merged["fmt"], epochs=int(merged["epochs"]),
                            batch_size=int(merged["batch_size"]), lr=float(merged["lr"]), seed=int(merged["seed"]),
                            rotate=merged["rotate"], device=dev, threads=int(merged["threads"]),
-                           workers=int(merged["workers"]), max_steps=int(merged["max_steps"]))
+                           workers=int(merged["workers"]), max_steps=int(merged["max_steps"]),
+                           weight_decay=float(merged["weight_decay"]), schedule=merged["schedule"],
+                           label_smoothing=float(merged["label_smoothing"]),
+                           val_fraction=float(merged["val_fraction"]), jitter=float(merged["jitter"]),
+                           scale_low=scale_low, scale_high=scale_high,
+                           anisotropic_scale=bool(merged["anisotropic_scale"]),
+                           point_dropout=float(merged["point_dropout"]), eval_rotate=merged["eval_rotate"])
         outdir = Path(tcfg.out)
         if outdir.exists() and not outdir.is_dir():
             raise PcsymError("--out exists and is not a directory", path=outdir)
