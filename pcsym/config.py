@@ -25,6 +25,7 @@ class ModelConfig:
     lmax: int = 2  # degree of the harmonic-polynomial embedding
     n_radial: int = 4
     use_normals: bool = True
+    use_positions: bool = True  # centred positions as an input vector field (global shape context)
     sampling: str = "random"  # random | fps
     head_dims: int = 128
     dropout: float = 0.3
@@ -45,6 +46,7 @@ class ModelConfig:
         if unknown:
             raise PcsymError(f"checkpoint config has unknown fields {sorted(unknown)} (made by a newer pcsym?)")
         d = dict(d)
+        d.setdefault("use_positions", False)  # checkpoints written before the position input existed
         for key in ("widths", "strides"):
             if key in d:
                 d[key] = tuple(d[key])

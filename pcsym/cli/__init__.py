@@ -136,6 +136,8 @@ def train(
     rotate: str = typer.Option("z", "--rotate", help="Training augmentation: none, z or so3."),
     widths: str = typer.Option("32,64,128", "--widths", help="Approx. feature dims of the steerable layers."),
     sampling: str = typer.Option("random", "--sampling", help="Downsampling: random or fps."),
+    positions: bool = typer.Option(True, "--positions/--no-positions",
+                                   help="Feed centred positions as an input vector field."),
     max_steps: int = typer.Option(0, "--max-steps", help="Cap steps per epoch (0 = full epochs)."),
     weight_decay: float = typer.Option(1e-4, "--weight-decay", help="AdamW weight decay."),
     schedule: str = typer.Option("cosine", "--schedule", help="Learning-rate schedule: cosine or step."),
@@ -191,6 +193,7 @@ def train(
         strides = (2, 4, 4, 4, 4)[: len(wid)]
         mcfg = ModelConfig(group=merged["group"], kernel=merged["kernel"], k=int(merged["k"]),
                            points=int(merged["points"]), widths=wid, strides=strides, sampling=merged["sampling"],
+                           use_positions=bool(merged["positions"]),
                            class_names=["?"]).validate()
         tcfg = TrainConfig(data=str(merged["data"]), out=str(merged["out"]), up_axis=merged["up_axis"],
                            data_format=merged["fmt"], epochs=int(merged["epochs"]),

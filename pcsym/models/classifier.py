@@ -60,7 +60,8 @@ class EquivariantClassifier(nn.Module):
         self.cfg = cfg
         gs = gspace(cfg.group)
         trivial = gs.trivial_repr
-        in_reps = ([gs.basespace_action] if cfg.use_normals else []) + [trivial]
+        vector = gs.basespace_action  # how G acts on R^3 (positions and normals)
+        in_reps = [vector] * (int(cfg.use_positions) + int(cfg.use_normals)) + [trivial]
         self.in_reps = in_reps
         blocks = []
         reps = in_reps
@@ -90,14 +91,18 @@ class EquivariantClassifier(nn.Module):
         return eval_order(pos.shape[0], pos.shape[1], device=pos.device)  # seeded: deterministic predictions
 
     def input_features(self, normals: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
-        ones = torch.ones_like(pos[..., :1])
+        """Per-point input fields: [centred position] [normal] constant, matching ``self.in_reps``.
+        Positions are taken relative to the cloud's centroid, which every group element fixes."""
+        feats = []
+        if self.cfg.use_positions:
+            feats.append(pos - pos.mean(dim=1, keepdim=True))
         if self.cfg.use_normals:
             if normals is None:
                 from ..graph import estimate_normals
 
                 normals = estimate_normals(pos)
-            return torch.cat([normals, ones], dim=-1)
-        return ones
+            feats.append(normals)
+        return torch.cat(feats + [torch.ones_like(pos[..., :1])], dim=-1)
 
     def forward_ordered(self, pos: torch.Tensor, feat: torch.Tensor, return_features: bool = False):
         """Core network on points already in sampling order. Returns logits (and layer outputs)."""
