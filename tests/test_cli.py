@@ -72,6 +72,19 @@ def test_train_refuses_non_empty_out_without_resume_or_force(tiny_run):
     assert "not empty" in r.stderr and "--resume" in r.stderr and "Traceback" not in r.output
 
 
+def test_resume_with_only_out_continues_with_the_runs_own_settings(tmp_path, sample_dataset):
+    out = tmp_path / "run"
+    r = run("-q", "train", "--data", sample_dataset, "--out", out, "--group", "m", "--epochs", "1",
+            "--max-steps", "2", "--schedule", "step", *TINY)
+    assert r.exit_code == 0, r.output
+    r = run("-q", "train", "--data", sample_dataset, "--out", out, "--resume", "--epochs", "2")  # no model flags
+    assert r.exit_code == 0, r.output
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["model"]["group"], saved["model"]["widths"], saved["model"]["points"]) == ("m", [16, 32], 256)
+    assert (saved["train"]["epochs"], saved["train"]["schedule"], saved["train"]["max_steps"]) == (2, "step", 2)
+    assert len((out / "metrics.csv").read_text().strip().splitlines()) == 3
+
+
 def test_unknown_group_suggests_the_closest():
     r = run("train", "--data", MINI, "--out", "unused", "--group", "so33")
     assert r.exit_code == 2

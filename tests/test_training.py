@@ -29,3 +29,34 @@ def test_short_training_beats_chance_clearly(sample_dataset, tmp_path):
     accs = [h["val_acc"] for h in summary["history"]]
     assert summary["best_val_acc"] >= 0.35, accs
     assert summary["history"][-1]["train_loss"] < summary["history"][0]["train_loss"]
+
+
+def test_norm_recalibration_averages_batch_statistics_and_leaves_rng_alone():
+    import torch
+
+    from pcsym.engine import recalibrate_norms
+    from pcsym.groups import gspace
+    from pcsym.models.layers import EquivBatchNorm
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = EquivBatchNorm([gspace("trivial").trivial_repr] * 3)
+
+        def forward(self, pos, nrm):
+            return self.bn(pos)
+
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randn(12, 5, 3, generator=g) * torch.tensor([1.0, 2.0, 3.0]) + 4.0
+    ds = torch.utils.data.TensorDataset(pos, torch.zeros_like(pos), torch.zeros(12, dtype=torch.long))
+    toy = Toy()
+    toy.bn.running_var.fill_(1e6)  # stale statistics
+    seen = []
+    toy.bn.register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1, 3).clone()))
+    rng = torch.get_rng_state()
+    recalibrate_norms(toy, ds, batches=3, batch_size=4, seed=0, epoch=0)
+    assert torch.equal(rng, torch.get_rng_state()) and len(seen) == 3 and toy.bn.momentum == 0.1
+    mean = torch.stack([x.mean(0) for x in seen]).mean(0)
+    var = torch.stack([(x - x.mean(0)).pow(2).mean(0) for x in seen]).mean(0)
+    assert torch.allclose(toy.bn.running_mean, mean, atol=1e-5)
+    assert torch.allclose(toy.bn.running_var, var, rtol=1e-5)

@@ -149,6 +149,8 @@ def train(
                                            help="Scale axes independently (breaks rotation symmetry)."),
     point_dropout: float = typer.Option(0.0, "--point-dropout", help="Max fraction of points dropped."),
     eval_rotate: str = typer.Option("z", "--eval-rotate", help="Rotation of validation clouds: none, z or so3."),
+    bn_batches: int = typer.Option(32, "--bn-batches",
+                                   help="Batches used to re-estimate batch-norm statistics after each epoch."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/TOML file of defaults; flags override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out."),
@@ -172,6 +174,10 @@ def train(
                 raise PcsymError(f"unknown setting '{key}' in config file", path=config)
             if key not in flags:
                 merged[key] = value
+        if merged["resume"]:  # the run's own settings, unless a flag or the config file says otherwise
+            for key, value in _saved_run_settings(Path(merged["out"])).items():
+                if key not in flags and key not in file_cfg and key in merged:
+                    merged[key] = value
         dev = _setup_torch(int(merged["threads"]), str(merged["device"]))
         try:
             wid = tuple(int(x) for x in str(merged["widths"]).split(","))
@@ -205,7 +211,8 @@ def train(
                            val_fraction=float(merged["val_fraction"]), jitter=float(merged["jitter"]),
                            scale_low=scale_low, scale_high=scale_high,
                            anisotropic_scale=bool(merged["anisotropic_scale"]),
-                           point_dropout=float(merged["point_dropout"]), eval_rotate=merged["eval_rotate"])
+                           point_dropout=float(merged["point_dropout"]), eval_rotate=merged["eval_rotate"],
+                           bn_batches=int(merged["bn_batches"]))
         outdir = Path(tcfg.out)
         if outdir.exists() and not outdir.is_dir():
             raise PcsymError("--out exists and is not a directory", path=outdir)
@@ -215,6 +222,34 @@ def train(
         _train_with_progress(mcfg, tcfg, bool(merged["resume"]))
 
     _run(body)
+
+
+def _saved_run_settings(out: Path) -> dict:
+    """CLI settings of the run in ``out`` (from its config.json), for ``train --resume``."""
+    import json
+
+    path = out / "config.json"
+    if not path.exists():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+        m, t = saved["model"], saved["train"]
+    except (ValueError, KeyError, TypeError):
+        raise PcsymError("unreadable run config; resume with explicit flags or start anew with --force",
+                         path=path) from None
+    d = {key: m[key] for key in ("group", "kernel", "k", "points", "sampling") if key in m}
+    if "widths" in m:
+        d["widths"] = ",".join(str(w) for w in m["widths"])
+    if "use_positions" in m:
+        d["positions"] = bool(m["use_positions"])
+    d.update({key: t[key] for key in ("epochs", "batch_size", "lr", "seed", "rotate", "eval_rotate", "weight_decay",
+                                       "schedule", "label_smoothing", "val_fraction", "jitter", "anisotropic_scale",
+                                       "point_dropout", "max_steps", "workers", "up_axis", "bn_batches") if key in t})
+    if "data_format" in t:
+        d["fmt"] = t["data_format"]
+    if "scale_low" in t and "scale_high" in t:
+        d["scale"] = f"{t['scale_low']},{t['scale_high']}"
+    return d
 
 
 def _read_config_file(path: Path) -> dict:
