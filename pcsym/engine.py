@@ -281,6 +281,7 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, resume: bool = False,
             if partial is not None and int(partial["epoch"]) == epoch:
                 skip = int(partial["step"])
                 tot, correct, loss_sum = int(partial["tot"]), int(partial["correct"]), float(partial["loss_sum"])
+                t0 -= float(partial.get("seconds", 0.0))  # the epoch's time before the interruption
             loader = make_loader(train_ds, tcfg.batch_size, True, tcfg.seed, epoch, tcfg.workers, drop_last=True)
             for step, (pos, nrm, y) in enumerate(loader):
                 if step >= steps_per_epoch:
@@ -296,7 +297,8 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, resume: bool = False,
                         "train_config": tcfg.to_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "partial": {"epoch": epoch, "step": step, "tot": tot, "correct": correct,
-                                    "loss_sum": loss_sum, "rng_state": torch.get_rng_state()}})
+                                    "loss_sum": loss_sum, "rng_state": torch.get_rng_state(),
+                                    "seconds": time.time() - t0}})
                     raise TrainingInterrupted()
                 pos, nrm, y = pos.to(device), nrm.to(device), y.to(device)
                 logits = model(pos, nrm)
