@@ -78,6 +78,21 @@ def _state_to_plain(obj):
     return obj
 
 
+def _rebuilt_from_config(key: str) -> bool:
+    """escnn's basis index buffers (``...expansion.in_indices_(...)``): int64, often most of a
+    checkpoint's bytes, and rebuilt identically from the model config, so they are not stored."""
+    return ".expansion." in key and ("in_indices_" in key or "out_indices_" in key)
+
+
+def load_weights(model, state_dict: dict, path=None) -> None:
+    """``load_state_dict`` that tolerates only the absent buffers the model rebuilds itself."""
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in missing if not _rebuilt_from_config(k)]
+    if missing or unexpected:
+        raise PcsymError(f"checkpoint does not match its model config (missing {len(missing)}, unexpected "
+                         f"{len(unexpected)} tensors; e.g. {(missing + unexpected)[:2]})", path=path)
+
+
 def save_checkpoint(path: str | Path, model, cfg: ModelConfig, extra: dict | None = None) -> None:
     """Write a checkpoint atomically: the previous file stays intact if this is interrupted."""
     state = {
@@ -85,7 +100,7 @@ def save_checkpoint(path: str | Path, model, cfg: ModelConfig, extra: dict | Non
         "format_version": CHECKPOINT_VERSION,
         "pcsym_version": __version__,
         "model_config": _state_to_plain(cfg.to_dict()),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items() if not _rebuilt_from_config(k)},
     }
     if extra:
         state.update(_state_to_plain(extra))
@@ -141,10 +156,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     ckpt = read_checkpoint(path)
     cfg = ModelConfig.from_dict(ckpt["model_config"])
     model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-    if missing or unexpected:
-        raise PcsymError(f"checkpoint does not match its model config (missing {len(missing)}, unexpected "
-                         f"{len(unexpected)} tensors; e.g. {(missing + unexpected)[:2]})", path=path)
+    load_weights(model, ckpt["state_dict"], path)
     return model.to(device).eval(), ckpt
 
 
@@ -252,7 +264,7 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, resume: bool = False,
         if not last_path.exists():
             raise PcsymError("nothing to resume: no last.pt", path=out)
         ckpt = read_checkpoint(last_path)
-        model.load_state_dict(ckpt["state_dict"])
+        load_weights(model, ckpt["state_dict"], last_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best_acc = int(ckpt["epoch"]) + 1, float(ckpt["best_val_acc"])
