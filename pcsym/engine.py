@@ -377,15 +377,21 @@ def write_metrics(path: Path, history: list[dict]) -> None:
 
 @torch.no_grad()
 def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1):
-    """Logits averaged over ``votes`` augmented copies (copy v uses the dataset with epoch v)."""
+    """Class probabilities averaged over ``votes`` copies: copy v uses the dataset's augmentation of
+    epoch v and, for randomly downsampling models, the v-th seeded downsampling order."""
+    from .graph import EVAL_ORDER_SEED, eval_order
+
     model.eval()
+    vary_order = getattr(getattr(model, "cfg", None), "sampling", None) == "random"
     total = None
     labels = None
     for v in range(max(1, votes)):
         ds.set_epoch(v)
         outs, ys = [], []
         for pos, nrm, y in make_loader(ds, batch_size, False, 0, v, 0):
-            outs.append(torch.softmax(model(pos.to(device), nrm.to(device)).float(), dim=-1).cpu())
+            pos, nrm = pos.to(device), nrm.to(device)
+            order = eval_order(pos.shape[0], pos.shape[1], pos.device, EVAL_ORDER_SEED + v) if vary_order else None
+            outs.append(torch.softmax(model(pos, nrm, order=order).float(), dim=-1).cpu())
             ys.append(y)
         probs = torch.cat(outs)
         total = probs if total is None else total + probs

@@ -54,9 +54,10 @@ def random_order(b: int, n: int, generator: torch.Generator | None = None, devic
 EVAL_ORDER_SEED = 0
 
 
-def eval_order(b: int, n: int, device=None) -> torch.Tensor:
-    """The seeded random order used in eval mode (deterministic predictions; same for exports)."""
-    gen = torch.Generator(device=device).manual_seed(EVAL_ORDER_SEED)
+def eval_order(b: int, n: int, device=None, seed: int = EVAL_ORDER_SEED) -> torch.Tensor:
+    """The seeded random order used in eval mode (deterministic predictions; same for exports).
+    Other seeds give the other downsamplings that test-time voting averages over."""
+    gen = torch.Generator(device=device).manual_seed(seed)
     return random_order(b, n, generator=gen, device=device)
 
 

@@ -60,3 +60,24 @@ def test_norm_recalibration_averages_batch_statistics_and_leaves_rng_alone():
     var = torch.stack([(x - x.mean(0)).pow(2).mean(0) for x in seen]).mean(0)
     assert torch.allclose(toy.bn.running_mean, mean, atol=1e-5)
     assert torch.allclose(toy.bn.running_var, var, rtol=1e-5)
+
+
+def test_votes_average_over_downsampling_orders(sample_dataset):
+    import torch
+
+    from pcsym.data import PointCloudDataset, load_dataset
+    from pcsym.engine import predict
+    from pcsym.graph import eval_order
+    from pcsym.models.classifier import build_model
+
+    data = load_dataset(sample_dataset, points=256)
+    model = build_model(ModelConfig(group="m", points=256, widths=(16,), strides=(4,), invariant_dims=16,
+                                    class_names=list(data.class_names))).eval()
+    ds = PointCloudDataset(data, np.arange(8), points=256, rotate="none", resample=False)
+    one, _ = predict(model, ds, votes=1)
+    two, y = predict(model, ds, votes=2)
+    pos, nrm, _ = next(iter(torch.utils.data.DataLoader(ds, batch_size=8)))
+    with torch.no_grad():
+        second = torch.softmax(model(pos, nrm, order=eval_order(8, 256, seed=1)), -1)
+    assert torch.allclose(two, (one + second) / 2, atol=1e-6)
+    assert not torch.allclose(one, second, atol=1e-4)  # a different downsampling really was used
