@@ -261,3 +261,9 @@ def env_markdown(env: dict) -> str:
     if env.get("contention_note"):
         lines.append(f"- **contention:** {env['contention_note']}")
     return "\n".join(lines)
+
+
+def env_markdown_shared_process(env: dict) -> str:
+    """env_markdown plus the caveat of --quick runs, which measure everything in one process."""
+    note = "\n- quick run: all configurations share one process, memory figures are only indicative"
+    return env_markdown(env) + (note if env["quick"] else "")

@@ -231,8 +231,7 @@ def main() -> int:
         "min speedup vs escnn R3PointConv: n/a"
     md = "\n\n".join([
         "# bench_conv: one steerable point-conv layer, forward + backward",
-        C.env_markdown(env) + ("\n- quick run: all configurations share one process, memory figures are only "
-                                "indicative" if quick else ""),
+        C.env_markdown_shared_process(env),
         f"Batch {sizes['batch']} clouds x {sizes['points']} Gaussian random points, k = {sizes['k']} (graph from "
         "`pcsym.graph.knn`, shared by all layers and not timed). Input type = hidden activation type of "
         f"{sizes['channels']} channels, output type = its pre-activation type (`channel_types(g, {sizes['channels']})`). "

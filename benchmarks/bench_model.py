@@ -184,8 +184,7 @@ def main() -> int:
     fit_lines = "\n".join(f"- {k}: {v:.3f}" for k, v in fit.items())
     md = "\n\n".join([
         "# bench_model: classifier throughput and scaling",
-        C.env_markdown(env) + ("\n- quick run: all configurations share one process, memory figures are only "
-                                "indicative" if quick else ""),
+        C.env_markdown_shared_process(env),
         f"## Throughput (default classifier, {tp['points']} points, batch {tp['batch']}, k = {tp['k']})\n\n"
         "Train = forward + cross-entropy backward + AdamW step (train mode, random sampling order); inference = "
         "eval mode under no_grad. Medians of repeats after one warm-up; synthetic ellipsoid clouds with exact "
