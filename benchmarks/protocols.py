@@ -48,7 +48,7 @@ out = Path(args.out)
 out.parent.mkdir(parents=True, exist_ok=True)
 out.with_suffix(".json").write_text(json.dumps({"data": args.data, "n_val": int(len(va)), "rows": rows}, indent=2))
 lines = [f"# Rotation protocols on the validation split ({len(va)} shapes, seeded 20% of {args.data})", "",
-         "| model | group | trained with | epochs | train time (min, 2-core CPU) | params | OA no rotation | "
+         "| model | group | trained with | epoch of best ckpt | train min to it (sum of epoch times) | params | OA no rotation | "
          "OA z-rotated | OA SO(3)-rotated | mAcc SO(3) |", "|---|---|---|---|---|---|---|---|---|---|"]
 for r in rows:
     lines.append(f"| {r['model']} | {r['group']} | {r['train_rotate']} | {r['epochs']} | {r['train_minutes']} | "
