@@ -175,8 +175,8 @@ def train(
             if key not in flags:
                 merged[key] = value
         if merged["resume"]:  # the run's own settings, unless a flag or the config file says otherwise
-            for key, value in _saved_run_settings(Path(merged["out"])).items():
-                if key not in flags and key not in file_cfg and key in merged:
+            for key, value in _saved_run_settings(Path(merged["out"]), merged).items():
+                if key not in flags and key not in file_cfg:
                     merged[key] = value
         dev = _setup_torch(int(merged["threads"]), str(merged["device"]))
         try:
@@ -224,8 +224,10 @@ def train(
     _run(body)
 
 
-def _saved_run_settings(out: Path) -> dict:
-    """CLI settings of the run in ``out`` (from its config.json), for ``train --resume``."""
+def _saved_run_settings(out: Path, names) -> dict:
+    """The settings of the run in ``out`` (its config.json) under the train command's parameter
+    ``names``, for ``train --resume``. Where to read and the machine (data, out, device, threads) are
+    not taken from the run."""
     import json
 
     path = out / "config.json"
@@ -237,19 +239,14 @@ def _saved_run_settings(out: Path) -> dict:
     except (ValueError, KeyError, TypeError):
         raise PcsymError("unreadable run config; resume with explicit flags or start anew with --force",
                          path=path) from None
-    d = {key: m[key] for key in ("group", "kernel", "k", "points", "sampling") if key in m}
-    if "widths" in m:
-        d["widths"] = ",".join(str(w) for w in m["widths"])
-    if "use_positions" in m:
-        d["positions"] = bool(m["use_positions"])
-    d.update({key: t[key] for key in ("epochs", "batch_size", "lr", "seed", "rotate", "eval_rotate", "weight_decay",
-                                       "schedule", "label_smoothing", "val_fraction", "jitter", "anisotropic_scale",
-                                       "point_dropout", "max_steps", "workers", "up_axis", "bn_batches") if key in t})
-    if "data_format" in t:
-        d["fmt"] = t["data_format"]
-    if "scale_low" in t and "scale_high" in t:
-        d["scale"] = f"{t['scale_low']},{t['scale_high']}"
-    return d
+    d = {**m, **t}  # the two configs share no field names
+    if "widths" in d:
+        d["widths"] = ",".join(str(w) for w in d["widths"])
+    renamed = {"use_positions": "positions", "data_format": "fmt"}
+    d = {renamed.get(k, k): v for k, v in d.items()}
+    if "scale_low" in d and "scale_high" in d:
+        d["scale"] = f"{d['scale_low']},{d['scale_high']}"
+    return {k: v for k, v in d.items() if k in names and k not in ("data", "out", "device", "threads")}
 
 
 def _read_config_file(path: Path) -> dict:
