@@ -68,6 +68,8 @@ class ModelConfig:
             n //= s
         if n < 1 or self.points // max(1, _prod(self.strides[:-1] or (1,))) < self.k:
             raise PcsymError(f"{self.points} points are too few for strides {self.strides} with k={self.k}")
+        if self.max_freq is not None and not 0 <= self.max_freq <= 4:
+            raise PcsymError(f"max_freq must be between 0 and 4, got {self.max_freq}")
         if self.k < 1:
             raise PcsymError("k must be at least 1")
         return self

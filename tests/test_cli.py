@@ -45,6 +45,20 @@ def test_version_and_help():
         assert cmd in r.stdout
 
 
+def test_help_imports_no_heavy_modules_and_bad_flags_exit_2():
+    """The fast --help is a design property, pinned here without timing it: no torch, escnn, open3d,
+    and none of rich's markdown stack (Typer's rich help formatter) is imported to print help."""
+    code = ("import sys\nfrom pcsym.cli import main\nsys.argv = ['pcsym', '--help']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "heavy = [m for m in ('torch', 'escnn', 'open3d', 'numpy', 'rich.markdown', 'typer.rich_utils')"
+            " if m in sys.modules]\nassert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Commands:" in proc.stdout and "classify" in proc.stdout
+    r = run("train", "--nope")
+    assert r.exit_code == 2 and "No such option: --nope" in r.output
+
+
 def test_groups_table_and_json():
     r = run("groups")
     assert r.exit_code == 0
@@ -228,7 +242,7 @@ def test_export_torchscript_and_onnx_give_the_same_logits(tiny_run, tmp_path, sa
 def test_config_file_with_flag_override(tmp_path, sample_dataset):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("group: m\nepochs: 1\nmax_steps: 2\npoints: 256\nwidths: '16'\nbatch_size: 8\n"
-                   "schedule: step\npoint_dropout: 0.3\n")
+                   "schedule: step\npoint_dropout: 0.3\nmax_freq: 2\n")
     out = tmp_path / "run"
     r = run("-q", "train", "--config", cfg, "--data", sample_dataset, "--out", out, "--group", "inv",
             "--anisotropic-scale", "--scale", "0.9,1.1", "--jitter", "0", "--eval-rotate", "so3")
@@ -236,12 +250,14 @@ def test_config_file_with_flag_override(tmp_path, sample_dataset):
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["group"] == "inv"  # the flag wins
     assert saved["train"]["epochs"] == 1 and saved["model"]["points"] == 256  # from the file
+    assert saved["model"]["max_freq"] == 2
     t = saved["train"]
     assert (t["schedule"], t["point_dropout"], t["anisotropic_scale"]) == ("step", 0.3, True)
     assert (t["scale_low"], t["scale_high"], t["jitter"], t["eval_rotate"]) == (0.9, 1.1, 0.0, "so3")
     for bad_flag, msg in ((["--schedule", "linear"], "unknown --schedule 'linear'"),
                           (["--scale", "1.2,0.8"], "--scale needs 0 < LOW <= HIGH"),
-                          (["--eval-rotate", "x"], "unknown --eval-rotate 'x'")):
+                          (["--eval-rotate", "x"], "unknown --eval-rotate 'x'"),
+                          (["--max-freq", "9"], "max_freq must be between 0 and 4")):
         r = run("train", "--data", sample_dataset, "--out", tmp_path / "y", *bad_flag)
         assert r.exit_code == 2 and msg in r.stderr, r.output
     bad = tmp_path / "bad.yaml"

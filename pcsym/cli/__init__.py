@@ -14,9 +14,11 @@ import typer
 from .. import __version__
 from ..errors import PcsymError
 
-app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+# Plain click help and usage errors (rich_markup_mode=None): Typer's rich formatter imports rich's
+# markdown stack on every --help or bad flag, which alone takes longer than the 0.3 s help budget.
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Symmetry-aware point-cloud classification with implicit steerable kernels.")
-data_app = typer.Typer(no_args_is_help=True, help="Prepare, cache and fetch datasets.")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Prepare, cache and fetch datasets.")
 app.add_typer(data_app, name="data")
 
 STATE = {"debug": False, "quiet": False}
@@ -136,6 +138,9 @@ def train(
     rotate: str = typer.Option("z", "--rotate", help="Training augmentation: none, z or so3."),
     widths: str = typer.Option("32,64,128", "--widths", help="Approx. feature dims of the steerable layers."),
     sampling: str = typer.Option("random", "--sampling", help="Downsampling: random or fps."),
+    max_freq: Optional[int] = typer.Option(None, "--max-freq",
+                                           help="Band limit of hidden fields of continuous groups "
+                                                "(default: the group's, see `pcsym groups`)."),
     positions: bool = typer.Option(True, "--positions/--no-positions",
                                    help="Feed centred positions as an input vector field."),
     max_steps: int = typer.Option(0, "--max-steps", help="Cap steps per epoch (0 = full epochs)."),
@@ -200,6 +205,7 @@ def train(
         mcfg = ModelConfig(group=merged["group"], kernel=merged["kernel"], k=int(merged["k"]),
                            points=int(merged["points"]), widths=wid, strides=strides, sampling=merged["sampling"],
                            use_positions=bool(merged["positions"]),
+                           max_freq=None if merged["max_freq"] is None else int(merged["max_freq"]),
                            class_names=["?"]).validate()
         tcfg = TrainConfig(data=str(merged["data"]), out=str(merged["out"]), up_axis=merged["up_axis"],
                            data_format=merged["fmt"], epochs=int(merged["epochs"]),
