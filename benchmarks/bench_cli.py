@@ -1,9 +1,10 @@
 """Wall time of whole ``pcsym`` command-line invocations, each a fresh subprocess (median of 3):
 
 * ``pcsym --help`` (the CLI must stay instant: no torch/escnn import);
-* a cold ``pcsym classify sample_data/meshes/bed_0001.off`` (new process: imports, model rebuild from the
-  shipped checkpoint, mesh loading + surface sampling, one forward pass). "Cold" means a fresh process, not
-  an empty OS page cache or an empty escnn basis cache.
+* a cold ``pcsym classify sample_data/meshes/bed_0001.off`` (new process: imports, the shipped model's
+  numpy export — no torch import —, mesh loading + surface sampling, one forward pass), and as the baseline
+  in the same run the same command with ``--model`` the shipped checkpoint (torch import + escnn rebuild).
+  "Cold" means a fresh process, not an empty OS page cache or an empty escnn basis cache.
 
 If the shipped model (pcsym/pretrained/) is missing, the classify timing is skipped with a message; pass
 ``--model PATH`` to time ``classify`` with another checkpoint instead.
@@ -53,17 +54,16 @@ def time_command(cmd: list[str], repeats: int, threads: int) -> dict:
 
 
 def shipped_model_path(name: str) -> Path | None:
-    """Path of a shipped model name (looked up without importing torch), or None if missing."""
-    try:
-        from pcsym.engine import PRETRAINED  # imports torch; fine in the benchmark driver
-    except Exception:  # noqa: BLE001
-        PRETRAINED = {"so3": "so3.pt", "o2": "o2.pt"}
+    """Path of a shipped model name, or None if missing."""
+    from pcsym.config import PRETRAINED, resolve_checkpoint
+    from pcsym.errors import PcsymError
+
     if name not in PRETRAINED:
         return None
-    import pcsym
-
-    p = Path(pcsym.__file__).parent / "pretrained" / PRETRAINED[name]
-    return p if p.exists() else None
+    try:
+        return resolve_checkpoint(name)
+    except PcsymError:
+        return None
 
 
 def main() -> int:
@@ -100,12 +100,22 @@ def main() -> int:
         print(f"  pcsym classify: {r['median_s']:.3f} s (rc {r['returncode']})", flush=True)
         if r["returncode"] != 0:
             print("  classify failed: " + " | ".join(r["stderr_tail"]), flush=True)
+        if shipped:  # baseline in the same run: the same model through its checkpoint (torch + escnn rebuild)
+            b = time_command(cmd[:-2] + ["--threads", str(args.threads), "--model", str(model_path)], repeats,
+                             args.threads)
+            b["name"] = "classify cold, checkpoint (baseline)"
+            rows.append(b)
+            print(f"  pcsym classify --model {model_path.name}: {b['median_s']:.3f} s (rc {b['returncode']})",
+                  flush=True)
 
     help_s = rows[0]["median_s"]
     cls = next((x for x in rows if x["name"] == "classify cold"), None)
     cls_txt = (f"{cls['median_s']:.1f}s" + ("" if cls["returncode"] == 0 else " (FAILED)")) if cls else "skipped"
     if cls and not shipped:
         cls_txt += f" (model {Path(args.model).name})"
+    base = next((x for x in rows if x["name"].endswith("(baseline)")), None)
+    if cls and base and cls["returncode"] == 0 and base["returncode"] == 0:
+        cls_txt += f" ({base['median_s'] / cls['median_s']:.1f}x faster than from the checkpoint)"
     headline = f"help {help_s:.2f}s, classify cold {cls_txt}"
     cols = [("name", "what"), ("command", "command"), ("median_s", f"median s (of {repeats})"),
             ("returncode", "exit code")]

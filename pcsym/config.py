@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PcsymError
 
 KERNELS = ("implicit", "basis")
+# Models shipped inside the package (pcsym/pretrained/): checkpoint + numpy export (NAME.npz).
+PRETRAINED = {"so3": "so3.pt", "o2": "o2.pt"}
 
 
 @dataclass
@@ -39,8 +45,6 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        from .errors import PcsymError
-
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -53,7 +57,6 @@ class ModelConfig:
         return cls(**d)
 
     def validate(self) -> "ModelConfig":
-        from .errors import PcsymError
         from .groups import get_group
 
         get_group(self.group)
@@ -79,4 +82,24 @@ def _prod(xs) -> int:
     p = 1
     for x in xs:
         p *= x
+    return p
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A checkpoint path, or the name of a model shipped in the package (``so3``, ``o2``)."""
+    s = str(name_or_path)
+    if s in PRETRAINED:
+        p = Path(__file__).parent / "pretrained" / PRETRAINED[s]
+        if not p.exists():
+            raise PcsymError(f"the shipped model '{s}' is missing from this installation ({p})")
+        return p
+    p = Path(s)
+    if not p.exists():
+        raise PcsymError("checkpoint not found (pass a .pt file or a shipped model name: "
+                         f"{', '.join(PRETRAINED)})", path=s)
+    if p.is_dir():
+        for cand in ("best.pt", "last.pt"):
+            if (p / cand).exists():
+                return p / cand
+        raise PcsymError("is a directory without best.pt or last.pt", path=s)
     return p

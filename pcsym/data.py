@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .errors import PcsymError, atomic_writer
-from .meshes import normalize, read_geometry, read_point_table, sample_surface
+from .meshes import Y_UP_TO_Z_UP, normalize, read_geometry, read_point_table, sample_surface
 
 FORMATS = ("h5", "normal_resampled", "off")
 UP_AXES = ("y", "z")
@@ -48,9 +48,6 @@ CACHE_VERSION = 1
 MIN_CACHED_POINTS = 2048
 _NORMAL_BATCH = 64
 _CACHE_KEYS = ("points", "normals", "labels", "class_names", "split", "source_format", "up_axis", "cache_version")
-
-# (x, y, z) -> (x, -z, y): takes +y to +z; rotation by +90 degrees about x.
-Y_UP_TO_Z_UP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float32)
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stage is ``"read"`` (shapes read) or ``"normals"`` (shapes

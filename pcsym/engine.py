@@ -23,12 +23,11 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import ModelConfig
+from .config import PRETRAINED, ModelConfig, resolve_checkpoint  # noqa: F401 (re-exported)
 from .errors import PcsymError, atomic_write_bytes
 
 CHECKPOINT_FORMAT = "pcsym-checkpoint"
 CHECKPOINT_VERSION = 1
-PRETRAINED = {"so3": "so3.pt", "o2": "o2.pt"}
 
 
 @dataclass
@@ -107,26 +106,6 @@ def save_checkpoint(path: str | Path, model, cfg: ModelConfig, extra: dict | Non
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-    """A checkpoint path, or the name of a model shipped in the package (``so3``, ``o2``)."""
-    s = str(name_or_path)
-    if s in PRETRAINED:
-        p = Path(__file__).parent / "pretrained" / PRETRAINED[s]
-        if not p.exists():
-            raise PcsymError(f"the shipped model '{s}' is missing from this installation ({p})")
-        return p
-    p = Path(s)
-    if not p.exists():
-        raise PcsymError("checkpoint not found (pass a .pt file or a shipped model name: "
-                         f"{', '.join(PRETRAINED)})", path=s)
-    if p.is_dir():
-        for cand in ("best.pt", "last.pt"):
-            if (p / cand).exists():
-                return p / cand
-        raise PcsymError("is a directory without best.pt or last.pt", path=s)
-    return p
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

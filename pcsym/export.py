@@ -1,9 +1,9 @@
-"""Export a trained equivariant model to plain torch (TorchScript) or ONNX.
+"""Export a trained equivariant model to plain torch (TorchScript), ONNX, or numpy arrays.
 
 The exported network takes points already in sampling order — ``prepare_inputs`` applies the
 same seeded order the model uses in eval mode — so exported and original models give the same
 logits. The equivariant weights are expanded once; running the export needs neither escnn nor
-pcsym's model code (TorchScript: only torch; ONNX: onnxruntime).
+pcsym's model code (TorchScript: only torch; ONNX: onnxruntime; numpy: :mod:`pcsym.runtime`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from .errors import PcsymError, atomic_write_bytes
 
 META_NAME = "pcsym.json"
+EXPORT_FORMATS = ("torchscript", "onnx", "numpy")
+SUFFIXES = {"torchscript": ".ts", "onnx": ".onnx", "numpy": ".npz"}
 
 
 class OrderedNet(nn.Module):
@@ -88,9 +91,51 @@ def export_model(model, path: str | Path, fmt: str = "torchscript") -> Path:
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_NAME, json.dumps(metadata(model))
         atomic_write_bytes(path, proto.SerializeToString())
+    elif fmt == "numpy":
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **numpy_arrays(model))
+        atomic_write_bytes(path, buf.getvalue())
     else:
-        raise PcsymError(f"unknown export format '{fmt}': use torchscript or onnx")
+        raise PcsymError(f"unknown export format '{fmt}': use {', '.join(EXPORT_FORMATS)}")
     return path
+
+
+def numpy_arrays(model) -> dict:
+    """The frozen eval-mode network as named arrays for :class:`pcsym.runtime.NumpyClassifier`."""
+    from . import runtime
+    from .graph import eval_order
+
+    arrays = {"order": eval_order(1, model.cfg.points)[0],
+              "sizes": torch.tensor(model.layer_points(model.cfg.points))}
+
+    def linear(name, w, b):
+        arrays[name + ".w"] = w
+        if b is not None:
+            arrays[name + ".b"] = b
+
+    def act(name, m):
+        arrays[name + ".is_scalar"], arrays[name + ".gate_of"] = m.is_scalar, m.gate_of
+
+    for i, block in enumerate(model.blocks):
+        p, conv = f"block{i}", block.conv
+        for l in range(1, conv.embed.lmax + 1):
+            arrays[f"{p}.embed.cob_{l}"] = getattr(conv.embed, f"cob_{l}")
+        arrays[f"{p}.embed.centres"] = conv.embed.centres
+        arrays[f"{p}.embed.width"] = torch.tensor(conv.embed.width)
+        for j in range(len(conv.mlp) // 2):
+            linear(f"{p}.mlp{j}", *conv.mlp[2 * j].expand())
+            act(f"{p}.mlp{j}", conv.mlp[2 * j + 1])
+        linear(f"{p}.contract", *conv.dense_weight())
+        arrays[f"{p}.norm.scale"], arrays[f"{p}.norm.shift"] = block.norm.eval_affine()
+        act(f"{p}.act", block.act)
+    first, bn, last = model.head[0], model.head[1], model.head[4]
+    linear("head.0", first.weight, first.bias)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    arrays["head.bn.scale"], arrays["head.bn.shift"] = scale, bn.bias - bn.running_mean * scale
+    linear("head.1", last.weight, last.bias)
+    out = {k: (v.detach().cpu().float() if v.is_floating_point() else v.cpu()).numpy() for k, v in arrays.items()}
+    out["meta"] = np.array(json.dumps({"format": runtime.FORMAT, "version": runtime.VERSION, **metadata(model)}))
+    return out
 
 
 class ScriptedClassifier:

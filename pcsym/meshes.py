@@ -116,6 +116,10 @@ def sample_surface(
     return points.astype(np.float32), normals.astype(np.float32)
 
 
+# (x, y, z) -> (x, -z, y): takes +y to +z; rotation by +90 degrees about x (y-up data to z-up).
+Y_UP_TO_Z_UP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float32)
+
+
 def normalize(points: np.ndarray) -> np.ndarray:
     """Centre ``points`` (..., N, 3) at their centroid and scale so the largest norm is 1.
 

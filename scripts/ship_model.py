@@ -1,4 +1,5 @@
-"""Copy a trained run's best checkpoint into the package as a shipped model (+ TorchScript export).
+"""Copy a trained run's best checkpoint into the package as a shipped model (+ its numpy export,
+which `pcsym classify` runs without importing torch).
 
 Usage: python scripts/ship_model.py RUN_DIR_OR_CKPT NAME   e.g.  python scripts/ship_model.py runs/o2 o2
 Only for checkpoints you trained yourself: it loads with weights_only=False to convert checkpoints
@@ -24,5 +25,5 @@ model, _ = load_model(tmp)
 keep = {k: ckpt[k] for k in ("epoch", "best_val_acc", "history", "train_config", "val_accuracy") if k in ckpt}
 save_checkpoint(dest, model, ModelConfig.from_dict(ckpt["model_config"]), keep)
 tmp.unlink()
-export_model(model, dest.with_suffix(".ts"))
-print(f"shipped {dest} (+ .ts): epoch {ckpt.get('epoch', 0) + 1}, val acc {ckpt.get('best_val_acc')}")
+export_model(model, dest.with_suffix(".npz"), "numpy")
+print(f"shipped {dest} (+ .npz): epoch {ckpt.get('epoch', 0) + 1}, val acc {ckpt.get('best_val_acc')}")

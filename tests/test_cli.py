@@ -67,6 +67,7 @@ def test_groups_table_and_json():
     rows = json.loads(run("groups", "--json").stdout)
     by_name = {r["name"]: r for r in rows}
     assert by_name["o2"]["order"] == "continuous" and by_name["d4"]["order"] == 8
+    assert by_name["so3"]["default_max_freq"] == 1 and by_name["m"]["default_max_freq"] is None
     assert by_name["m"]["escnn"] == "escnn.gspaces.mirOnR3()"
 
 
@@ -137,6 +138,23 @@ def test_classify_shipped_model_out_of_the_box(sample_mesh):
     r = run("classify", sample_mesh)
     assert r.exit_code == 0, r.output
     assert "probability" in r.stdout and "bed" in r.stdout
+
+
+def test_classify_shipped_model_runs_without_torch_and_matches_its_checkpoint(sample_mesh):
+    """The shipped models' numpy exports give classify its fast cold start (no torch, no escnn);
+    the answer must be the one the checkpoint itself gives."""
+    from pcsym.config import resolve_checkpoint
+
+    code = ("import sys\nfrom pcsym.cli import main\nsys.argv = ['pcsym', 'classify', sys.argv[1], '--json']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "heavy = [m for m in ('torch', 'escnn', 'open3d') if m in sys.modules]\nassert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(sample_mesh)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    fast = json.loads(proc.stdout)["results"][0]["top"]
+    r = run("classify", sample_mesh, "--model", resolve_checkpoint("so3"), "--json")  # rebuilt with escnn
+    slow = json.loads(r.stdout)["results"][0]["top"]
+    assert [t["class"] for t in fast] == [t["class"] for t in slow] and fast[0]["class"] == "bed"
+    assert max(abs(a["probability"] - b["probability"]) for a, b in zip(fast, slow)) < 1e-3
 
 
 def test_classify_missing_file_is_one_line_exit_2(tmp_path, tiny_run):
@@ -215,7 +233,7 @@ def test_garbage_and_foreign_checkpoints(tmp_path):
     assert r.exit_code == 2 and "not a pcsym checkpoint" in r.stderr
 
 
-def test_export_torchscript_and_onnx_give_the_same_logits(tiny_run, tmp_path, sample_mesh):
+def test_export_torchscript_onnx_and_numpy_give_the_same_logits(tiny_run, tmp_path, sample_mesh):
     import numpy as np
 
     from pcsym.engine import load_model
@@ -224,6 +242,7 @@ def test_export_torchscript_and_onnx_give_the_same_logits(tiny_run, tmp_path, sa
 
     assert run("export", tiny_run, "--out", tmp_path / "m.ts").exit_code == 0
     assert run("export", tiny_run, "--format", "onnx", "--out", tmp_path / "m.onnx").exit_code == 0
+    assert run("export", tiny_run, "--format", "numpy", "--out", tmp_path / "m.npz").exit_code == 0
     model, _ = load_model(tiny_run)
     p, n = load_cloud(sample_mesh, 256)
     p, n = torch.tensor(p)[None], torch.tensor(n)[None]
@@ -235,8 +254,17 @@ def test_export_torchscript_and_onnx_give_the_same_logits(tiny_run, tmp_path, sa
     pp, nn_ = prepare_inputs(p, n)
     out = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"pos": pp.numpy(), "normals": nn_.numpy()})[0]
     assert np.abs(out - ref.numpy()).max() < 1e-4
-    r = run("classify", sample_mesh, "--model", tmp_path / "m.ts", "--json")
-    assert r.exit_code == 0, r.output
+    from pcsym.runtime import NumpyClassifier
+
+    assert np.abs(NumpyClassifier(tmp_path / "m.npz")(p.numpy(), n.numpy()) - ref.numpy()).max() < 1e-4
+    for ext in ("ts", "npz"):
+        r = run("classify", sample_mesh, "--model", tmp_path / f"m.{ext}", "--json")
+        assert r.exit_code == 0, r.output
+    r = run("export", tiny_run, "--format", "tflite")
+    assert r.exit_code == 2 and "unknown --format 'tflite': use torchscript, onnx, numpy" in r.stderr
+    (tmp_path / "junk.npz").write_bytes(b"PK not really a zip")
+    r = run("classify", sample_mesh, "--model", tmp_path / "junk.npz")
+    assert r.exit_code == 2 and "not a readable numpy export" in r.stderr and "Traceback" not in r.output
 
 
 def test_config_file_with_flag_override(tmp_path, sample_dataset):

@@ -103,17 +103,19 @@ def groups(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     from ..groups import GROUPS
 
     rows = [{"name": s.name, "description": s.description, "escnn": f"escnn.gspaces.{s.constructor}",
-             "order": "continuous" if s.continuous else s.order} for s in GROUPS.values()]
+             "order": "continuous" if s.continuous else s.order,
+             "default_max_freq": s.default_max_freq if s.continuous else None} for s in GROUPS.values()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     from rich.table import Table
 
     t = Table(title="Symmetry groups (subgroups of O(3); z is up, x/y horizontal)")
-    for col in ("name", "what it is", "escnn constructor", "order"):
+    for col in ("name", "what it is", "escnn constructor", "order", "band limit"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["name"], r["description"], r["escnn"], str(r["order"]))
+        t.add_row(r["name"], r["description"], r["escnn"], str(r["order"]),
+                  "-" if r["default_max_freq"] is None else str(r["default_max_freq"]))
     _console().print(t)
 
 
@@ -431,20 +433,16 @@ def classify(
 
     def body():
         import numpy as np
-        import torch
 
-        from ..meshes import SUPPORTED_EXTENSIONS, load_cloud
+        from ..meshes import SUPPORTED_EXTENSIONS, Y_UP_TO_Z_UP, load_cloud
 
         if top_k < 1:
             raise PcsymError("--top-k must be at least 1")
         if up_axis not in (None, "y", "z"):
             raise PcsymError(f"unknown --up-axis '{up_axis}': use y or z")
-        from ..data import Y_UP_TO_Z_UP
-
         up = np.asarray(Y_UP_TO_Z_UP, dtype=np.float32) if up_axis == "y" else np.eye(3, dtype=np.float32)
-        _setup_torch(threads, "cpu")
         files = _expand_inputs(inputs, SUPPORTED_EXTENSIONS)
-        net, _ = _load_classifier(model)
+        net = _load_classifier(model, threads)
         names = net.cfg.class_names
         results = []
         for f in files:
@@ -452,11 +450,10 @@ def classify(
                 pts, nrm = load_cloud(f, n_points=net.cfg.points, rng=np.random.default_rng(seed),
                                       max_vertices=max_vertices)
                 pts, nrm = pts @ up.T, nrm @ up.T
-                with torch.no_grad():
-                    probs = torch.softmax(net(torch.as_tensor(pts)[None], torch.as_tensor(nrm)[None]), -1)[0]
-                top = probs.topk(min(top_k, len(names)))
+                probs = _probabilities(net, pts, nrm)
+                top = np.argsort(-probs, kind="stable")[:top_k]
                 results.append({"file": str(f), "ok": True, "top": [
-                    {"class": names[int(i)], "probability": round(float(p), 4)} for p, i in zip(top.values, top.indices)]})
+                    {"class": names[int(i)], "probability": round(float(probs[i]), 4)} for i in top]})
             except PcsymError as exc:
                 results.append({"file": str(f), "ok": False, "error": str(exc)})
         if as_json:
@@ -485,19 +482,38 @@ def _expand_inputs(inputs: List[Path], exts) -> list[Path]:
     return files
 
 
-def _load_classifier(name_or_path: str, allow_scripted: bool = True):
-    """(model, info). Shipped models and ``.ts`` files load as TorchScript exports when possible:
-    plain torch, no escnn import, a much faster cold start."""
-    from ..engine import PRETRAINED, load_model, resolve_checkpoint
+def _load_classifier(name_or_path: str, threads: int = 0):
+    """A classifier for ``classify``: numpy exports (``.npz``, and the shipped models, which ship one)
+    run without importing torch — a much faster cold start; ``.ts`` files load as TorchScript;
+    anything else is a checkpoint rebuilt with escnn."""
+    from ..config import PRETRAINED, resolve_checkpoint
 
-    if allow_scripted:
-        p = resolve_checkpoint(name_or_path)
-        scripted = p.with_suffix(".ts") if str(name_or_path) in PRETRAINED else p
-        if scripted.suffix == ".ts" and scripted.exists():
-            from ..export import ScriptedClassifier
+    p = resolve_checkpoint(name_or_path)
+    fast = p.with_suffix(".npz") if str(name_or_path) in PRETRAINED else p
+    if fast.suffix == ".npz" and fast.exists():
+        from ..runtime import NumpyClassifier
 
-            return ScriptedClassifier(scripted), {}
-    return load_model(name_or_path)
+        return NumpyClassifier(fast)
+    _setup_torch(threads, "cpu")
+    if p.suffix == ".ts":
+        from ..export import ScriptedClassifier
+
+        return ScriptedClassifier(p)
+    from ..engine import load_model
+
+    return load_model(p)[0]
+
+
+def _probabilities(net, pts, nrm):
+    """Class probabilities (C,) of one cloud (N, 3) with its normals, as a numpy array."""
+    from ..runtime import NumpyClassifier, softmax
+
+    if isinstance(net, NumpyClassifier):
+        return softmax(net(pts[None], nrm[None]))[0]
+    import torch
+
+    with torch.no_grad():
+        return torch.softmax(net(torch.as_tensor(pts)[None], torch.as_tensor(nrm)[None]), -1)[0].numpy()
 
 
 def _print_classify(results):
@@ -539,6 +555,7 @@ def check_equivariance(
         import torch
 
         from ..config import ModelConfig
+        from ..engine import load_model
         from ..equivariance import check_model
         from ..meshes import load_cloud
         from ..models.classifier import build_model
@@ -546,7 +563,7 @@ def check_equivariance(
         if (checkpoint is None) == (group is None):
             raise PcsymError("give either a checkpoint or --group NAME")
         if checkpoint is not None:
-            net, _ = _load_classifier(checkpoint, allow_scripted=False)
+            net, _ = load_model(checkpoint)
             n = net.cfg.points
         else:
             torch.manual_seed(seed)
@@ -606,19 +623,19 @@ def _print_check(cfg, rows, tol, src):
 @app.command()
 def export(
     checkpoint: str = typer.Argument(..., help="Checkpoint .pt, run directory, or shipped model name."),
-    fmt: str = typer.Option("torchscript", "--format", help="torchscript or onnx."),
+    fmt: str = typer.Option("torchscript", "--format", help="torchscript, onnx or numpy."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: next to the checkpoint)."),
 ):
-    """Export to TorchScript or ONNX: runs with plain torch / onnxruntime, same logits."""
+    """Export to TorchScript, ONNX or numpy: runs with plain torch / onnxruntime / numpy, same logits."""
 
     def body():
         from ..engine import load_model, resolve_checkpoint
-        from ..export import export_model
+        from ..export import EXPORT_FORMATS, SUFFIXES, export_model
 
-        if fmt not in ("torchscript", "onnx"):
-            raise PcsymError(f"unknown --format '{fmt}': use torchscript or onnx")
+        if fmt not in EXPORT_FORMATS:
+            raise PcsymError(f"unknown --format '{fmt}': use {', '.join(EXPORT_FORMATS)}")
         model, _ = load_model(checkpoint)
-        target = out or resolve_checkpoint(checkpoint).with_suffix(".ts" if fmt == "torchscript" else ".onnx")
+        target = out or resolve_checkpoint(checkpoint).with_suffix(SUFFIXES[fmt])
         export_model(model, target, fmt)
         _console().print(f"exported {fmt}: {target}")
 

@@ -253,11 +253,16 @@ class EquivBatchNorm(nn.Module):
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
                 self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
         else:
-            mean, var = self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
-            xc = x - mean
+            scale, shift = self.eval_affine()
+            return (x * scale.to(x.dtype) + shift.to(x.dtype)).reshape(shape)
         scale = (self.weight.to(x.dtype) / torch.sqrt(var + self.eps)).index_select(0, self.field)
         out = xc * scale + self.bias.to(x.dtype) @ P
         return out.reshape(shape)
+
+    def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eval-mode map as x * scale + shift (per channel), from the running statistics."""
+        scale = (self.weight / torch.sqrt(self.running_var + self.eps)).index_select(0, self.field)
+        return scale, self.bias @ self.P - self.running_mean * scale
 
 
 class HarmonicEmbedding(nn.Module):

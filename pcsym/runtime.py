@@ -1,0 +1,136 @@
+"""Run an exported classifier with numpy alone (``pcsym export --format numpy``, a ``.npz`` file).
+
+Importing torch takes 2-3 s on a small CPU, longer than classifying a mesh; this runtime needs only
+numpy, so ``pcsym classify`` with a shipped model starts in well under a second. The file holds the
+network as plain arrays — the equivariant weights already expanded, batch norms folded to per-channel
+affine maps, the eval-mode point order — and a JSON copy of the model config. It is loaded with
+``allow_pickle=False``: nothing in it is executed. The forward pass mirrors
+:class:`pcsym.models.classifier.EquivariantClassifier` in eval mode; tests pin equal logits.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PcsymError
+
+FORMAT = "pcsym-numpy-export"
+VERSION = 1
+_KNN_CHUNK_ENTRIES = 1 << 21  # same memory bound as pcsym.graph.knn
+
+
+def elu(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def knn(query: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
+    """Indices (B, M, k) of the k nearest keys (B, N, 3) of each query (B, M, 3); chunked, unsorted."""
+    b, m, _ = query.shape
+    n = keys.shape[1]
+    chunk = max(1, min(m, _KNN_CHUNK_ENTRIES // max(n, 1)))
+    out = np.empty((b, m, k), dtype=np.int64)
+    kk = (keys * keys).sum(-1)[:, None, :]
+    for s in range(0, m, chunk):
+        q = query[:, s : s + chunk]
+        d = (q * q).sum(-1, keepdims=True) - 2.0 * q @ keys.transpose(0, 2, 1) + kk
+        out[:, s : s + chunk] = np.argpartition(d, k - 1, axis=-1)[..., :k]
+    return out
+
+
+def gather(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """x (B, N, C), idx (B, M, k) -> (B, M, k, C)."""
+    return x[np.arange(x.shape[0])[:, None, None], idx]
+
+
+class NumpyClassifier:
+    """An exported classifier: ``logits(pos, normals)`` on (B, N, 3) float arrays, N = cfg.points."""
+
+    def __init__(self, path: str | Path):
+        from .config import ModelConfig
+
+        try:
+            with np.load(str(path), allow_pickle=False) as z:
+                self.a = {key: z[key] for key in z.files}
+            meta = json.loads(str(self.a.pop("meta")))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            raise PcsymError(f"not a readable numpy export ({str(exc).splitlines()[0][:120]})", path=path) from None
+        if meta.get("format") != FORMAT:
+            raise PcsymError("not a pcsym numpy export", path=path)
+        if meta.get("version", 0) > VERSION:
+            raise PcsymError("numpy export made by a newer pcsym", path=path)
+        self.cfg = ModelConfig.from_dict(meta["model_config"])
+
+    def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        y = x @ self.a[name + ".w"].T
+        return y + self.a[name + ".b"] if name + ".b" in self.a else y
+
+    def _act(self, x: np.ndarray, name: str) -> np.ndarray:
+        """pcsym.models.layers.FieldNonlinearity: ELU on scalars, sigmoid gates on the other fields."""
+        is_scalar, gate_of = self.a[name + ".is_scalar"], self.a[name + ".gate_of"]
+        y = x[..., : len(is_scalar)]
+        if x.shape[-1] == len(is_scalar):
+            return elu(y)
+        gates = 1.0 / (1.0 + np.exp(-x[..., len(is_scalar) :]))
+        return np.where(is_scalar, elu(y), y * gates[..., gate_of])
+
+    def _embed(self, rel: np.ndarray, p: str) -> np.ndarray:
+        """pcsym.models.layers.HarmonicEmbedding."""
+        feats = [np.ones_like(rel[..., :1])]
+        l, prev = 1, None
+        while f"{p}.cob_{l}" in self.a:
+            cob = self.a[f"{p}.cob_{l}"]
+            prev = rel @ cob.T if l == 1 else (prev[..., :, None] * feats[1][..., None, :]).reshape(
+                *prev.shape[:-1], -1) @ cob.T
+            feats.append(prev)
+            l += 1
+        r = np.linalg.norm(rel, axis=-1, keepdims=True)
+        feats.append(np.exp(-(((r - self.a[p + ".centres"]) / self.a[p + ".width"]) ** 2)))
+        return np.concatenate(feats, axis=-1)
+
+    def _block(self, i: int, pos: np.ndarray, feat: np.ndarray, n_out: int):
+        p = f"block{i}"
+        query = pos[:, :n_out]
+        k = min(self.cfg.k, pos.shape[1])
+        idx = knn(query, pos, k)
+        rel = query[:, :, None, :] - gather(pos, idx)
+        scale = np.maximum(np.linalg.norm(rel, axis=-1).mean(axis=(1, 2)), 1e-8)[:, None, None, None]
+        h = self._embed(rel / scale, p + ".embed")
+        j = 0
+        while f"{p}.mlp{j}.w" in self.a:
+            h = self._act(self._linear(h, f"{p}.mlp{j}"), f"{p}.mlp{j}")
+            j += 1
+        h = np.concatenate([h, np.ones_like(h[..., :1])], axis=-1)
+        b, m = h.shape[:2]
+        f = gather(feat, idx)
+        agg = h.reshape(b * m, k, -1).transpose(0, 2, 1) @ f.reshape(b * m, k, -1)  # (B·M, H, C_in)
+        out = self._linear(agg.reshape(b, m, -1) / k, p + ".contract")
+        out = out * self.a[p + ".norm.scale"] + self.a[p + ".norm.shift"]
+        return query, self._act(out, p + ".act")
+
+    def logits(self, pos: np.ndarray, normals: np.ndarray) -> np.ndarray:
+        pos = np.asarray(pos, dtype=np.float32)
+        normals = np.asarray(normals, dtype=np.float32)
+        if pos.ndim != 3 or pos.shape[1:] != (self.cfg.points, 3) or normals.shape != pos.shape:
+            raise PcsymError(f"the numpy export takes (B, {self.cfg.points}, 3) points and normals, "
+                             f"got {pos.shape} and {normals.shape}")
+        feats = [pos - pos.mean(1, keepdims=True)] if self.cfg.use_positions else []
+        feats += [normals] if self.cfg.use_normals else []
+        feat = np.concatenate(feats + [np.ones_like(pos[..., :1])], axis=-1)
+        order = self.a["order"]
+        pos, feat = pos[:, order], feat[:, order]
+        for i, n in enumerate(self.a["sizes"]):
+            pos, feat = self._block(i, pos, feat, int(n))
+        x = np.concatenate([feat.max(1), feat.mean(1)], axis=-1)
+        x = elu(self._linear(x, "head.0") * self.a["head.bn.scale"] + self.a["head.bn.shift"])
+        return self._linear(x, "head.1")
+
+    __call__ = logits
