@@ -34,11 +34,11 @@ class OrderedNet(nn.Module):
         return self.model.forward_ordered(pos, self.model.input_features(normals, pos))
 
 
-def prepare_inputs(pos: torch.Tensor, normals: torch.Tensor):
+def prepare_inputs(pos: torch.Tensor, normals: torch.Tensor, seed: int | None = None):
     """Put (B, N, 3) clouds in the model's eval-mode sampling order (seeded random order)."""
-    from .graph import eval_order, take
+    from .graph import EVAL_ORDER_SEED, eval_order, take
 
-    order = eval_order(pos.shape[0], pos.shape[1])
+    order = eval_order(pos.shape[0], pos.shape[1], seed=EVAL_ORDER_SEED if seed is None else seed)
     return take(pos, order), take(normals, order)
 
 
@@ -62,6 +62,8 @@ def export_model(model, path: str | Path, fmt: str = "torchscript") -> Path:
     path = Path(path)
     if model.cfg.kernel != "implicit":
         raise PcsymError("export supports implicit-kernel models (escnn's R3PointConv basis is not traceable)")
+    if model.cfg.sampling != "random":
+        raise PcsymError("export supports random-sampling models (the farthest-point order is computed per cloud)")
     model = freeze(model.float().eval())
     net = OrderedNet(model).eval()
     pos, nrm = _example(model)
@@ -103,9 +105,10 @@ def export_model(model, path: str | Path, fmt: str = "torchscript") -> Path:
 def numpy_arrays(model) -> dict:
     """The frozen eval-mode network as named arrays for :class:`pcsym.runtime.NumpyClassifier`."""
     from . import runtime
-    from .graph import eval_order
+    from .graph import EVAL_ORDER_SEED, eval_order
 
-    arrays = {"order": eval_order(1, model.cfg.points)[0],
+    arrays = {"orders": torch.stack([eval_order(1, model.cfg.points, seed=EVAL_ORDER_SEED + v)[0]
+                                     for v in range(runtime.VOTE_ORDERS)]),
               "sizes": torch.tensor(model.layer_points(model.cfg.points))}
 
     def linear(name, w, b):
@@ -156,5 +159,6 @@ class ScriptedClassifier:
         self.cfg = ModelConfig.from_dict(meta["model_config"])
         self.net.eval()
 
-    def __call__(self, pos: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
-        return self.net(*prepare_inputs(pos.float(), normals.float()))
+    def __call__(self, pos: torch.Tensor, normals: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """Logits; ``seed`` picks another seeded downsampling order (test-time votes)."""
+        return self.net(*prepare_inputs(pos.float(), normals.float(), seed))

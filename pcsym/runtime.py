@@ -3,7 +3,7 @@
 Importing torch takes 2-3 s on a small CPU, longer than classifying a mesh; this runtime needs only
 numpy, so ``pcsym classify`` with a shipped model starts in well under a second. The file holds the
 network as plain arrays — the equivariant weights already expanded, batch norms folded to per-channel
-affine maps, the eval-mode point order — and a JSON copy of the model config. It is loaded with
+affine maps, the eval-mode point orders — and a JSON copy of the model config. It is loaded with
 ``allow_pickle=False``: nothing in it is executed. The forward pass mirrors
 :class:`pcsym.models.classifier.EquivariantClassifier` in eval mode; tests pin equal logits.
 """
@@ -21,6 +21,7 @@ from .errors import PcsymError
 FORMAT = "pcsym-numpy-export"
 VERSION = 1
 _KNN_CHUNK_ENTRIES = 1 << 21  # same memory bound as pcsym.graph.knn
+VOTE_ORDERS = 8  # seeded downsampling orders stored in an export: test-time votes 0..7
 
 
 def elu(x: np.ndarray) -> np.ndarray:
@@ -116,7 +117,11 @@ class NumpyClassifier:
         out = out * self.a[p + ".norm.scale"] + self.a[p + ".norm.shift"]
         return query, self._act(out, p + ".act")
 
-    def logits(self, pos: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    def logits(self, pos: np.ndarray, normals: np.ndarray, vote: int = 0) -> np.ndarray:
+        """Logits (B, C); ``vote`` v uses the model's eval order of seed EVAL_ORDER_SEED + v."""
+        orders = self.a["orders"]
+        if not 0 <= vote < len(orders):
+            raise PcsymError(f"a numpy export holds {len(orders)} downsampling orders: at most {len(orders)} votes")
         pos = np.asarray(pos, dtype=np.float32)
         normals = np.asarray(normals, dtype=np.float32)
         if pos.ndim != 3 or pos.shape[1:] != (self.cfg.points, 3) or normals.shape != pos.shape:
@@ -125,8 +130,7 @@ class NumpyClassifier:
         feats = [pos - pos.mean(1, keepdims=True)] if self.cfg.use_positions else []
         feats += [normals] if self.cfg.use_normals else []
         feat = np.concatenate(feats + [np.ones_like(pos[..., :1])], axis=-1)
-        order = self.a["order"]
-        pos, feat = pos[:, order], feat[:, order]
+        pos, feat = pos[:, orders[vote]], feat[:, orders[vote]]
         for i, n in enumerate(self.a["sizes"]):
             pos, feat = self._block(i, pos, feat, int(n))
         x = np.concatenate([feat.max(1), feat.mean(1)], axis=-1)

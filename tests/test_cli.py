@@ -145,16 +145,21 @@ def test_classify_shipped_model_runs_without_torch_and_matches_its_checkpoint(sa
     the answer must be the one the checkpoint itself gives."""
     from pcsym.config import resolve_checkpoint
 
-    code = ("import sys\nfrom pcsym.cli import main\nsys.argv = ['pcsym', 'classify', sys.argv[1], '--json']\n"
+    code = ("import sys\nfrom pcsym.cli import main\n"
+            "sys.argv = ['pcsym', 'classify', sys.argv[1], '--json', '--votes', '3']\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
             "heavy = [m for m in ('torch', 'escnn', 'open3d') if m in sys.modules]\nassert not heavy, heavy\n")
     proc = subprocess.run([sys.executable, "-c", code, str(sample_mesh)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     fast = json.loads(proc.stdout)["results"][0]["top"]
-    r = run("classify", sample_mesh, "--model", resolve_checkpoint("so3"), "--json")  # rebuilt with escnn
+    r = run("classify", sample_mesh, "--model", resolve_checkpoint("so3"), "--json", "--votes", "3")  # via escnn
     slow = json.loads(r.stdout)["results"][0]["top"]
     assert [t["class"] for t in fast] == [t["class"] for t in slow] and fast[0]["class"] == "bed"
     assert max(abs(a["probability"] - b["probability"]) for a, b in zip(fast, slow)) < 1e-3
+    single = json.loads(run("classify", sample_mesh, "--json").stdout)["results"][0]["top"]
+    assert single != fast  # the votes really averaged other downsamplings
+    r = run("classify", sample_mesh, "--votes", "9")
+    assert r.exit_code == 2 and "--votes must be between 1 and 8" in r.stderr
 
 
 def test_classify_missing_file_is_one_line_exit_2(tmp_path, tiny_run):

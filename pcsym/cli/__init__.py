@@ -423,6 +423,7 @@ def classify(
     inputs: List[Path] = typer.Argument(..., help="Mesh/cloud files (obj, off, ply, stl, xyz, txt, npy) or directories."),
     model: str = typer.Option("so3", "--model", help="Shipped model name (so3, o2) or checkpoint path."),
     top_k: int = typer.Option(5, "--top-k", help="How many classes to show."),
+    votes: int = typer.Option(1, "--votes", help="Average over N seeded downsamplings (1-8)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the surface sampling."),
     max_vertices: int = typer.Option(2_000_000, "--max-vertices", help="Refuse larger inputs."),
     up_axis: Optional[str] = UP_AXIS_OPTION,
@@ -438,6 +439,8 @@ def classify(
 
         if top_k < 1:
             raise PcsymError("--top-k must be at least 1")
+        if not 1 <= votes <= 8:
+            raise PcsymError("--votes must be between 1 and 8")
         if up_axis not in (None, "y", "z"):
             raise PcsymError(f"unknown --up-axis '{up_axis}': use y or z")
         up = np.asarray(Y_UP_TO_Z_UP, dtype=np.float32) if up_axis == "y" else np.eye(3, dtype=np.float32)
@@ -450,7 +453,7 @@ def classify(
                 pts, nrm = load_cloud(f, n_points=net.cfg.points, rng=np.random.default_rng(seed),
                                       max_vertices=max_vertices)
                 pts, nrm = pts @ up.T, nrm @ up.T
-                probs = _probabilities(net, pts, nrm)
+                probs = _probabilities(net, pts, nrm, votes)
                 top = np.argsort(-probs, kind="stable")[:top_k]
                 results.append({"file": str(f), "ok": True, "top": [
                     {"class": names[int(i)], "probability": round(float(probs[i]), 4)} for i in top]})
@@ -504,16 +507,32 @@ def _load_classifier(name_or_path: str, threads: int = 0):
     return load_model(p)[0]
 
 
-def _probabilities(net, pts, nrm):
-    """Class probabilities (C,) of one cloud (N, 3) with its normals, as a numpy array."""
+def _probabilities(net, pts, nrm, votes: int = 1):
+    """Class probabilities (C,) of one cloud (N, 3) with its normals, as a numpy array, averaged over
+    ``votes`` seeded downsampling orders (those of ``evaluate --votes``; one for fps models)."""
+    import numpy as np
+
     from ..runtime import NumpyClassifier, softmax
 
     if isinstance(net, NumpyClassifier):
-        return softmax(net(pts[None], nrm[None]))[0]
+        return np.mean([softmax(net(pts[None], nrm[None], vote=v))[0] for v in range(votes)], axis=0)
     import torch
 
+    from ..export import ScriptedClassifier
+    from ..graph import EVAL_ORDER_SEED, eval_order
+
+    p, n = torch.as_tensor(pts)[None], torch.as_tensor(nrm)[None]
+    probs = []
     with torch.no_grad():
-        return torch.softmax(net(torch.as_tensor(pts)[None], torch.as_tensor(nrm)[None]), -1)[0].numpy()
+        for v in range(votes if net.cfg.sampling == "random" else 1):
+            if isinstance(net, ScriptedClassifier):
+                logits = net(p, n, seed=EVAL_ORDER_SEED + v)
+            elif net.cfg.sampling == "random":
+                logits = net(p, n, order=eval_order(1, p.shape[1], seed=EVAL_ORDER_SEED + v))
+            else:
+                logits = net(p, n)
+            probs.append(torch.softmax(logits, -1)[0].numpy())
+    return np.mean(probs, axis=0)
 
 
 def _print_classify(results):
