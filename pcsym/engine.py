@@ -60,6 +60,21 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self) -> "TrainConfig":
+        """Reject settings no run can use (messages name the ``train`` command's flags)."""
+        from .data import ROTATIONS
+
+        for name in ("rotate", "eval_rotate"):
+            if getattr(self, name) not in ROTATIONS:
+                raise PcsymError(f"unknown --{name.replace('_', '-')} '{getattr(self, name)}': use none, z or so3")
+        if self.schedule not in ("cosine", "step"):
+            raise PcsymError(f"unknown --schedule '{self.schedule}': use cosine or step")
+        if not 0 < self.scale_low <= self.scale_high:
+            raise PcsymError(f"--scale needs 0 < LOW <= HIGH, got '{self.scale_low:g},{self.scale_high:g}'")
+        if not 0 <= self.point_dropout < 1 or not 0 < self.val_fraction < 1:
+            raise PcsymError("--point-dropout must be in [0, 1) and --val-fraction in (0, 1)")
+        return self
+
 
 # ----------------------------------------------------------------------------- checkpoints
 
@@ -210,6 +225,8 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, resume: bool = False,
     """Train; writes best.pt, last.pt, metrics.csv, config.json into tcfg.out. Returns the summary."""
     from .data import PointCloudDataset, load_dataset, train_val_split
     from .models.classifier import build_model
+
+    tcfg.validate()
 
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)

@@ -20,6 +20,18 @@ def test_metrics_on_a_known_confusion():
     assert m["confusion_matrix"] == confusion_matrix(y_true, y_pred).tolist()
 
 
+def test_train_rejects_unusable_settings_before_touching_anything(tmp_path):
+    from pcsym.errors import PcsymError
+
+    for bad, msg in (({"rotate": "x"}, "unknown --rotate 'x'"), ({"schedule": "linear"}, "unknown --schedule"),
+                     ({"scale_low": 1.2, "scale_high": 0.8}, "--scale needs 0 < LOW <= HIGH, got '1.2,0.8'"),
+                     ({"val_fraction": 1.0}, "--val-fraction in (0, 1)")):
+        out = tmp_path / "never"
+        with pytest.raises(PcsymError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+            train(ModelConfig(group="m"), TrainConfig(data=str(tmp_path / "missing"), out=str(out), **bad))
+        assert not out.exists()
+
+
 def test_short_training_beats_chance_clearly(sample_dataset, tmp_path):
     """6 epochs of an o2 model on the 240 training shapes of the sample: chance is 10%."""
     mcfg = ModelConfig(group="o2", points=512, widths=(24, 48), strides=(2, 4), invariant_dims=64)

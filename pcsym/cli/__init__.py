@@ -190,19 +190,10 @@ def train(
             wid = tuple(int(x) for x in str(merged["widths"]).split(","))
         except ValueError:
             raise PcsymError(f"--widths must be comma-separated integers, got '{merged['widths']}'") from None
-        for flag in ("rotate", "eval_rotate"):
-            if merged[flag] not in ("none", "z", "so3"):
-                raise PcsymError(f"unknown --{flag.replace('_', '-')} '{merged[flag]}': use none, z or so3")
-        if merged["schedule"] not in ("cosine", "step"):
-            raise PcsymError(f"unknown --schedule '{merged['schedule']}': use cosine or step")
         try:
             scale_low, scale_high = (float(x) for x in str(merged["scale"]).split(","))
         except ValueError:
             raise PcsymError(f"--scale must be two numbers LOW,HIGH, got '{merged['scale']}'") from None
-        if not 0 < scale_low <= scale_high:
-            raise PcsymError(f"--scale needs 0 < LOW <= HIGH, got '{merged['scale']}'")
-        if not 0 <= float(merged["point_dropout"]) < 1 or not 0 < float(merged["val_fraction"]) < 1:
-            raise PcsymError("--point-dropout must be in [0, 1) and --val-fraction in (0, 1)")
         strides = (2, 4, 4, 4, 4)[: len(wid)]
         mcfg = ModelConfig(group=merged["group"], kernel=merged["kernel"], k=int(merged["k"]),
                            points=int(merged["points"]), widths=wid, strides=strides, sampling=merged["sampling"],
@@ -220,7 +211,7 @@ def train(
                            scale_low=scale_low, scale_high=scale_high,
                            anisotropic_scale=bool(merged["anisotropic_scale"]),
                            point_dropout=float(merged["point_dropout"]), eval_rotate=merged["eval_rotate"],
-                           bn_batches=int(merged["bn_batches"]))
+                           bn_batches=int(merged["bn_batches"])).validate()
         outdir = Path(tcfg.out)
         if outdir.exists() and not outdir.is_dir():
             raise PcsymError("--out exists and is not a directory", path=outdir)
