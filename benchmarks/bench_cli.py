@@ -90,9 +90,8 @@ def main() -> int:
                    else f"checkpoint {args.model} not found") + ": classify timing skipped"
         print("  " + skipped, flush=True)
     else:
-        cmd = exe + ["classify", str(MESH.relative_to(C.REPO)), "--threads", str(args.threads)]
-        if not shipped or args.model != "so3":
-            cmd += ["--model", args.model]
+        base_cmd = exe + ["classify", str(MESH.relative_to(C.REPO)), "--threads", str(args.threads)]
+        cmd = base_cmd + ([] if args.model == "so3" else ["--model", args.model])
         r = time_command(cmd, repeats, args.threads)
         r["name"] = "classify cold"
         r["model"] = str(args.model)
@@ -101,8 +100,7 @@ def main() -> int:
         if r["returncode"] != 0:
             print("  classify failed: " + " | ".join(r["stderr_tail"]), flush=True)
         if shipped:  # baseline in the same run: the same model through its checkpoint (torch + escnn rebuild)
-            b = time_command(cmd[:-2] + ["--threads", str(args.threads), "--model", str(model_path)], repeats,
-                             args.threads)
+            b = time_command(base_cmd + ["--model", str(model_path)], repeats, args.threads)
             b["name"] = "classify cold, checkpoint (baseline)"
             rows.append(b)
             print(f"  pcsym classify --model {model_path.name}: {b['median_s']:.3f} s (rc {b['returncode']})",

@@ -43,9 +43,8 @@ for spec in args.models:
         row[f"oa_{rot}"], row[f"macc_{rot}"] = m["overall_accuracy"], m["mean_class_accuracy"]
         print(f"{row['model']:>10} rotate={rot:<4} OA {m['overall_accuracy']:.4f} mAcc {m['mean_class_accuracy']:.4f} "
               f"({time.time() - t:.1f}s)", flush=True)
-    if args.votes > 1:  # `pcsym evaluate MODEL --rotate so3 --votes N`
+    if args.votes > 1:  # `pcsym evaluate MODEL --rotate so3 --votes N`, on the SO(3)-rotated set above
         t = time.time()
-        ds = PointCloudDataset(data, va, points=model.cfg.points, rotate="so3", resample=False, seed=7919)
         row["oa_so3_votes"] = evaluate_model(model, ds, votes=args.votes)["overall_accuracy"]
         print(f"{row['model']:>10} rotate=so3  votes={args.votes} OA {row['oa_so3_votes']:.4f} ({time.time() - t:.1f}s)",
               flush=True)

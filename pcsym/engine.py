@@ -375,7 +375,7 @@ def write_metrics(path: Path, history: list[dict]) -> None:
 def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1):
     """Class probabilities averaged over ``votes`` copies: copy v uses the dataset's augmentation of
     epoch v and, for randomly downsampling models, the v-th seeded downsampling order."""
-    from .graph import EVAL_ORDER_SEED, eval_order
+    from .graph import vote_order
 
     model.eval()
     vary_order = getattr(getattr(model, "cfg", None), "sampling", None) == "random"
@@ -386,7 +386,7 @@ def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1):
         outs, ys = [], []
         for pos, nrm, y in make_loader(ds, batch_size, False, 0, v, 0):
             pos, nrm = pos.to(device), nrm.to(device)
-            order = eval_order(pos.shape[0], pos.shape[1], pos.device, EVAL_ORDER_SEED + v) if vary_order else None
+            order = vote_order(v, pos.shape[0], pos.shape[1], pos.device) if vary_order else None
             outs.append(torch.softmax(model(pos, nrm, order=order).float(), dim=-1).cpu())
             ys.append(y)
         probs = torch.cat(outs)

@@ -34,11 +34,12 @@ class OrderedNet(nn.Module):
         return self.model.forward_ordered(pos, self.model.input_features(normals, pos))
 
 
-def prepare_inputs(pos: torch.Tensor, normals: torch.Tensor, seed: int | None = None):
-    """Put (B, N, 3) clouds in the model's eval-mode sampling order (seeded random order)."""
-    from .graph import EVAL_ORDER_SEED, eval_order, take
+def prepare_inputs(pos: torch.Tensor, normals: torch.Tensor, vote: int = 0):
+    """Put (B, N, 3) clouds in the model's eval-mode sampling order (seeded random order; another
+    vote's order for test-time voting)."""
+    from .graph import take, vote_order
 
-    order = eval_order(pos.shape[0], pos.shape[1], seed=EVAL_ORDER_SEED if seed is None else seed)
+    order = vote_order(vote, pos.shape[0], pos.shape[1])
     return take(pos, order), take(normals, order)
 
 
@@ -105,10 +106,9 @@ def export_model(model, path: str | Path, fmt: str = "torchscript") -> Path:
 def numpy_arrays(model) -> dict:
     """The frozen eval-mode network as named arrays for :class:`pcsym.runtime.NumpyClassifier`."""
     from . import runtime
-    from .graph import EVAL_ORDER_SEED, eval_order
+    from .graph import vote_order
 
-    arrays = {"orders": torch.stack([eval_order(1, model.cfg.points, seed=EVAL_ORDER_SEED + v)[0]
-                                     for v in range(runtime.VOTE_ORDERS)]),
+    arrays = {"orders": torch.cat([vote_order(v, 1, model.cfg.points) for v in range(runtime.VOTE_ORDERS)]),
               "sizes": torch.tensor(model.layer_points(model.cfg.points))}
 
     def linear(name, w, b):
@@ -159,6 +159,6 @@ class ScriptedClassifier:
         self.cfg = ModelConfig.from_dict(meta["model_config"])
         self.net.eval()
 
-    def __call__(self, pos: torch.Tensor, normals: torch.Tensor, seed: int | None = None) -> torch.Tensor:
-        """Logits; ``seed`` picks another seeded downsampling order (test-time votes)."""
-        return self.net(*prepare_inputs(pos.float(), normals.float(), seed))
+    def __call__(self, pos: torch.Tensor, normals: torch.Tensor, vote: int = 0) -> torch.Tensor:
+        """Logits; ``vote`` picks another seeded downsampling order (test-time votes)."""
+        return self.net(*prepare_inputs(pos.float(), normals.float(), vote))

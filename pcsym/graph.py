@@ -61,6 +61,12 @@ def eval_order(b: int, n: int, device=None, seed: int = EVAL_ORDER_SEED) -> torc
     return random_order(b, n, generator=gen, device=device)
 
 
+def vote_order(vote: int, b: int, n: int, device=None) -> torch.Tensor:
+    """The order of test-time vote ``vote`` of a randomly downsampling model (vote 0 = the eval order);
+    ``evaluate --votes``, ``classify --votes`` and the exports all use these."""
+    return eval_order(b, n, device, EVAL_ORDER_SEED + vote)
+
+
 def fps_order(pos: torch.Tensor, m: int | None = None) -> torch.Tensor:
     """Farthest-point-sampling order (B, m) of pos (B, N, 3); prefixes are FPS subsets.
 

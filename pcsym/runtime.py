@@ -118,7 +118,7 @@ class NumpyClassifier:
         return query, self._act(out, p + ".act")
 
     def logits(self, pos: np.ndarray, normals: np.ndarray, vote: int = 0) -> np.ndarray:
-        """Logits (B, C); ``vote`` v uses the model's eval order of seed EVAL_ORDER_SEED + v."""
+        """Logits (B, C); ``vote`` v uses the order of :func:`pcsym.graph.vote_order` (0 = eval order)."""
         orders = self.a["orders"]
         if not 0 <= vote < len(orders):
             raise PcsymError(f"a numpy export holds {len(orders)} downsampling orders: at most {len(orders)} votes")

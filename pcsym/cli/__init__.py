@@ -430,8 +430,10 @@ def classify(
 
         if top_k < 1:
             raise PcsymError("--top-k must be at least 1")
-        if not 1 <= votes <= 8:
-            raise PcsymError("--votes must be between 1 and 8")
+        from ..runtime import VOTE_ORDERS
+
+        if not 1 <= votes <= VOTE_ORDERS:
+            raise PcsymError(f"--votes must be between 1 and {VOTE_ORDERS}")
         if up_axis not in (None, "y", "z"):
             raise PcsymError(f"unknown --up-axis '{up_axis}': use y or z")
         up = np.asarray(Y_UP_TO_Z_UP, dtype=np.float32) if up_axis == "y" else np.eye(3, dtype=np.float32)
@@ -510,18 +512,17 @@ def _probabilities(net, pts, nrm, votes: int = 1):
     import torch
 
     from ..export import ScriptedClassifier
-    from ..graph import EVAL_ORDER_SEED, eval_order
+    from ..graph import vote_order
 
     p, n = torch.as_tensor(pts)[None], torch.as_tensor(nrm)[None]
+    random = net.cfg.sampling == "random"
     probs = []
     with torch.no_grad():
-        for v in range(votes if net.cfg.sampling == "random" else 1):
+        for v in range(votes if random else 1):
             if isinstance(net, ScriptedClassifier):
-                logits = net(p, n, seed=EVAL_ORDER_SEED + v)
-            elif net.cfg.sampling == "random":
-                logits = net(p, n, order=eval_order(1, p.shape[1], seed=EVAL_ORDER_SEED + v))
-            else:
-                logits = net(p, n)
+                logits = net(p, n, vote=v)
+            else:  # a checkpoint's model; farthest-point models compute their own order
+                logits = net(p, n, order=vote_order(v, 1, p.shape[1]) if random else None)
             probs.append(torch.softmax(logits, -1)[0].numpy())
     return np.mean(probs, axis=0)
 

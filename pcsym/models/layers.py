@@ -255,13 +255,16 @@ class EquivBatchNorm(nn.Module):
         else:
             scale, shift = self.eval_affine()
             return (x * scale.to(x.dtype) + shift.to(x.dtype)).reshape(shape)
-        scale = (self.weight.to(x.dtype) / torch.sqrt(var + self.eps)).index_select(0, self.field)
-        out = xc * scale + self.bias.to(x.dtype) @ P
+        out = xc * self._channel_scale(var) + self.bias.to(x.dtype) @ P
         return out.reshape(shape)
+
+    def _channel_scale(self, var: torch.Tensor) -> torch.Tensor:
+        """Per-channel factor weight / sqrt(var + eps) of each channel's field."""
+        return (self.weight.to(var.dtype) / torch.sqrt(var + self.eps)).index_select(0, self.field)
 
     def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The eval-mode map as x * scale + shift (per channel), from the running statistics."""
-        scale = (self.weight / torch.sqrt(self.running_var + self.eps)).index_select(0, self.field)
+        scale = self._channel_scale(self.running_var)
         return scale, self.bias @ self.P - self.running_mean * scale
 
 
