@@ -71,17 +71,17 @@ def worker(spec: dict) -> dict:
     from escnn import nn as enn
 
     from pcsym.graph import gather, knn
-    from pcsym.groups import gspace, quiet_stdout
+    from pcsym.groups import quiet_stdout, resolve
     from pcsym.models.layers import (BasisKernelConv, ImplicitKernelConv, channel_types, direct_sum_matrix,
                                      type_size)
 
-    group, method = spec["group"], spec["method"]
+    group, method = resolve(spec["group"]), spec["method"]
     b, n, k = spec["batch"], spec["points"], spec["k"]
     torch.manual_seed(0)
     np.random.seed(0)
     pre, act, kind = channel_types(group, spec["channels"])
     c_in, c_out = type_size(act), type_size(pre)
-    gs = gspace(group)
+    gs = group.gspace
     if method == "implicit":
         conv = ImplicitKernelConv(group, act, pre)
     elif method == "basis":
@@ -140,7 +140,7 @@ def worker(spec: dict) -> dict:
         got = forward(pos_s @ R.T, feat @ rin.T)
         equiv = float((got - expected).abs().max() / expected.abs().max())
 
-    res = {"group": group, "method": method, "kind": kind, "fields_in": len(act), "fields_out": len(pre),
+    res = {"group": spec["group"], "method": method, "kind": kind, "fields_in": len(act), "fields_out": len(pre),
            "c_in": c_in, "c_out": c_out, "params": n_params, "times_s": times, "median_s": C.median(times),
            "forward_s": t_fwd, "peak_mem_mb": mem.delta, "rss_before_mb": mem.start, "equiv_rel_err": equiv}
     if method == "implicit":

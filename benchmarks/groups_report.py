@@ -160,7 +160,8 @@ def run_one(job: dict) -> dict:
     warnings.simplefilter("ignore")
     torch.set_num_threads(job["threads"])
     from pcsym.config import ModelConfig
-    from pcsym.engine import TrainConfig, train
+    from pcsym.config import TrainConfig
+    from pcsym.train import train
 
     res = {k: job[k] for k in ("group", "kernel", "seed")}
     t0 = time.time()
@@ -391,7 +392,7 @@ def main(argv=None) -> int:
     import importlib.metadata as md
 
     import pcsym
-    from pcsym.data import load_dataset, train_val_split
+    from pcsym.data import load_dataset, split_indices
 
     t_start = time.time()
     data_path = Path(args.data)
@@ -401,8 +402,7 @@ def main(argv=None) -> int:
     data_file = str(data.path or data_path)
     labels = np.asarray(data.labels)
     pool = np.flatnonzero(np.asarray(data.split) == "train")
-    pool = pool if len(pool) else np.arange(len(labels))
-    tr, va = train_val_split(labels[pool], 0.2, args.seeds[0])
+    tr, va = (split_indices(data, s, 0.2, args.seeds[0]) for s in ("train", "val"))  # the runs' own split
     args.num_classes = len(data.class_names)
     data_info = {"path": str(args.data), "cache": data_file, "shapes": int(len(labels)), "train_pool": int(len(pool)),
                  "train": int(len(tr)), "val": int(len(va)), "classes": int(len(data.class_names)),

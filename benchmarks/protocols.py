@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pcsym.data import PointCloudDataset, load_dataset, train_val_split
-from pcsym.engine import evaluate_model, load_model
+from pcsym.checkpoint import load_model, train_config_of
+from pcsym.config import TrainConfig
+from pcsym.data import load_dataset, split_indices
+from pcsym.evaluate import evaluate_model
+from pcsym.transforms import PointCloudDataset
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--data", required=True)
@@ -30,7 +33,8 @@ for spec in args.models:
     path, _, label = spec.partition("=")
     model, ckpt = load_model(path)
     data = load_dataset(args.data, points=model.cfg.points)
-    _, va = train_val_split(np.asarray(data.labels), 0.2, 0)
+    run = train_config_of(ckpt) or TrainConfig()
+    va = split_indices(data, "val", run.val_fraction, run.seed)  # the shapes the run held out
     train_rot = (ckpt.get("train_config") or {}).get("rotate", "?")
     hist = ckpt.get("history") or []
     row = {"model": label or path, "group": model.cfg.group, "kernel": model.cfg.kernel, "train_rotate": train_rot,
@@ -38,7 +42,7 @@ for spec in args.models:
            "params": sum(p.numel() for p in model.parameters())}
     for rot in ("none", "z", "so3"):
         t = time.time()
-        ds = PointCloudDataset(data, va, points=model.cfg.points, rotate=rot, resample=False, seed=7919)
+        ds = PointCloudDataset(data, va, points=model.cfg.points, rotate=rot, resample=False, seed=run.seed + 7919)
         m = evaluate_model(model, ds)
         row[f"oa_{rot}"], row[f"macc_{rot}"] = m["overall_accuracy"], m["mean_class_accuracy"]
         print(f"{row['model']:>10} rotate={rot:<4} OA {m['overall_accuracy']:.4f} mAcc {m['mean_class_accuracy']:.4f} "

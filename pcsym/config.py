@@ -1,21 +1,98 @@
-"""The one config object that rebuilds a model, saved inside every checkpoint."""
+"""The settings of a model and of a training run, and the one place where they are parsed,
+merged and validated.
+
+* :class:`ModelConfig` rebuilds a model: it is saved inside every checkpoint and export
+  (``build_model(ModelConfig.from_dict(ckpt["model_config"]))``).
+* :class:`TrainConfig` is everything else a run needs; ``RUN/config.json`` holds both.
+* :func:`merge_settings` combines defaults, a resumed run's saved settings, a config file and the
+  command-line flags (in rising precedence). The ``train`` command's parameter names *are* the
+  field names, so no table maps one onto the other.
+
+This module imports neither torch nor escnn.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PcsymError
 
-KERNELS = ("implicit", "basis")
-# Models shipped inside the package (pcsym/pretrained/): checkpoint + numpy export (NAME.npz).
-PRETRAINED = {"so3": "so3.pt", "o2": "o2.pt"}
+# The allowed values of every enumerated setting (the CLI, the configs and the data layer use these).
+KERNELS = ("implicit", "basis")  # == models.layers.KERNELS' keys (a test keeps them equal)
+SAMPLINGS = ("random", "fps")
+ROTATIONS = ("none", "z", "so3")
+SCHEDULES = ("cosine", "step")
+UP_AXES = ("y", "z")
+DATA_FORMATS = ("h5", "normal_resampled", "off")
+DEVICES = ("auto", "cpu", "cuda")
+#: validation figure that picks best.pt: mean class accuracy (tracks a balanced test split), or OA
+SELECT_METRICS = ("macc", "oa")
+
+
+def check_choice(value, choices: tuple[str, ...], what: str):
+    """``value`` if it is one of ``choices`` (None passes), else a one-line error naming ``what``."""
+    if value is not None and value not in choices:
+        listed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+        raise PcsymError(f"unknown {what} '{value}': use {listed}")
+    return value
+
+
+def default_strides(n_layers: int) -> tuple[int, ...]:
+    """Downsampling factors of ``n_layers`` steerable layers: 1024 -> 512 -> 128 -> 32 -> ..."""
+    return (2, 4, 4, 4, 4, 4, 4, 4)[:n_layers]
+
+
+class _Config:
+    """Shared plumbing of the two configs: plain-dict round trip and typed parsing of raw values."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def parse(cls, name: str, value):
+        """``value`` (a flag's string, a config file's scalar or list, a saved JSON value) as the
+        type of field ``name``: ``"32,64"`` -> ``(32, 64)``, ``"0.8,1.2"`` -> ``(0.8, 1.2)``, ..."""
+        hint = typing.get_type_hints(cls)[name]
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        if type(None) in args:  # Optional[X]
+            hint = next(a for a in args if a is not type(None))
+            args = typing.get_args(hint)
+        flag = "--" + name.replace("_", "-")
+        try:
+            if typing.get_origin(hint) is tuple:
+                items = value.split(",") if isinstance(value, str) else list(value)
+                return tuple(args[0](x) for x in items)
+            if hint is bool:
+                if isinstance(value, str):
+                    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError(value)
+                    return value.lower() in ("true", "1", "yes")
+                return bool(value)
+            return hint(value)
+        except (TypeError, ValueError):
+            what = "comma-separated numbers" if typing.get_origin(hint) is tuple else hint.__name__
+            raise PcsymError(f"{flag} must be {what}, got '{value}'") from None
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        unknown = set(d) - cls.field_names()
+        if unknown:
+            raise PcsymError(f"config has unknown fields {sorted(unknown)} (made by a newer pcsym?)")
+        return cls(**{k: cls.parse(k, v) for k, v in d.items()})
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Config):
     group: str = "o2"
     kernel: str = "implicit"  # implicit | basis
     class_names: list[str] = field(default_factory=list)
@@ -40,32 +117,28 @@ class ModelConfig:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    @classmethod
+    def parse(cls, name: str, value):
+        if name == "class_names":
+            return [str(c) for c in value]
+        return super().parse(name, value)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise PcsymError(f"checkpoint config has unknown fields {sorted(unknown)} (made by a newer pcsym?)")
         d = dict(d)
         d.setdefault("use_positions", False)  # checkpoints written before the position input existed
-        for key in ("widths", "strides"):
-            if key in d:
-                d[key] = tuple(d[key])
-        return cls(**d)
+        return super().from_dict(d)
 
     def validate(self) -> "ModelConfig":
         from .groups import get_group
 
         get_group(self.group)
-        if self.kernel not in KERNELS:
-            raise PcsymError(f"unknown kernel '{self.kernel}': use one of {', '.join(KERNELS)}")
-        if self.sampling not in ("random", "fps"):
-            raise PcsymError(f"unknown sampling '{self.sampling}': use random or fps")
+        check_choice(self.kernel, KERNELS, "kernel")
+        check_choice(self.sampling, SAMPLINGS, "sampling")
         if len(self.widths) != len(self.strides):
             raise PcsymError("widths and strides must have the same length")
+        if self.k < 1:
+            raise PcsymError("k must be at least 1")
         n = self.points
         for s in tuple(self.strides) + (self.final_stride,):
             n //= s
@@ -73,33 +146,138 @@ class ModelConfig:
             raise PcsymError(f"{self.points} points are too few for strides {self.strides} with k={self.k}")
         if self.max_freq is not None and not 0 <= self.max_freq <= 4:
             raise PcsymError(f"max_freq must be between 0 and 4, got {self.max_freq}")
-        if self.k < 1:
-            raise PcsymError("k must be at least 1")
         return self
+
+
+@dataclass
+class TrainConfig(_Config):
+    data: str = ""
+    up_axis: str | None = None  # y: rotate a y-up dataset to z-up (None: z, or the cache's own)
+    data_format: str | None = None  # h5 | normal_resampled | off (None: detect)
+    out: str = "runs/latest"
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | step
+    label_smoothing: float = 0.1
+    seed: int = 0
+    val_fraction: float = 0.2
+    rotate: str = "z"  # none | z | so3 (train-time augmentation)
+    jitter: float = 0.01
+    scale: tuple[float, ...] = (0.8, 1.2)  # range of the random isotropic scale factor
+    anisotropic_scale: bool = False
+    point_dropout: float = 0.0
+    workers: int = 0
+    device: str = "cpu"
+    threads: int = 0  # 0 = torch default
+    max_steps: int = 0  # stop each epoch after this many steps (0 = full epoch); for smoke tests
+    eval_rotate: str = "z"  # rotation applied to validation clouds (z-rotated validation by default)
+    bn_batches: int = 32  # training batches used to re-estimate normalisation statistics after each epoch
+    select: str = "macc"  # validation figure that picks best.pt
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        if "scale_low" in d:  # runs written before the scale range was one field
+            d["scale"] = (d.pop("scale_low"), d.pop("scale_high"))
+        d.setdefault("select", "oa")  # what older runs selected on
+        return super().from_dict(d)
+
+    def validate(self) -> "TrainConfig":
+        """Reject settings no run can use (messages name the ``train`` command's flags)."""
+        for name in ("rotate", "eval_rotate"):
+            check_choice(getattr(self, name), ROTATIONS, "--" + name.replace("_", "-"))
+        check_choice(self.schedule, SCHEDULES, "--schedule")
+        check_choice(self.up_axis, UP_AXES, "--up-axis")
+        check_choice(self.data_format, DATA_FORMATS, "--format")
+        check_choice(self.device, DEVICES, "--device")
+        check_choice(self.select, SELECT_METRICS, "--select")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise PcsymError(f"--scale needs 0 < LOW <= HIGH, got '{','.join(f'{s:g}' for s in self.scale)}'")
+        if not 0 <= self.point_dropout < 1 or not 0 < self.val_fraction < 1:
+            raise PcsymError("--point-dropout must be in [0, 1) and --val-fraction in (0, 1)")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise PcsymError(f"--{name.replace('_', '-')} must be at least 1")
+        return self
+
+
+#: settings a resumed run does not take from its saved config: where to read and write, the machine
+MACHINE_SETTINGS = ("data", "out", "device", "threads", "workers")
+
+
+def read_config_file(path: Path) -> dict:
+    """A YAML or TOML file of ``setting: value`` (setting names as field names or flag names)."""
+    if not path.exists():
+        raise PcsymError("config file not found", path=path)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            d = tomllib.loads(text)
+        else:
+            import yaml
+
+            d = yaml.safe_load(text) or {}
+    except Exception as exc:
+        raise PcsymError(f"could not parse config file ({str(exc).splitlines()[0]})", path=path) from None
+    if not isinstance(d, dict):
+        raise PcsymError("config file must be a mapping of setting: value", path=path)
+    return {str(k).replace("-", "_"): v for k, v in d.items()}
+
+
+def read_run_config(out: Path) -> dict:
+    """The flat settings saved in a run folder's ``config.json`` ({} when there is none)."""
+    path = Path(out) / "config.json"
+    if not path.exists():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+        m = ModelConfig.from_dict(saved["model"]).to_dict()
+        t = TrainConfig.from_dict(saved["train"]).to_dict()
+    except (ValueError, KeyError, TypeError, PcsymError):
+        raise PcsymError("unreadable run config; resume with explicit flags or start anew with --force",
+                         path=path) from None
+    return {**m, **t}  # the two configs share no field names
+
+
+def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = None, resume: bool = False,
+                   aliases: dict[str, str] | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """The model and train configs of a ``train`` command, validated.
+
+    ``flags`` maps setting names to values (every flag, defaults included); ``explicit`` names
+    those the user gave. Precedence, lowest first: defaults, the resumed run's saved settings
+    (``resume``: from ``flags["out"]``/config.json, except :data:`MACHINE_SETTINGS`), the config
+    file, explicit flags. ``aliases`` lets a config file use a flag's spelling for a setting
+    (``positions`` for ``use_positions``). Keys that are not settings (``resume``, ...) are ignored.
+    """
+    names = ModelConfig.field_names() | TrainConfig.field_names()
+    merged = {k: v for k, v in flags.items() if k in names}
+    if resume:
+        for key, value in read_run_config(Path(str(flags["out"]))).items():
+            if key not in MACHINE_SETTINGS and key != "class_names":
+                merged[key] = value
+    if config_file is not None:
+        for key, value in read_config_file(config_file).items():
+            key = (aliases or {}).get(key, key)
+            if key not in names:
+                raise PcsymError(f"unknown setting '{key}' in config file", path=config_file)
+            merged[key] = value
+    merged.update({k: v for k, v in flags.items() if k in explicit and k in names})
+    n_layers = len(ModelConfig.parse("widths", merged["widths"]))
+    if "strides" not in merged or len(ModelConfig.parse("strides", merged["strides"])) != n_layers:
+        merged["strides"] = default_strides(n_layers)  # strides follow the widths unless a run saved its own
+    split = {"model": ModelConfig.field_names(), "train": TrainConfig.field_names()}
+    model = ModelConfig.from_dict({k: v for k, v in merged.items() if k in split["model"]})
+    train = TrainConfig.from_dict({k: v for k, v in merged.items() if k in split["train"]})
+    model.class_names = model.class_names or ["?"]
+    return model.validate(), train.validate()
 
 
 def _prod(xs) -> int:
     p = 1
     for x in xs:
         p *= x
-    return p
-
-
-def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-    """A checkpoint path, or the name of a model shipped in the package (``so3``, ``o2``)."""
-    s = str(name_or_path)
-    if s in PRETRAINED:
-        p = Path(__file__).parent / "pretrained" / PRETRAINED[s]
-        if not p.exists():
-            raise PcsymError(f"the shipped model '{s}' is missing from this installation ({p})")
-        return p
-    p = Path(s)
-    if not p.exists():
-        raise PcsymError("checkpoint not found (pass a .pt file or a shipped model name: "
-                         f"{', '.join(PRETRAINED)})", path=s)
-    if p.is_dir():
-        for cand in ("best.pt", "last.pt"):
-            if (p / cand).exists():
-                return p / cand
-        raise PcsymError("is a directory without best.pt or last.pt", path=s)
     return p

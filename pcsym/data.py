@@ -1,4 +1,4 @@
-"""Datasets: the three public ModelNet layouts, a fast ``.npz`` cache, splits and augmentation.
+"""Datasets: the three public ModelNet layouts, a fast ``.npz`` cache, and the train/val/test split.
 
 Layouts (auto-detected by :func:`detect_format`):
 
@@ -37,12 +37,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import PcsymError, atomic_writer
-from .meshes import Y_UP_TO_Z_UP, normalize, read_geometry, read_point_table, sample_surface
+from .config import DATA_FORMATS, UP_AXES, check_choice
+from .errors import PcsymError
+from .files import atomic_writer
+from .meshes import normalize, read_geometry, read_point_table, sample_surface
+from .transforms import to_z_up
 
-FORMATS = ("h5", "normal_resampled", "off")
-UP_AXES = ("y", "z")
-ROTATIONS = ("none", "z", "so3")
+FORMATS = DATA_FORMATS
 CACHE_VERSION = 1
 #: At least this many points per shape are cached (when available) so training can resample.
 MIN_CACHED_POINTS = 2048
@@ -265,12 +266,6 @@ _SOURCES = {"h5": _h5_source, "normal_resampled": _normal_resampled_source, "off
 # --------------------------------------------------------------------------------------------
 
 
-def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
-    if value not in choices:
-        raise PcsymError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
-    return value
-
-
 def _user_cache_dir() -> Path:
     env = os.environ.get("PCSYM_CACHE_DIR")
     if env:
@@ -330,8 +325,8 @@ def prepare(
     src = Path(src)
     if not src.is_dir():
         raise PcsymError("no such dataset directory" if not src.exists() else "not a dataset directory", path=src)
-    fmt = detect_format(src) if fmt is None else _check_choice(fmt, FORMATS, "dataset format")
-    _check_choice(up_axis, UP_AXES, "up axis")
+    fmt = detect_format(src) if fmt is None else check_choice(fmt, FORMATS, "dataset format")
+    check_choice(up_axis, UP_AXES, "up axis")
     if points < 1:
         raise PcsymError(f"--points must be positive, got {points}")
     source = _SOURCES[fmt](src)
@@ -389,10 +384,7 @@ def _build_arrays(source: _Source, keep: int, up_axis: str, seed: int, progress:
     _estimate_missing_normals(points, normals, missing, progress)
     length = np.linalg.norm(normals, axis=-1, keepdims=True)
     normals /= np.where(length > 0, length, 1.0)
-    points[:] = normalize(points)
-    if up_axis == "y":
-        points[:] = points @ Y_UP_TO_Z_UP.T
-        normals[:] = normals @ Y_UP_TO_Z_UP.T
+    points[:], normals[:] = to_z_up(normalize(points), normals, up_axis)
     return {
         "points": points,
         "normals": normals,
@@ -421,9 +413,6 @@ def _write_npz(target: Path, arrays: dict) -> None:
     with atomic_writer(target) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
 
 
 def _read_cache(path: Path) -> PointCloudData:
@@ -484,11 +473,11 @@ def load_dataset(
         if path.suffix.lower() != ".npz":
             raise PcsymError("not a dataset: expected a dataset folder or a .npz cache made by `pcsym prepare`", path=path)
         data = _read_cache(path)
-        if up_axis is not None and _check_choice(up_axis, UP_AXES, "up axis") != data.up_axis:
+        if up_axis is not None and check_choice(up_axis, UP_AXES, "up axis") != data.up_axis:
             raise PcsymError(f"cache was prepared with --up-axis {data.up_axis}, not {up_axis}; prepare it again", path=path)
         return data
-    up_axis = _check_choice(up_axis or "z", UP_AXES, "up axis")
-    fmt = detect_format(path) if fmt is None else _check_choice(fmt, FORMATS, "dataset format")
+    up_axis = check_choice(up_axis or "z", UP_AXES, "up axis")
+    fmt = detect_format(path) if fmt is None else check_choice(fmt, FORMATS, "dataset format")
     for cache in cache_paths(path, fmt, points, up_axis):
         if cache.is_file():
             try:
@@ -499,8 +488,10 @@ def load_dataset(
 
 
 # --------------------------------------------------------------------------------------------
-# splits, rotations, torch dataset
+# splits
 # --------------------------------------------------------------------------------------------
+
+SPLITS = ("train", "val", "test", "all")
 
 
 def train_val_split(labels: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -525,111 +516,32 @@ def train_val_split(labels: np.ndarray, val_fraction: float = 0.2, seed: int = 0
     return train_idx.astype(np.int64), val_idx.astype(np.int64)
 
 
-def rotation_matrix(kind: str, rng: np.random.Generator) -> np.ndarray:
-    """A random rotation, float32 (3, 3): ``"z"`` uniform about the z axis, ``"so3"`` uniform
-    (Haar) on SO(3) via a normalized Gaussian quaternion, ``"none"`` the identity."""
-    _check_choice(kind, ROTATIONS, "rotation")
-    if kind == "none":
-        return np.eye(3, dtype=np.float32)
-    if kind == "z":
-        t = rng.uniform(0.0, 2.0 * np.pi)
-        c, s = np.cos(t), np.sin(t)
-        return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
-    q = rng.standard_normal(4)
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ],
-        dtype=np.float32,
-    )
+def default_split(data: PointCloudData) -> str:
+    """``test`` when the dataset has an official test split, else ``val``."""
+    return "test" if (np.asarray(data.split) == "test").any() else "val"
 
 
-class PointCloudDataset(torch.utils.data.Dataset):
-    """Shapes of a :class:`PointCloudData` (optionally a subset ``indices``) as torch tensors.
+def split_indices(data: PointCloudData, split: str, val_fraction: float, seed: int) -> np.ndarray:
+    """Shape indices of ``split`` — the one definition of pcsym's splits, used by training,
+    evaluation and the benchmarks.
 
-    ``dataset[i]`` -> ``(points (P, 3) float32, normals (P, 3) float32, label int)``.
-
-    * ``points``: P. If the stored clouds have more points, ``resample=True`` draws a fresh random
-      subset on every access, ``resample=False`` takes the first P. Fewer stored points are padded
-      by resampling with replacement.
-    * ``rotate``: ``"none"``, ``"z"`` (uniform about z) or ``"so3"`` (uniform on SO(3)); normals are
-      rotated identically.
-    * ``jitter``: sigma of Gaussian noise on positions, clipped to ``±jitter_clip``.
-    * ``scale``: ``(lo, hi)`` isotropic scale factor drawn uniformly.
-    * ``anisotropic_scale``: ``(lo, hi)`` independent per-axis factors (off by default; normals are
-      transformed by the inverse transpose and renormalized).
-    * ``point_dropout``: PointNet++'s random point dropout: each item drops a fraction
-      r ~ U[0, point_dropout] of its points, replacing them (and their normals) by the first point.
-
-    Order: subset, scale, rotate, jitter, dropout. Randomness is drawn from a generator seeded by
-    ``(seed, epoch, shape index)``, so a run is reproducible for any DataLoader worker layout;
-    call :meth:`set_epoch` at the start of each epoch to vary it.
+    ``train`` and ``val`` divide the dataset's official train split with :func:`train_val_split`
+    (``val_fraction``, ``seed``: pass a run's own settings to get the shapes it held out); ``test``
+    is the official test split; ``all`` is everything. A dataset without a train split has no
+    ``train``/``val``, and one without a test split no ``test``: asking for them is an error.
     """
-
-    def __init__(
-        self,
-        data: PointCloudData,
-        indices: np.ndarray | None = None,
-        points: int = 1024,
-        resample: bool = True,
-        rotate: str = "none",
-        jitter: float = 0.0,
-        jitter_clip: float = 0.05,
-        scale: tuple[float, float] | None = None,
-        anisotropic_scale: tuple[float, float] | None = None,
-        point_dropout: float = 0.0,
-        seed: int = 0,
-    ):
-        self.data = data
-        self.indices = np.arange(len(data.labels)) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.points = int(points)
-        self.resample = resample
-        self.rotate = _check_choice(rotate, ROTATIONS, "rotation")
-        self.jitter, self.jitter_clip = float(jitter), float(jitter_clip)
-        self.scale = scale
-        self.anisotropic_scale = anisotropic_scale
-        if not 0.0 <= point_dropout < 1.0:
-            raise PcsymError(f"point dropout must be in [0, 1), got {point_dropout}")
-        self.point_dropout = float(point_dropout)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        shape = int(self.indices[i])
-        rng = np.random.default_rng([self.seed, self.epoch, shape])
-        pts, nrm = self.data.points[shape], self.data.normals[shape]
-        stored = len(pts)
-        if stored > self.points:
-            idx = rng.choice(stored, self.points, replace=False) if self.resample else np.arange(self.points)
-        elif stored < self.points:
-            idx = np.concatenate([np.arange(stored), rng.choice(stored, self.points - stored, replace=True)])
-        else:
-            idx = None
-        pts = np.array(pts if idx is None else pts[idx], dtype=np.float32)
-        nrm = np.array(nrm if idx is None else nrm[idx], dtype=np.float32)
-
-        if self.scale is not None:
-            pts *= np.float32(rng.uniform(*self.scale))
-        if self.anisotropic_scale is not None:
-            factors = rng.uniform(*self.anisotropic_scale, size=3).astype(np.float32)
-            pts *= factors
-            nrm /= factors  # inverse transpose of a diagonal map
-            nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
-        if self.rotate != "none":
-            rot = rotation_matrix(self.rotate, rng)
-            pts, nrm = pts @ rot.T, nrm @ rot.T
-        if self.jitter > 0:
-            pts += np.clip(self.jitter * rng.standard_normal(pts.shape), -self.jitter_clip, self.jitter_clip).astype(np.float32)
-        if self.point_dropout > 0:
-            drop = rng.random(len(pts)) <= rng.random() * self.point_dropout
-            pts[drop], nrm[drop] = pts[0], nrm[0]
-        return torch.from_numpy(np.ascontiguousarray(pts)), torch.from_numpy(np.ascontiguousarray(nrm)), int(self.data.labels[shape])
+    check_choice(split, SPLITS, "split")
+    sp = np.asarray(data.split)
+    if split == "all":
+        return np.arange(len(sp))
+    if split == "test":
+        idx = np.flatnonzero(sp == "test")
+        if len(idx) == 0:
+            raise PcsymError("the dataset has no test split (use --split val)", path=data.path)
+        return idx
+    pool = np.flatnonzero(sp == "train")
+    if len(pool) == 0:
+        raise PcsymError(f"the dataset has no train split, so no '{split}' split (use --split test or all)",
+                         path=data.path)
+    tr, va = train_val_split(np.asarray(data.labels)[pool], val_fraction, seed)
+    return pool[va] if split == "val" else pool[tr]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .groups import contains, gspace
+from .groups import get_group, gspace
 
 
 @dataclass
@@ -104,7 +104,7 @@ def check_model(model, pos: torch.Tensor, normals: torch.Tensor, n_random: int =
             layers[lo.name] = _rel(lg.feat, lo.feat @ rho.T)[1]
         rows.append(CheckRow(f"{label}: {_describe(M)}", True, a, r, layers))
     for label, M in contrast_candidates(seed):
-        if contains(name, M):
+        if get_group(name).contains(M):
             continue
         out = model(*_transform(pos, normals, M), order=order)
         a, r = _rel(out, base)
@@ -118,3 +118,22 @@ def _describe(M: np.ndarray) -> str:
     angle = np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1)))
     kind = "rotation" if det > 0 else "improper"
     return f"{kind} {angle:.0f}°"
+
+
+def check_file(src, checkpoint: str | None = None, group: str | None = None, kernel: str = "implicit",
+               points: int = 512, n_random: int = 3, seed: int = 0):
+    """Check a checkpoint (or a fresh seeded model of ``group``/``kernel``) on the mesh or cloud
+    ``src``; returns (model, rows)."""
+    from .checkpoint import load_model
+    from .config import ModelConfig
+    from .meshes import load_cloud
+    from .models.classifier import build_model
+
+    if checkpoint is not None:
+        net, _ = load_model(checkpoint)
+    else:
+        torch.manual_seed(seed)
+        net = build_model(ModelConfig(group=group, kernel=kernel, points=points,
+                                      class_names=[f"c{i}" for i in range(10)]))
+    pts, nrm = load_cloud(src, n_points=net.cfg.points, rng=np.random.default_rng(seed))
+    return net, check_model(net, torch.as_tensor(pts), torch.as_tensor(nrm), n_random=n_random, seed=seed)

@@ -8,15 +8,19 @@ pcsym's model code (TorchScript: only torch; ONNX: onnxruntime; numpy: :mod:`pcs
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import PcsymError, atomic_write_bytes
+from .config import check_choice
+from .errors import PcsymError
+from .files import atomic_write_bytes
 
 META_NAME = "pcsym.json"
 EXPORT_FORMATS = ("torchscript", "onnx", "numpy")
@@ -57,10 +61,20 @@ def _example(model, batch: int = 1):
     return pos, nrm
 
 
+@contextlib.contextmanager
+def _tracing():
+    """Tracing turns shapes into constants (the export is for clouds of cfg.points points, as
+    documented), which torch warns about at every data-dependent branch: keep those quiet."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
+
+
 def export_model(model, path: str | Path, fmt: str = "torchscript") -> Path:
     from .models.layers import freeze
 
     path = Path(path)
+    check_choice(fmt, EXPORT_FORMATS, "export format")
     if model.cfg.kernel != "implicit":
         raise PcsymError("export supports implicit-kernel models (escnn's R3PointConv basis is not traceable)")
     if model.cfg.sampling != "random":
@@ -69,11 +83,7 @@ def export_model(model, path: str | Path, fmt: str = "torchscript") -> Path:
     net = OrderedNet(model).eval()
     pos, nrm = _example(model)
     if fmt == "torchscript":
-        import warnings
-
-        with torch.no_grad(), warnings.catch_warnings():
-            # shapes become constants: the export is for clouds of cfg.points points (documented)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        with torch.no_grad(), _tracing():
             traced = torch.jit.trace(net, (pos, nrm), check_trace=False)
         buf = io.BytesIO()
         torch.jit.save(traced, buf, _extra_files={META_NAME: json.dumps(metadata(model))})
@@ -84,7 +94,7 @@ def export_model(model, path: str | Path, fmt: str = "torchscript") -> Path:
         except ImportError:
             raise PcsymError("ONNX export needs the 'onnx' package: pip install onnx onnxruntime") from None
         buf = io.BytesIO()
-        with torch.no_grad():
+        with torch.no_grad(), _tracing():
             torch.onnx.export(net, (pos, nrm), buf, input_names=["pos", "normals"], output_names=["logits"],
                               dynamic_axes={"pos": {0: "batch"}, "normals": {0: "batch"}, "logits": {0: "batch"}},
                               opset_version=17, dynamo=False)
@@ -94,12 +104,10 @@ def export_model(model, path: str | Path, fmt: str = "torchscript") -> Path:
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_NAME, json.dumps(metadata(model))
         atomic_write_bytes(path, proto.SerializeToString())
-    elif fmt == "numpy":
+    else:
         buf = io.BytesIO()
         np.savez_compressed(buf, **numpy_arrays(model))
         atomic_write_bytes(path, buf.getvalue())
-    else:
-        raise PcsymError(f"unknown export format '{fmt}': use {', '.join(EXPORT_FORMATS)}")
     return path
 
 
@@ -131,7 +139,7 @@ def numpy_arrays(model) -> dict:
         linear(f"{p}.contract", *conv.dense_weight())
         arrays[f"{p}.norm.scale"], arrays[f"{p}.norm.shift"] = block.norm.eval_affine()
         act(f"{p}.act", block.act)
-    first, bn, last = model.head[0], model.head[1], model.head[4]
+    first, bn, last = model.head.fc, model.head.bn, model.head.out
     linear("head.0", first.weight, first.bias)
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     arrays["head.bn.scale"], arrays["head.bn.shift"] = scale, bn.bias - bn.running_mean * scale

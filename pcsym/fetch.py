@@ -35,6 +35,7 @@ from pathlib import Path
 
 from pcsym import __version__
 from pcsym.errors import PcsymError
+from pcsym.files import make_staging_dir
 
 __all__ = ["KNOWN_DATASETS", "download", "safe_extract", "fetch"]
 
@@ -350,10 +351,7 @@ def safe_extract(archive: Path, target: Path) -> list[Path]:
     else:
         raise PcsymError("not a zip or tar archive", path=archive)
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.extract-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; it may become ``target`` itself
+    staging = make_staging_dir(target.parent, f".{target.name}.extract-")  # may become ``target`` itself
     try:
         try:
             with opener() as handle:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-# Keep one chunk's distance matrix at or below this many entries (per cloud in the batch).
-_KNN_CHUNK_ENTRIES = 1 << 21
+from .runtime import KNN_CHUNK_ENTRIES
 
 
 def knn(query: torch.Tensor, keys: torch.Tensor, k: int, chunk: int | None = None) -> torch.Tensor:
@@ -28,7 +27,7 @@ def knn(query: torch.Tensor, keys: torch.Tensor, k: int, chunk: int | None = Non
     if k > n:
         raise ValueError(f"k={k} neighbours requested but the cloud has only {n} points")
     if chunk is None:
-        chunk = max(1, min(m, _KNN_CHUNK_ENTRIES // max(n, 1)))
+        chunk = max(1, min(m, KNN_CHUNK_ENTRIES // max(n, 1)))
     out = torch.empty(b, m, k, dtype=torch.long, device=query.device)
     kk = (keys * keys).sum(-1)  # (B, N)
     for s in range(0, m, chunk):

@@ -20,7 +20,8 @@ from .errors import PcsymError
 
 FORMAT = "pcsym-numpy-export"
 VERSION = 1
-_KNN_CHUNK_ENTRIES = 1 << 21  # same memory bound as pcsym.graph.knn
+#: kNN computes distances in chunks of at most this many entries per cloud (here and in pcsym.graph)
+KNN_CHUNK_ENTRIES = 1 << 21
 VOTE_ORDERS = 8  # seeded downsampling orders stored in an export: test-time votes 0..7
 
 
@@ -37,7 +38,7 @@ def knn(query: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
     """Indices (B, M, k) of the k nearest keys (B, N, 3) of each query (B, M, 3); chunked, unsorted."""
     b, m, _ = query.shape
     n = keys.shape[1]
-    chunk = max(1, min(m, _KNN_CHUNK_ENTRIES // max(n, 1)))
+    chunk = max(1, min(m, KNN_CHUNK_ENTRIES // max(n, 1)))
     out = np.empty((b, m, k), dtype=np.int64)
     kk = (keys * keys).sum(-1)[:, None, :]
     for s in range(0, m, chunk):

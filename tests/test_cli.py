@@ -143,7 +143,7 @@ def test_classify_shipped_model_out_of_the_box(sample_mesh):
 def test_classify_shipped_model_runs_without_torch_and_matches_its_checkpoint(sample_mesh):
     """The shipped models' numpy exports give classify its fast cold start (no torch, no escnn);
     the answer must be the one the checkpoint itself gives."""
-    from pcsym.config import resolve_checkpoint
+    from pcsym.checkpoint import resolve_checkpoint
 
     code = ("import sys\nfrom pcsym.cli import main\n"
             "sys.argv = ['pcsym', 'classify', sys.argv[1], '--json', '--votes', '3']\n"
@@ -241,7 +241,7 @@ def test_garbage_and_foreign_checkpoints(tmp_path):
 def test_export_torchscript_onnx_and_numpy_give_the_same_logits(tiny_run, tmp_path, sample_mesh):
     import numpy as np
 
-    from pcsym.engine import load_model
+    from pcsym.checkpoint import load_model
     from pcsym.export import ScriptedClassifier, prepare_inputs
     from pcsym.meshes import load_cloud
 
@@ -266,7 +266,7 @@ def test_export_torchscript_onnx_and_numpy_give_the_same_logits(tiny_run, tmp_pa
         r = run("classify", sample_mesh, "--model", tmp_path / f"m.{ext}", "--json")
         assert r.exit_code == 0, r.output
     r = run("export", tiny_run, "--format", "tflite")
-    assert r.exit_code == 2 and "unknown --format 'tflite': use torchscript, onnx, numpy" in r.stderr
+    assert r.exit_code == 2 and "unknown --format 'tflite': use torchscript, onnx or numpy" in r.stderr
     (tmp_path / "junk.npz").write_bytes(b"PK not really a zip")
     r = run("classify", sample_mesh, "--model", tmp_path / "junk.npz")
     assert r.exit_code == 2 and "not a readable numpy export" in r.stderr and "Traceback" not in r.output
@@ -286,7 +286,7 @@ def test_config_file_with_flag_override(tmp_path, sample_dataset):
     assert saved["model"]["max_freq"] == 2
     t = saved["train"]
     assert (t["schedule"], t["point_dropout"], t["anisotropic_scale"]) == ("step", 0.3, True)
-    assert (t["scale_low"], t["scale_high"], t["jitter"], t["eval_rotate"]) == (0.9, 1.1, 0.0, "so3")
+    assert (t["scale"], t["jitter"], t["eval_rotate"]) == ([0.9, 1.1], 0.0, "so3")
     for bad_flag, msg in ((["--schedule", "linear"], "unknown --schedule 'linear'"),
                           (["--scale", "1.2,0.8"], "--scale needs 0 < LOW <= HIGH"),
                           (["--eval-rotate", "x"], "unknown --eval-rotate 'x'"),

@@ -12,18 +12,10 @@ import pytest
 import torch
 
 from pcsym import data as D
-from pcsym.data import (
-    Y_UP_TO_Z_UP,
-    PointCloudData,
-    PointCloudDataset,
-    detect_format,
-    load_dataset,
-    prepare,
-    rotation_matrix,
-    train_val_split,
-)
+from pcsym.data import PointCloudData, detect_format, load_dataset, prepare, train_val_split
 from pcsym.errors import PcsymError
-from pcsym.meshes import normalize, read_geometry, read_point_table
+from pcsym.meshes import Y_UP_TO_Z_UP, normalize, read_geometry, read_point_table
+from pcsym.transforms import PointCloudDataset, rotation_matrix
 
 FIX = Path(__file__).parent / "fixtures"
 

@@ -6,7 +6,7 @@ import torch
 
 from pcsym.config import ModelConfig
 from pcsym.equivariance import check_model
-from pcsym.groups import GROUPS, contains, gspace
+from pcsym.groups import GROUPS, get_group, gspace, resolve
 from pcsym.models.classifier import build_model
 from pcsym.models.layers import (BasisKernelConv, ImplicitKernelConv, channel_types, channels_for,
                                  direct_sum_matrix, type_size)
@@ -20,9 +20,10 @@ FAST_GROUPS = [g for g in ALL_GROUPS if g not in SLOW_GROUPS]
 def _conv_error(conv_cls, name, dtype=torch.float64, n_elements=3):
     torch.manual_seed(0)
     np.random.seed(0)
-    _, act_in, _ = channel_types(name, channels_for(name, 12))
-    pre_out, _, _ = channel_types(name, channels_for(name, 20))
-    conv = conv_cls(name, act_in, pre_out).to(dtype).eval()
+    group = resolve(name)
+    _, act_in, _ = channel_types(group, channels_for(group, 12))
+    pre_out, _, _ = channel_types(group, channels_for(group, 20))
+    conv = conv_cls(group, act_in, pre_out).to(dtype).eval()
     G = gspace(name).fibergroup
     rel = torch.randn(2, 6, 8, 3, dtype=dtype)
     f = torch.randn(2, 6, 8, type_size(act_in), dtype=dtype)
@@ -69,9 +70,10 @@ def test_conv_is_not_equivariant_to_elements_outside_the_group():
     """An so2 conv is not equivariant to a rotation about x (using the O(3) action on its fields)."""
     torch.manual_seed(0)
     name = "so3"  # build the so3 fields so rho(g) exists for any rotation, but a trivial-group kernel
-    _, act_in, _ = channel_types("so2", channels_for("so2", 12))
-    pre_out, _, _ = channel_types("so2", channels_for("so2", 20))
-    conv = ImplicitKernelConv("so2", act_in, pre_out).double().eval()
+    so2 = resolve("so2")
+    _, act_in, _ = channel_types(so2, channels_for(so2, 12))
+    pre_out, _, _ = channel_types(so2, channels_for(so2, 20))
+    conv = ImplicitKernelConv(so2, act_in, pre_out).double().eval()
     rel = torch.randn(2, 6, 8, 3, dtype=torch.float64)
     f = torch.randn(2, 6, 8, type_size(act_in), dtype=torch.float64)
     c, s = np.cos(0.9), np.sin(0.9)
@@ -155,11 +157,29 @@ def test_group_membership_rules():
     rz = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
     rx = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
     mx = np.diag([-1.0, 1, 1])
-    assert contains("so2", rz) and not contains("so2", rx) and not contains("so2", mx)
-    assert contains("o2", mx) and contains("o2", rz) and not contains("o2", np.diag([1.0, 1, -1]))
-    assert contains("so3", rx) and not contains("so3", -np.eye(3))
-    assert contains("m", mx) and not contains("m", rz)
-    assert contains("f", np.diag([1.0, -1, -1])) and contains("inv", -np.eye(3))
-    assert contains("mxinv", mx) and contains("mxinv", -np.eye(3)) and contains("mxinv", np.diag([1.0, -1, -1]))
-    assert contains("so2xinv", -rz) and not contains("so2xinv", mx)
-    assert not contains("o3", np.diag([1.5, 1, 1]))  # not an isometry
+    G = {name: get_group(name) for name in GROUPS}
+    assert G["so2"].contains(rz) and not G["so2"].contains(rx) and not G["so2"].contains(mx)
+    assert G["o2"].contains(mx) and G["o2"].contains(rz) and not G["o2"].contains(np.diag([1.0, 1, -1]))
+    assert G["so3"].contains(rx) and not G["so3"].contains(-np.eye(3))
+    assert G["m"].contains(mx) and not G["m"].contains(rz)
+    assert G["f"].contains(np.diag([1.0, -1, -1])) and G["inv"].contains(-np.eye(3))
+    assert G["mxinv"].contains(mx) and G["mxinv"].contains(-np.eye(3)) and G["mxinv"].contains(np.diag([1.0, -1, -1]))
+    assert G["so2xinv"].contains(-rz) and not G["so2xinv"].contains(mx)
+    assert not G["o3"].contains(np.diag([1.5, 1, 1]))  # not an isometry
+
+
+def test_kernel_registry_matches_the_config_names():
+    """config.KERNELS (torch-free, for validation and --help) names exactly the registered kernels."""
+    from pcsym.config import KERNELS
+    from pcsym.models.layers import KERNELS as REGISTRY
+
+    assert tuple(REGISTRY) == KERNELS
+
+
+def test_group_table_prints_the_constructor_the_code_calls():
+    """The constructor string shown by `pcsym groups` is derived from the same row that builds the gspace."""
+    f = get_group("f")
+    assert f.constructor == "dihedralOnR3(n=1, axis=0.0)"
+    gs = gspace("f")
+    assert type(gs).__name__ == "GSpace3D" and gs.fibergroup.order() == 2
+    assert get_group("so3").constructor == "rot3dOnR3()" and get_group("so3").continuous

@@ -29,8 +29,8 @@ def test_knn_chunk_memory_is_bounded():
     from pcsym import graph
 
     n = 4096
-    chunk = max(1, min(n, graph._KNN_CHUNK_ENTRIES // n))
-    assert chunk * n <= graph._KNN_CHUNK_ENTRIES < n * n
+    chunk = max(1, min(n, graph.KNN_CHUNK_ENTRIES // n))
+    assert chunk * n <= graph.KNN_CHUNK_ENTRIES < n * n
 
 
 def test_orders_are_permutations_and_prefixes_are_subsets():

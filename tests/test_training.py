@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from pcsym.config import ModelConfig
-from pcsym.engine import TrainConfig, metrics_from_predictions, train
+from pcsym.config import TrainConfig
+from pcsym.evaluate import metrics_from_predictions
+from pcsym.train import train
 
 
 def test_metrics_on_a_known_confusion():
@@ -24,7 +26,7 @@ def test_train_rejects_unusable_settings_before_touching_anything(tmp_path):
     from pcsym.errors import PcsymError
 
     for bad, msg in (({"rotate": "x"}, "unknown --rotate 'x'"), ({"schedule": "linear"}, "unknown --schedule"),
-                     ({"scale_low": 1.2, "scale_high": 0.8}, "--scale needs 0 < LOW <= HIGH, got '1.2,0.8'"),
+                     ({"scale": (1.2, 0.8)}, "--scale needs 0 < LOW <= HIGH, got '1.2,0.8'"),
                      ({"val_fraction": 1.0}, "--val-fraction in (0, 1)")):
         out = tmp_path / "never"
         with pytest.raises(PcsymError, match=msg.replace("(", r"\(").replace(")", r"\)")):
@@ -46,7 +48,7 @@ def test_short_training_beats_chance_clearly(sample_dataset, tmp_path):
 def test_norm_recalibration_averages_batch_statistics_and_leaves_rng_alone():
     import torch
 
-    from pcsym.engine import recalibrate_norms
+    from pcsym.train import recalibrate_norms
     from pcsym.groups import gspace
     from pcsym.models.layers import EquivBatchNorm
 
@@ -77,8 +79,9 @@ def test_norm_recalibration_averages_batch_statistics_and_leaves_rng_alone():
 def test_votes_average_over_downsampling_orders(sample_dataset):
     import torch
 
-    from pcsym.data import PointCloudDataset, load_dataset
-    from pcsym.engine import predict
+    from pcsym.data import load_dataset
+    from pcsym.evaluate import predict
+    from pcsym.transforms import PointCloudDataset
     from pcsym.graph import eval_order
     from pcsym.models.classifier import build_model
 

@@ -7,6 +7,7 @@ layer's points. A cloud and its transformed copy therefore use identical indices
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -14,9 +15,8 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..graph import eval_order, fps_order, gather, knn, random_order, take
-from ..groups import gspace
-from .layers import (BasisKernelConv, EquivBatchNorm, FieldNonlinearity, ImplicitKernelConv, channel_types,
-                     channels_for, type_size)
+from ..groups import Group, resolve
+from .layers import KERNELS, EquivBatchNorm, FieldNonlinearity, channel_types, channels_for
 
 
 @dataclass
@@ -30,14 +30,9 @@ class LayerOutput:
 class SteerableBlock(nn.Module):
     """kNN gather -> steerable conv (implicit or basis kernel) -> equivariant BN -> nonlinearity."""
 
-    def __init__(self, cfg: ModelConfig, in_reps, pre_reps, act_reps, kind: str):
+    def __init__(self, cfg: ModelConfig, group: Group, in_reps, pre_reps, act_reps, kind: str):
         super().__init__()
-        if cfg.kernel == "implicit":
-            self.conv = ImplicitKernelConv(cfg.group, in_reps, pre_reps, kernel_dims=cfg.kernel_dims,
-                                           kernel_layers=cfg.kernel_layers, lmax=cfg.lmax, n_radial=cfg.n_radial,
-                                           max_freq=cfg.max_freq)
-        else:
-            self.conv = BasisKernelConv(cfg.group, in_reps, pre_reps)
+        self.conv = KERNELS[cfg.kernel].from_config(group, in_reps, pre_reps, cfg)
         self.norm = EquivBatchNorm(pre_reps)
         self.act = FieldNonlinearity(act_reps, kind)
         self.k = cfg.k
@@ -58,23 +53,19 @@ class EquivariantClassifier(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        gs = gspace(cfg.group)
-        trivial = gs.trivial_repr
-        vector = gs.basespace_action  # how G acts on R^3 (positions and normals)
-        in_reps = [vector] * (int(cfg.use_positions) + int(cfg.use_normals)) + [trivial]
+        group = resolve(cfg.group, cfg.max_freq)
+        in_reps = [group.vector] * (int(cfg.use_positions) + int(cfg.use_normals)) + [group.trivial]
         self.in_reps = in_reps
         blocks = []
         reps = in_reps
         for width in cfg.widths:
-            pre, act, kind = channel_types(cfg.group, channels_for(cfg.group, width, cfg.max_freq), cfg.max_freq)
-            blocks.append(SteerableBlock(cfg, reps, pre, act, kind))
+            pre, act, kind = channel_types(group, channels_for(group, width))
+            blocks.append(SteerableBlock(cfg, group, reps, pre, act, kind))
             reps = act
-        inv = [trivial] * cfg.invariant_dims
-        blocks.append(SteerableBlock(cfg, reps, inv, inv, "regular"))
+        inv = [group.trivial] * cfg.invariant_dims
+        blocks.append(SteerableBlock(cfg, group, reps, inv, inv, "regular"))
         self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Sequential(
-            nn.Linear(2 * cfg.invariant_dims, cfg.head_dims), nn.BatchNorm1d(cfg.head_dims), nn.ELU(),
-            nn.Dropout(cfg.dropout), nn.Linear(cfg.head_dims, cfg.num_classes))
+        self.head = make_head(cfg.invariant_dims, cfg.head_dims, cfg.num_classes, cfg.dropout)
 
     def layer_points(self, n: int) -> list[int]:
         sizes = []
@@ -124,6 +115,17 @@ class EquivariantClassifier(nn.Module):
         if order is None:
             order = self.point_order(pos)
         return self.forward_ordered(take(pos, order), take(feat, order), return_features)
+
+
+def make_head(invariant_dims: int, head_dims: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """The classifier on pooled invariants [max, mean]: fc -> bn -> act -> dropout -> out."""
+    return nn.Sequential(OrderedDict(
+        fc=nn.Linear(2 * invariant_dims, head_dims), bn=nn.BatchNorm1d(head_dims), act=nn.ELU(),
+        dropout=nn.Dropout(dropout), out=nn.Linear(head_dims, num_classes)))
+
+
+#: state_dict keys of checkpoints written before the head's parts had names
+LEGACY_HEAD_KEYS = {"head.0.": "head.fc.", "head.1.": "head.bn.", "head.4.": "head.out."}
 
 
 def build_model(cfg: ModelConfig) -> EquivariantClassifier:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..graph import gather
-from ..groups import gspace, harmonic_rep, quiet_stdout
+from ..groups import Group, quiet_stdout
 
 
 def type_size(reps) -> int:
@@ -57,14 +57,6 @@ def private_copy(module: nn.Module) -> nn.Module:
                 c.__deepcopy__ = fn
 
 
-def field_type(group: str, reps):
-    """escnn FieldType over the 0-dimensional gspace of G (what escnn's Linear acts on)."""
-    from escnn import gspaces
-    from escnn import nn as enn
-
-    return enn.FieldType(gspaces.no_base_space(gspace(group).fibergroup), list(reps))
-
-
 class EquivLinear(nn.Module):
     """G-equivariant linear map between two field types: y = W x + b with W in escnn's basis.
 
@@ -73,12 +65,12 @@ class EquivLinear(nn.Module):
     He init can take minutes for big layers).
     """
 
-    def __init__(self, group: str, in_reps, out_reps, bias: bool = True, gain: float = 1.0):
+    def __init__(self, group: Group, in_reps, out_reps, bias: bool = True, gain: float = 1.0):
         super().__init__()
         from escnn import nn as enn
 
         with quiet_stdout():
-            lin = enn.Linear(field_type(group, in_reps), field_type(group, out_reps), bias=bias, initialize=False)
+            lin = enn.Linear(group.field_type(in_reps), group.field_type(out_reps), bias=bias, initialize=False)
         # escnn caches and shares basis modules between layers: take a private copy so that
         # .double()/.to() on one model never changes another; some bases come in float64.
         self.expansion = private_copy(lin._basisexpansion).float()
@@ -180,24 +172,19 @@ class FieldNonlinearity(nn.Module):
         return torch.where(self.is_scalar, nn.functional.elu(y), y * gates)
 
 
-def channel_types(group: str, channels: int, max_freq: int | None = None):
+def channel_types(group: Group, channels: int):
     """(pre-activation reps, activation reps, kind) for ``channels`` copies of a hidden channel."""
-    from ..groups import hidden_fields
-
-    block, kind = hidden_fields(group, max_freq)
+    block, kind = group.hidden_fields()
     act = list(block) * channels
     pre = list(act)
     if kind == "gated":
-        trivial = gspace(group).trivial_repr
-        pre += [trivial] * sum(1 for r in act if not r.is_trivial())
+        pre += [group.trivial] * sum(1 for r in act if not r.is_trivial())
     return pre, act, kind
 
 
-def channels_for(group: str, dims: int, max_freq: int | None = None) -> int:
+def channels_for(group: Group, dims: int) -> int:
     """Number of channels whose activation has about ``dims`` dimensions (at least 1)."""
-    from ..groups import hidden_fields
-
-    block, _ = hidden_fields(group, max_freq)
+    block, _ = group.hidden_fields()
     return max(1, int(round(dims / type_size(block))))
 
 
@@ -276,7 +263,7 @@ class HarmonicEmbedding(nn.Module):
     Y_l = C_l (Y_{l-1} ⊗ x), so the forward pass is plain torch.
     """
 
-    def __init__(self, group: str, lmax: int = 2, n_radial: int = 4, max_radius: float = 2.5):
+    def __init__(self, group: Group, lmax: int = 2, n_radial: int = 4, max_radius: float = 2.5):
         super().__init__()
         from escnn.kernels.harmonic_polynomial_r3 import HarmonicPolynomialR3Generator
 
@@ -287,7 +274,7 @@ class HarmonicEmbedding(nn.Module):
             self.register_buffer(f"cob_{l}", getattr(gen, f"cob_{l}").clone(), persistent=False)
         self.register_buffer("centres", torch.linspace(0.0, max_radius, n_radial), persistent=False)
         self.width = max_radius / max(n_radial - 1, 1)
-        self.reps = [harmonic_rep(group, lmax)] + [gspace(group).trivial_repr] * n_radial
+        self.reps = [group.harmonic_rep(lmax)] + [group.trivial] * n_radial
         self.size = type_size(self.reps)
 
     def forward(self, rel: torch.Tensor) -> torch.Tensor:
@@ -320,20 +307,18 @@ class ImplicitKernelConv(nn.Module):
     matrices are never materialised (:meth:`kernel` builds them, for inspection and tests).
     """
 
-    def __init__(self, group: str, in_reps, out_reps, kernel_dims: int = 16, kernel_layers: int = 2,
-                 lmax: int = 2, n_radial: int = 4, max_freq: int | None = None):
+    def __init__(self, group: Group, in_reps, out_reps, kernel_dims: int = 16, kernel_layers: int = 2,
+                 lmax: int = 2, n_radial: int = 4):
         super().__init__()
-        self.group = group
         self.in_size, self.out_size = type_size(in_reps), type_size(out_reps)
         self.embed = HarmonicEmbedding(group, lmax, n_radial)
-        ch = channels_for(group, kernel_dims, max_freq)
-        pre, act, kind = channel_types(group, ch, max_freq)
+        pre, act, kind = channel_types(group, channels_for(group, kernel_dims))
         mlp, reps = [], self.embed.reps
         for _ in range(kernel_layers):
             mlp += [EquivLinear(group, reps, pre), FieldNonlinearity(act, kind)]
             reps = act
         self.mlp = nn.Sequential(*mlp)
-        self.h_reps = list(reps) + [gspace(group).trivial_repr]  # constant field = kernel bias
+        self.h_reps = list(reps) + [group.trivial]  # constant field = kernel bias
         self.h_size = type_size(self.h_reps)
         # Field type of h ⊗ f, ordered as the row-major flattening of the outer product (h, f)
         # regrouped into (h-field, f-field) blocks: perm maps block order -> flat order.
@@ -349,6 +334,11 @@ class ImplicitKernelConv(nn.Module):
                             perm.append((ho[a] + i) * self.in_size + fo[b] + j)
         self.contract = EquivLinear(group, tensor_reps, out_reps)
         self.register_buffer("perm", torch.tensor(perm, dtype=torch.long), persistent=False)
+
+    @classmethod
+    def from_config(cls, group: Group, in_reps, out_reps, cfg) -> "ImplicitKernelConv":
+        return cls(group, in_reps, out_reps, kernel_dims=cfg.kernel_dims, kernel_layers=cfg.kernel_layers,
+                   lmax=cfg.lmax, n_radial=cfg.n_radial)
 
     def kernel_hidden(self, rel: torch.Tensor) -> torch.Tensor:
         h = self.mlp(self.embed(rel))
@@ -383,13 +373,13 @@ class BasisKernelConv(nn.Module):
     sampler (``R3PointConv.basissampler.compute_messages``) on the same kNN edges, and averaged.
     """
 
-    def __init__(self, group: str, in_reps, out_reps, max_radius: float = 3.0, n_rings: int = 3,
+    def __init__(self, group: Group, in_reps, out_reps, max_radius: float = 3.0, n_rings: int = 3,
                  frequencies_cutoff: float = 2.0):
         super().__init__()
         from escnn import nn as enn
 
         with quiet_stdout():
-            gs = gspace(group)
+            gs = group.gspace
             self.pc = enn.R3PointConv(enn.FieldType(gs, list(in_reps)), enn.FieldType(gs, list(out_reps)),
                                       width=max_radius, n_rings=n_rings, frequencies_cutoff=frequencies_cutoff,
                                       bias=True, initialize=False)
@@ -400,6 +390,10 @@ class BasisKernelConv(nn.Module):
             out = self(torch.randn(1, 64, 8, 3), torch.randn(1, 64, 8, self.in_size))
             self.pc.weights.div_(out.std().clamp_min(1e-6))
 
+    @classmethod
+    def from_config(cls, group: Group, in_reps, out_reps, cfg) -> "BasisKernelConv":
+        return cls(group, in_reps, out_reps)  # escnn's default basis (the paper's baseline)
+
     def forward(self, rel: torch.Tensor, f_nb: torch.Tensor) -> torch.Tensor:
         b, m, k, _ = rel.shape
         msg = self.pc.basissampler.compute_messages(
@@ -407,3 +401,9 @@ class BasisKernelConv(nn.Module):
         out = msg.reshape(b, m, k, self.out_size).mean(2)
         bias = self.pc.expand_bias()
         return out if bias is None else out + bias
+
+
+#: The steerable convolutions by ``ModelConfig.kernel`` name (``config.KERNELS`` lists the same names
+#: without importing torch; a test keeps the two equal); each is built with
+#: ``cls.from_config(group, in_reps, out_reps, model_config)``.
+KERNELS = {"implicit": ImplicitKernelConv, "basis": BasisKernelConv}

@@ -1,0 +1,154 @@
+"""Evaluation: predictions with test-time votes, accuracy figures, and their files.
+
+Figures: overall accuracy (OA), mean class accuracy (mAcc) and, with a class prior, the accuracy
+re-weighted to that prior (``Σ_c π_c · acc_c``). OA is dominated by a split's big classes; a
+validation split cut from an unbalanced train split (ModelNet10: chair 889, bathtub 106) therefore
+overstates the accuracy on a balanced test split, which mAcc (= the re-weighted accuracy under a
+uniform prior) tracks. ``evaluate_checkpoint`` scores the shapes a run held out itself: the split
+seed and fraction come from the checkpoint, never from the command line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import PcsymError
+from .files import atomic_write_bytes
+
+
+@torch.no_grad()
+def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1):
+    """Class probabilities averaged over ``votes`` copies: copy v uses the dataset's augmentation of
+    epoch v and, for randomly downsampling models, the v-th seeded downsampling order."""
+    from .graph import vote_order
+    from .train import make_loader
+
+    model.eval()
+    vary_order = getattr(getattr(model, "cfg", None), "sampling", None) == "random"
+    total = None
+    labels = None
+    for v in range(max(1, votes)):
+        ds.set_epoch(v)
+        outs, ys = [], []
+        for pos, nrm, y in make_loader(ds, batch_size, False, 0, v, 0):
+            pos, nrm = pos.to(device), nrm.to(device)
+            order = vote_order(v, pos.shape[0], pos.shape[1], pos.device) if vary_order else None
+            outs.append(torch.softmax(model(pos, nrm, order=order).float(), dim=-1).cpu())
+            ys.append(y)
+        probs = torch.cat(outs)
+        total = probs if total is None else total + probs
+        labels = torch.cat(ys)
+    return total / max(1, votes), labels
+
+
+def read_prior(spec: str | os.PathLike, class_names: list[str]) -> np.ndarray:
+    """A class prior (C,), summing to 1: ``balanced`` (uniform), or a file giving each class a weight
+    (counts or probabilities) — JSON ``{"class": weight}`` or lines ``class weight`` / ``class,weight``."""
+    if str(spec) == "balanced":
+        return np.full(len(class_names), 1.0 / len(class_names))
+    path = Path(spec)
+    if not path.is_file():
+        raise PcsymError("prior file not found (use 'balanced' or a file of class weights)", path=path)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        if text.lstrip().startswith("{"):
+            table = {str(k): float(v) for k, v in json.loads(text).items()}
+        else:
+            rows = [ln.replace(",", " ").split() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+            table = {r[0]: float(r[1]) for r in rows}
+    except (ValueError, IndexError, AttributeError):
+        raise PcsymError("prior file must map each class to a weight (JSON or 'class weight' lines)", path=path) from None
+    unknown = sorted(set(table) - set(class_names))
+    missing = [c for c in class_names if c not in table]
+    if unknown or missing:
+        raise PcsymError(f"prior file classes do not match the model's (unknown {unknown[:3]}, missing "
+                         f"{missing[:3]})", path=path)
+    w = np.array([table[c] for c in class_names], dtype=float)
+    if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+        raise PcsymError("prior weights must be finite, non-negative and not all zero", path=path)
+    return w / w.sum()
+
+
+def metrics_from_predictions(y_true, y_pred, class_names: list[str], prior: np.ndarray | None = None) -> dict:
+    labels = list(range(len(class_names)))
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    present = cm.sum(1) > 0
+    per_class = np.where(present, np.diag(cm) / np.maximum(cm.sum(1), 1), np.nan)
+    out = {
+        "overall_accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
+        "mean_class_accuracy": float(np.nanmean(per_class)) if present.any() else 0.0,
+        "per_class_accuracy": {class_names[i]: (None if np.isnan(a) else float(a)) for i, a in enumerate(per_class)},
+        "support": {class_names[i]: int(cm[i].sum()) for i in labels},
+        "confusion_matrix": cm.tolist(),
+        "class_names": list(class_names),
+        "n": int(len(y_true)),
+    }
+    if prior is not None:
+        w = np.where(present, prior, 0.0)
+        out["prior_weighted_accuracy"] = float((w * np.nan_to_num(per_class)).sum() / w.sum()) if w.sum() > 0 else 0.0
+    return out
+
+
+def evaluate_model(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, prior=None) -> dict:
+    probs, labels = predict(model, ds, batch_size, device, votes)
+    return metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), model.cfg.class_names, prior)
+
+
+def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | None = None, rotate: str = "none",
+                        votes: int = 1, prior: str | None = None, batch_size: int = 32, device: str = "cpu",
+                        up_axis: str | None = None, fmt: str | None = None) -> dict:
+    """Load ``checkpoint`` and score it on ``split`` of ``data`` (default: ``test`` when the dataset
+    has one, else ``val``). ``val``/``train`` are the run's own split: its seed and validation
+    fraction come from the checkpoint (the defaults, seed 0 and 0.2, for checkpoints that predate
+    storing them)."""
+    from .checkpoint import load_model, train_config_of
+    from .config import ROTATIONS, TrainConfig, check_choice
+    from .data import SPLITS, default_split, load_dataset, split_indices
+    from .transforms import PointCloudDataset
+
+    check_choice(rotate, ROTATIONS, "--rotate")
+    check_choice(split, SPLITS, "--split")
+    if votes < 1:
+        raise PcsymError("--votes must be at least 1")
+    model, ckpt = load_model(checkpoint, device)
+    cfg = model.cfg
+    ds_all = load_dataset(data, points=cfg.points, up_axis=up_axis, fmt=fmt)
+    if list(ds_all.class_names) != list(cfg.class_names):
+        raise PcsymError(f"dataset classes ({len(ds_all.class_names)}) differ from the model's "
+                         f"({len(cfg.class_names)})", path=data)
+    run = train_config_of(ckpt) or TrainConfig()
+    split = split or default_split(ds_all)
+    idx = split_indices(ds_all, split, run.val_fraction, run.seed)
+    ds = PointCloudDataset(ds_all, idx, points=cfg.points, rotate=rotate, resample=False, seed=run.seed + 7919)
+    m = evaluate_model(model, ds, batch_size=batch_size, device=device, votes=votes,
+                       prior=None if prior is None else read_prior(prior, cfg.class_names))
+    m.update({"checkpoint": str(checkpoint), "rotate": rotate, "split": split, "votes": votes,
+              "split_seed": run.seed, "val_fraction": run.val_fraction})
+    if prior is not None:
+        m["prior"] = str(prior)
+    return m
+
+
+def write_eval_outputs(out: Path, m: dict) -> None:
+    """metrics.json, confusion.csv and confusion.png in ``out`` (each written atomically)."""
+    from .plots import confusion_matrix_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "metrics.json", json.dumps(m, indent=2).encode())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["true\\pred"] + m["class_names"])
+    for name, row in zip(m["class_names"], m["confusion_matrix"]):
+        w.writerow([name] + row)
+    atomic_write_bytes(out / "confusion.csv", buf.getvalue().encode())
+    confusion_matrix_png(m["confusion_matrix"], m["class_names"], out / "confusion.png",
+                         f"OA {m['overall_accuracy']:.3f}, rotate={m['rotate']}")
