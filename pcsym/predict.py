@@ -89,23 +89,109 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
     return Classifier(model.cfg, _torch_logits(model, False, random_order), VOTE_ORDERS if random_order else 1)
 
 
+def read_input(path: str | os.PathLike, points: int, seed: int = 0, max_vertices: int = 2_000_000,
+               up_axis: str | None = None):
+    """A file's cloud as the model takes it: ``points`` seeded surface samples (or cloud points) with
+    normals, in pcsym's z-up convention. Raises PcsymError for a file that cannot be used."""
+    from .meshes import load_cloud
+    from .transforms import to_z_up
+
+    pts, nrm = load_cloud(path, n_points=points, rng=np.random.default_rng(seed), max_vertices=max_vertices)
+    return to_z_up(pts, nrm, up_axis)
+
+
+def _read_safely(args) -> tuple:
+    """``read_input`` for a worker process: (points, normals, None) or (None, None, error line)."""
+    try:
+        return (*read_input(*args), None)
+    except PcsymError as exc:
+        return None, None, str(exc)
+
+
+def result_row(clf: Classifier, path, probs: np.ndarray, top_k: int) -> dict:
+    top = np.argsort(-probs, kind="stable")[:top_k]
+    return {"file": str(path), "ok": True,
+            "top": [{"class": clf.class_names[int(i)], "probability": round(float(probs[i]), 4)} for i in top]}
+
+
 def classify_file(clf: Classifier, path: str | os.PathLike, top_k: int = 5, votes: int = 1, seed: int = 0,
                   max_vertices: int = 2_000_000, up_axis: str | None = None) -> dict:
     """``{"file", "ok": True, "top": [{"class", "probability"}, ...]}`` for a readable mesh or cloud,
     ``{"file", "ok": False, "error"}`` for one that is not (its one-line reason)."""
-    from .meshes import load_cloud
-    from .transforms import to_z_up
+    return next(classify_files(clf, [path], top_k, votes, seed, max_vertices, up_axis))
 
+
+def classify_files(clf: Classifier, files, top_k: int = 5, votes: int = 1, seed: int = 0,
+                   max_vertices: int = 2_000_000, up_axis: str | None = None, workers: int = 0):
+    """Yield :func:`classify_file`'s result for each file, in order, as soon as it is known. With
+    ``workers`` > 0 the files are read and sampled in that many processes (the model runs here)."""
+    jobs = [(f, clf.cfg.points, seed, max_vertices, up_axis) for f in files]
+    if workers > 0 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(max_workers=workers)
+        inputs = pool.map(_read_safely, jobs, chunksize=1)
+    else:
+        pool, inputs = None, map(_read_safely, jobs)
     try:
-        pts, nrm = load_cloud(path, n_points=clf.cfg.points, rng=np.random.default_rng(seed),
-                              max_vertices=max_vertices)
-        pts, nrm = to_z_up(pts, nrm, up_axis)
-        probs = clf.probabilities(pts, nrm, votes)
-    except PcsymError as exc:
-        return {"file": str(path), "ok": False, "error": str(exc)}
-    top = np.argsort(-probs, kind="stable")[:top_k]
-    return {"file": str(path), "ok": True,
-            "top": [{"class": clf.class_names[int(i)], "probability": round(float(probs[i]), 4)} for i in top]}
+        for (f, *_), (pts, nrm, error) in zip(jobs, inputs):
+            if error is None:
+                try:
+                    yield result_row(clf, f, clf.probabilities(pts, nrm, votes), top_k)
+                    continue
+                except PcsymError as exc:
+                    error = str(exc)
+            yield {"file": str(f), "ok": False, "error": error}
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+class ResultLog:
+    """A JSON-lines results file: one object per input, flushed as soon as it is written, so an
+    interrupted run loses nothing; ``resume`` skips the inputs the file already holds."""
+
+    def __init__(self, path: str | os.PathLike, resume: bool = False, force: bool = False):
+        self.path = Path(path)
+        self.done: set[str] = set()
+        self.failed: set[str] = set()  # inputs the file records as failed
+        if self.path.is_dir():
+            raise PcsymError("--out is a directory, expected a .jsonl file", path=self.path)
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        if exists and not (resume or force):
+            raise PcsymError("results file exists; pass --resume to continue it or --force to overwrite it",
+                             path=self.path)
+        if exists and resume:
+            self._load()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a" if resume else "w", encoding="utf-8")
+
+    def _load(self) -> None:
+        import json
+
+        data = self.path.read_bytes()
+        keep = data if data.endswith(b"\n") else data[: data.rfind(b"\n") + 1]  # drop a torn last line
+        if len(keep) != len(data):
+            with open(self.path, "r+b") as fh:
+                fh.truncate(len(keep))
+        for line in keep.decode("utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+                self.done.add(str(row["file"]))
+                if not row.get("ok", False):
+                    self.failed.add(str(row["file"]))
+            except (ValueError, KeyError, TypeError):
+                raise PcsymError("results file has a line that is not a pcsym result; not resuming it",
+                                 path=self.path) from None
+
+    def write(self, result: dict) -> None:
+        import json
+
+        self.fh.write(json.dumps(result) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 def expand_inputs(inputs, extensions) -> list[Path]:

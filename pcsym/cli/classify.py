@@ -1,4 +1,4 @@
-"""``pcsym classify``: top-k classes of meshes and point clouds."""
+"""``pcsym classify``: top-k classes of meshes and point clouds, one file or thousands."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import PcsymError
-from .common import app, check_up_axis, console, json_option, run, up_axis_option
+from .common import app, check_up_axis, console, json_option, options, run, up_axis_option
 
 
 @app.command()
@@ -21,50 +21,113 @@ def classify(
     seed: int = typer.Option(0, "--seed", help="Seed of the surface sampling."),
     max_vertices: int = typer.Option(2_000_000, "--max-vertices", help="Refuse larger inputs."),
     up_axis: Optional[str] = up_axis_option(),
+    out: Optional[Path] = typer.Option(None, "--out", help="Append one JSON line per input to this file as each is "
+                                                           "done (a crash loses nothing)."),
+    resume: bool = typer.Option(False, "--resume", help="With --out: skip the inputs the file already holds."),
+    force: bool = typer.Option(False, "--force", help="With --out: overwrite an existing results file."),
+    workers: int = typer.Option(0, "--workers", help="Read and sample meshes in N processes."),
     as_json: bool = json_option(),
     threads: int = typer.Option(0, "--threads"),
 ):
-    """Classify meshes or point clouds; prints the top-k classes with probabilities."""
+    """Classify meshes or point clouds; prints the top-k classes with probabilities (one table for
+    one input, one row per input for several). Exit 2 if any input could not be classified."""
 
     def body():
         from ..meshes import SUPPORTED_EXTENSIONS
-        from ..predict import classify_file, expand_inputs, load_classifier
+        from ..predict import ResultLog, classify_files, expand_inputs, load_classifier
         from ..runtime import VOTE_ORDERS
 
         if top_k < 1:
             raise PcsymError("--top-k must be at least 1")
         if not 1 <= votes <= VOTE_ORDERS:
             raise PcsymError(f"--votes must be between 1 and {VOTE_ORDERS}")
+        if workers < 0:
+            raise PcsymError("--workers must be 0 or more")
+        if (resume or force) and out is None:
+            raise PcsymError("--resume and --force need --out FILE")
         check_up_axis(up_axis)
         files = expand_inputs(inputs, SUPPORTED_EXTENSIONS)
+        log = ResultLog(out, resume=resume, force=force) if out else None
+        skipped = [f for f in files if log and str(f) in log.done]
+        todo = [f for f in files if not (log and str(f) in log.done)]
         clf = load_classifier(model, threads)
-        results = [classify_file(clf, f, top_k=top_k, votes=votes, seed=seed, max_vertices=max_vertices,
-                                 up_axis=up_axis) for f in files]
+        results = []
+        try:
+            with _progress(len(todo)) as advance:
+                for r in classify_files(clf, todo, top_k=top_k, votes=votes, seed=seed, max_vertices=max_vertices,
+                                        up_axis=up_axis, workers=workers):
+                    if log:
+                        log.write(r)
+                    results.append(r)
+                    advance()
+        finally:
+            if log:
+                log.close()
         if as_json:
             typer.echo(json.dumps({"model": str(model), "results": results}, indent=2))
+        elif len(files) == 1 and results:
+            _print_table(results[0])
         else:
-            _print_classify(results)
+            _print_rows(results)
         failed = [r for r in results if not r["ok"]]
         for r in failed:
             typer.echo(f"error: {r['error']}", err=True)
-        if failed:
+        if skipped:
+            typer.echo(f"skipped {len(skipped)} input(s) already in {out}", err=True)
+        if failed or (log and any(str(f) in log.failed for f in skipped)):
             raise typer.Exit(2)
 
     run(body)
 
 
-def _print_classify(results):
+class _progress:
+    """A progress bar on stderr for more than one input (not with --quiet); yields ``advance()``."""
+
+    def __init__(self, total: int):
+        self.total, self.prog = total, None
+
+    def __enter__(self):
+        if self.total <= 1 or options().quiet:
+            return lambda: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.prog = Progress("classify", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                             console=console(stderr=True), transient=True)
+        self.prog.__enter__()
+        task = self.prog.add_task("classify", total=self.total)
+        return lambda: self.prog.advance(task)
+
+    def __exit__(self, *exc):
+        if self.prog is not None:
+            self.prog.__exit__(*exc)
+
+
+def _print_table(r: dict):
     from rich.table import Table
 
-    con = console()
+    if not r["ok"]:
+        console().print(f"[red]{r['file']}: failed[/]")
+        return
+    t = Table(title=r["file"])
+    t.add_column("#", justify="right")
+    t.add_column("class")
+    t.add_column("probability", justify="right")
+    for i, c in enumerate(r["top"], 1):
+        t.add_row(str(i), c["class"], f"{c['probability']:.4f}")
+    console().print(t)
+
+
+def _print_rows(results: list):
+    from rich.table import Table
+
+    t = Table()
+    for col, just in (("file", "left"), ("class", "left"), ("probability", "right"), ("runner-up", "left")):
+        t.add_column(col, justify=just)
     for r in results:
         if not r["ok"]:
-            con.print(f"[red]{r['file']}: failed[/]")
+            t.add_row(r["file"], "[red]failed[/]", "", "")
             continue
-        t = Table(title=r["file"])
-        t.add_column("#", justify="right")
-        t.add_column("class")
-        t.add_column("probability", justify="right")
-        for i, c in enumerate(r["top"], 1):
-            t.add_row(str(i), c["class"], f"{c['probability']:.4f}")
-        con.print(t)
+        top = r["top"]
+        second = f"{top[1]['class']} {top[1]['probability']:.2f}" if len(top) > 1 else ""
+        t.add_row(r["file"], top[0]["class"], f"{top[0]['probability']:.4f}", second)
+    console().print(t)
