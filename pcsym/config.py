@@ -27,7 +27,7 @@ SAMPLINGS = ("random", "fps")
 ROTATIONS = ("none", "z", "so3")
 SCHEDULES = ("cosine", "step")
 UP_AXES = ("y", "z")
-DATA_FORMATS = ("h5", "normal_resampled", "off")
+DATA_FORMATS = ("h5", "normal_resampled", "off", "folder")
 DEVICES = ("auto", "cpu", "cuda")
 #: validation figure that picks best.pt: mean class accuracy (tracks a balanced test split), or OA
 SELECT_METRICS = ("macc", "oa")
@@ -153,7 +153,7 @@ class ModelConfig(_Config):
 class TrainConfig(_Config):
     data: str = ""
     up_axis: str | None = None  # y: rotate a y-up dataset to z-up (None: z, or the cache's own)
-    data_format: str | None = None  # h5 | normal_resampled | off (None: detect)
+    data_format: str | None = None  # h5 | normal_resampled | off | folder (None: detect)
     out: str = "runs/latest"
     epochs: int = 30
     batch_size: int = 16

@@ -31,7 +31,8 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from .meshes import normalize, read_geometry, read_point_table, sample_surface
 from .transforms import to_z_up
 
 FORMATS = DATA_FORMATS
+log = logging.getLogger("pcsym")
 CACHE_VERSION = 1
 #: At least this many points per shape are cached (when available) so training can resample.
 MIN_CACHED_POINTS = 2048
@@ -71,6 +73,7 @@ class PointCloudData:
     source_format: str = ""
     up_axis: str = "z"
     path: Path | None = None
+    fingerprint: str = ""  # of the source files (folder layout; "" for the public releases)
 
     @property
     def num_classes(self) -> int:
@@ -107,6 +110,10 @@ class _Source:
     #: sample this many points on meshes (set by prepare)
     sample_points: int = MIN_CACHED_POINTS
     seed: int = 0
+    #: digest of the source files (folder layout): a cache with another one is rebuilt
+    fingerprint: str | None = None
+    #: (file, reason) of the files that could not be read and were left out
+    skipped: list = field(default_factory=list)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -137,7 +144,8 @@ _NR_LISTS = {
 _NR_NAMES = ("modelnet40_shape_names.txt", "modelnet10_shape_names.txt", "shape_names.txt")
 
 
-def _detect(root: Path) -> str | None:
+def _detect_release(root: Path) -> str | None:
+    """The public ModelNet layout in ``root``, if any."""
     if (root / "train_files.txt").is_file() or (root / "test_files.txt").is_file():
         return "h5"
     if any(_first_existing(root, names) for names in _NR_LISTS.values()):
@@ -145,6 +153,17 @@ def _detect(root: Path) -> str | None:
     if _off_root(root) is not None:
         return "off"
     return None
+
+
+def _detect(root: Path) -> str | None:
+    """A public layout, else a folder per class — unless a sub-folder is itself a public release
+    (then ``root`` is its parent, and the error suggests the sub-folder)."""
+    fmt = _detect_release(root)
+    if fmt == "off" and any(f.suffix.lower() != ".off" for f, _, _ in _folder_entries(root)):
+        return "folder"  # class/{train,test}/ folders holding other formats too: the OFF reader would drop them
+    if fmt is None and not any(_detect_release(d) for d in root.iterdir() if d.is_dir()) and _folder_entries(root):
+        fmt = "folder"
+    return fmt
 
 
 def detect_format(root: str | os.PathLike) -> str:
@@ -156,11 +175,12 @@ def detect_format(root: str | os.PathLike) -> str:
         raise PcsymError("not a directory (expected a dataset folder or a .npz cache)", path=root)
     fmt = _detect(root)
     if fmt is None:
-        hint = sorted(d.name for d in root.iterdir() if d.is_dir() and _detect(d))
+        hint = sorted(d.name for d in root.iterdir() if d.is_dir() and _detect_release(d))
         raise PcsymError(
             f"no known dataset layout in {root}: expected one of h5 (train_files.txt/test_files.txt + *.h5), "
             "normal_resampled (modelnet40_train.txt/modelnet40_test.txt + <class>/*.txt), "
-            "off (ModelNet40/<class>/{train,test}/*.off)" + (f"; did you mean {', '.join(hint)}?" if hint else "")
+            "off (ModelNet40/<class>/{train,test}/*.off), folder (<class>/*.obj|off|ply|stl|xyz|txt|npy)"
+            + (f"; did you mean {', '.join(hint)}?" if hint else "")
         )
     return fmt
 
@@ -258,7 +278,56 @@ def _off_source(root: Path) -> _Source:
     return source
 
 
-_SOURCES = {"h5": _h5_source, "normal_resampled": _normal_resampled_source, "off": _off_source}
+def _folder_entries(root: Path) -> list[tuple[Path, str, str]]:
+    """(file, class, split) of a folder-per-class dataset: ``root/<class>/*.<ext>`` (split "train"),
+    or ``root/<class>/{train,test}/*.<ext>``; hidden files and folders are ignored."""
+    from .meshes import SUPPORTED_EXTENSIONS
+
+    def files(d: Path) -> list[Path]:
+        return sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith(".")
+                      and f.suffix.lower() in SUPPORTED_EXTENSIONS)
+
+    entries = []
+    for cls in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        entries += [(f, cls.name, "train") for f in files(cls)]
+        entries += [(f, cls.name, s) for s in ("train", "test") if (cls / s).is_dir() for f in files(cls / s)]
+    return entries
+
+
+def _fingerprint(paths) -> str:
+    """A digest of the files' paths, sizes and modification times: a cache built from other
+    versions of the files does not match."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _folder_source(root: Path) -> _Source:
+    """Any meshes or clouds sorted into one folder per class. A file that cannot be read is
+    skipped with a warning naming it and the reason (``source.skipped``); it never stops a run."""
+    from .meshes import load_cloud
+
+    entries = _folder_entries(root)
+    class_names = sorted({cls for _, cls, _ in entries})
+
+    def shapes() -> Iterator[_Shape]:
+        for i, (path, cls, split) in enumerate(entries):
+            try:
+                pts, nrm = load_cloud(path, n_points=source.sample_points, rng=np.random.default_rng([source.seed, i]))
+            except PcsymError as exc:
+                source.skipped.append((path, str(exc)))
+                log.warning("warning: skipped %s", exc)
+                continue
+            yield _Shape(pts, nrm, class_names.index(cls), split)
+
+    source = _Source(root, class_names, len(entries), shapes, fingerprint=_fingerprint(p for p, _, _ in entries))
+    return source
+
+
+_SOURCES = {"h5": _h5_source, "normal_resampled": _normal_resampled_source, "off": _off_source,
+            "folder": _folder_source}
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,6 +430,7 @@ def _build_arrays(source: _Source, keep: int, up_axis: str, seed: int, progress:
         if i >= total:
             raise PcsymError("dataset changed while reading", path=source.root)
         rng = np.random.default_rng([seed, i])
+        i = n  # the row: skipped files leave no gap
         m = len(shape.points)
         if m == keep:
             idx = slice(None)
@@ -375,8 +445,15 @@ def _build_arrays(source: _Source, keep: int, up_axis: str, seed: int, progress:
         n = i + 1
         if progress:
             progress("read", n, total)
-    if n != total:
+    if n != total - len(source.skipped):
         raise PcsymError(f"expected {total} shapes, read {n}", path=source.root)
+    if n == 0:
+        raise PcsymError(f"none of the {total} files could be read", path=source.root)
+    if source.skipped:
+        log.warning("warning: prepared %s shapes in %d classes; skipped %d file(s): %s", f"{n:,}",
+                    len(set(labels[:n])), len(source.skipped), ", ".join(str(p) for p, _ in source.skipped[:5])
+                    + (", ..." if len(source.skipped) > 5 else ""))
+        points, normals, labels, split, missing = points[:n], normals[:n], labels[:n], split[:n], missing[:n]
     if labels.min() < 0 or labels.max() >= len(source.class_names):
         raise PcsymError(
             f"labels range {labels.min()}..{labels.max()} but there are {len(source.class_names)} class names", path=source.root
@@ -393,6 +470,7 @@ def _build_arrays(source: _Source, keep: int, up_axis: str, seed: int, progress:
         "split": split,
         "points_per_shape": np.array(keep),
         "cache_version": np.array(CACHE_VERSION),
+        "fingerprint": np.array(source.fingerprint or ""),
     }
 
 
@@ -433,6 +511,7 @@ def _read_cache(path: Path) -> PointCloudData:
                 source_format=str(z["source_format"]),
                 up_axis=str(z["up_axis"]),
                 path=path,
+                fingerprint=str(z["fingerprint"]) if "fingerprint" in z.files else "",
             )
     except PcsymError:
         raise
@@ -478,12 +557,15 @@ def load_dataset(
         return data
     up_axis = check_choice(up_axis or "z", UP_AXES, "up axis")
     fmt = detect_format(path) if fmt is None else check_choice(fmt, FORMATS, "dataset format")
+    current = _fingerprint(p for p, _, _ in _folder_entries(path)) if fmt == "folder" else ""
     for cache in cache_paths(path, fmt, points, up_axis):
         if cache.is_file():
             try:
-                return _read_cache(cache)
+                data = _read_cache(cache)
             except PcsymError:
-                pass  # our own automatic cache: rebuild it below
+                continue  # our own automatic cache: rebuild it below
+            if data.fingerprint == current:
+                return data  # else a file was added, removed or changed: rebuild
     return _read_cache(prepare(path, points=points, up_axis=up_axis, fmt=fmt, progress=progress))
 
 
@@ -543,5 +625,10 @@ def split_indices(data: PointCloudData, split: str, val_fraction: float, seed: i
     if len(pool) == 0:
         raise PcsymError(f"the dataset has no train split, so no '{split}' split (use --split test or all)",
                          path=data.path)
+    counts = np.bincount(np.asarray(data.labels)[pool], minlength=len(data.class_names))
+    thin = [str(data.class_names[c]) for c in np.flatnonzero(counts == 1)]
+    if thin:
+        raise PcsymError(f"class '{thin[0]}' has only 1 shape in the train split; a train/val split needs at least 2 "
+                         f"per class ({len(thin)} such class(es))", path=data.path)
     tr, va = train_val_split(np.asarray(data.labels)[pool], val_fraction, seed)
     return pool[va] if split == "val" else pool[tr]

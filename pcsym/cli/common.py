@@ -103,7 +103,7 @@ def up_axis_option() -> Optional[str]:
 
 
 def format_option() -> Optional[str]:
-    return typer.Option(None, "--format", help="h5, normal_resampled or off (default: detect).")
+    return typer.Option(None, "--format", help="h5, normal_resampled, off or folder (default: detect).")
 
 
 def json_option() -> bool:
