@@ -99,8 +99,11 @@ def metrics_from_predictions(y_true, y_pred, class_names: list[str], prior: np.n
 
 
 def evaluate_model(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, prior=None) -> dict:
+    """Metrics of ``model`` on ``ds``, plus ``unknown_threshold`` calibrated on these shapes."""
     probs, labels = predict(model, ds, batch_size, device, votes)
-    return metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), model.cfg.class_names, prior)
+    m = metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), model.cfg.class_names, prior)
+    m["unknown_threshold"] = unknown_threshold(probs.numpy())
+    return m
 
 
 def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | None = None, rotate: str = "none",
@@ -136,6 +139,19 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     if prior is not None:
         m["prior"] = str(prior)
     return m
+
+
+#: fraction of in-class validation shapes a calibrated "unknown" threshold keeps
+UNKNOWN_KEEP = 0.95
+
+
+def unknown_threshold(probs, keep: float = UNKNOWN_KEEP) -> float:
+    """The "unknown" threshold on the max-softmax score that keeps ``keep`` of these in-class
+    (validation) shapes: its (1 - keep) quantile. Max softmax probability is the standard baseline
+    score for inputs outside the training classes (Hendrycks & Gimpel, ICLR 2017): it needs nothing
+    but the model's own output, so every runtime (numpy, TorchScript, checkpoint) computes it alike."""
+    scores = np.asarray(probs, dtype=np.float64).max(axis=1)
+    return float(np.quantile(scores, 1.0 - keep)) if len(scores) else 0.0
 
 
 def write_eval_outputs(out: Path, m: dict) -> None:

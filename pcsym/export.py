@@ -47,10 +47,10 @@ def prepare_inputs(pos: torch.Tensor, normals: torch.Tensor, vote: int = 0):
     return take(pos, order), take(normals, order)
 
 
-def metadata(model) -> dict:
+def metadata(model, unknown_threshold: float | None = None) -> dict:
     from . import __version__
 
-    return {"pcsym_version": __version__, "model_config": model.cfg.to_dict()}
+    return {"pcsym_version": __version__, "model_config": model.cfg.to_dict(), "unknown_threshold": unknown_threshold}
 
 
 def _example(model, batch: int = 1):
@@ -70,7 +70,8 @@ def _tracing():
         yield
 
 
-def export_model(model, path: str | Path, fmt: str = "torchscript") -> Path:
+def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_threshold: float | None = None) -> Path:
+    """Write ``model`` as ``fmt``; ``unknown_threshold`` (from its checkpoint) travels in the metadata."""
     from .models.layers import freeze
 
     path = Path(path)
@@ -86,7 +87,7 @@ def export_model(model, path: str | Path, fmt: str = "torchscript") -> Path:
         with torch.no_grad(), _tracing():
             traced = torch.jit.trace(net, (pos, nrm), check_trace=False)
         buf = io.BytesIO()
-        torch.jit.save(traced, buf, _extra_files={META_NAME: json.dumps(metadata(model))})
+        torch.jit.save(traced, buf, _extra_files={META_NAME: json.dumps(metadata(model, unknown_threshold))})
         atomic_write_bytes(path, buf.getvalue())
     elif fmt == "onnx":
         try:
@@ -102,16 +103,16 @@ def export_model(model, path: str | Path, fmt: str = "torchscript") -> Path:
 
         proto = onnx.load_from_string(buf.getvalue())
         entry = proto.metadata_props.add()
-        entry.key, entry.value = META_NAME, json.dumps(metadata(model))
+        entry.key, entry.value = META_NAME, json.dumps(metadata(model, unknown_threshold))
         atomic_write_bytes(path, proto.SerializeToString())
     else:
         buf = io.BytesIO()
-        np.savez_compressed(buf, **numpy_arrays(model))
+        np.savez_compressed(buf, **numpy_arrays(model, unknown_threshold))
         atomic_write_bytes(path, buf.getvalue())
     return path
 
 
-def numpy_arrays(model) -> dict:
+def numpy_arrays(model, unknown_threshold: float | None = None) -> dict:
     """The frozen eval-mode network as named arrays for :class:`pcsym.runtime.NumpyClassifier`."""
     from . import runtime
     from .graph import vote_order
@@ -145,7 +146,8 @@ def numpy_arrays(model) -> dict:
     arrays["head.bn.scale"], arrays["head.bn.shift"] = scale, bn.bias - bn.running_mean * scale
     linear("head.1", last.weight, last.bias)
     out = {k: (v.detach().cpu().float() if v.is_floating_point() else v.cpu()).numpy() for k, v in arrays.items()}
-    out["meta"] = np.array(json.dumps({"format": runtime.FORMAT, "version": runtime.VERSION, **metadata(model)}))
+    out["meta"] = np.array(json.dumps({"format": runtime.FORMAT, "version": runtime.VERSION,
+                                       **metadata(model, unknown_threshold)}))
     return out
 
 
@@ -165,6 +167,7 @@ class ScriptedClassifier:
         from .config import ModelConfig
 
         self.cfg = ModelConfig.from_dict(meta["model_config"])
+        self.unknown_threshold = meta.get("unknown_threshold")
         self.net.eval()
 
     def __call__(self, pos: torch.Tensor, normals: torch.Tensor, vote: int = 0) -> torch.Tensor:

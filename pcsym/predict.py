@@ -24,8 +24,11 @@ class Classifier:
     """A loaded model of any kind: ``cfg`` (its :class:`~pcsym.config.ModelConfig`) and
     :meth:`probabilities`. ``logits(pos, normals, vote)`` takes (1, N, 3) float32 arrays."""
 
-    def __init__(self, cfg, logits: Callable[[np.ndarray, np.ndarray, int], np.ndarray], max_votes: int):
+    def __init__(self, cfg, logits: Callable[[np.ndarray, np.ndarray, int], np.ndarray], max_votes: int,
+                 unknown_threshold: float | None = None):
         self.cfg, self._logits, self.max_votes = cfg, logits, max_votes
+        #: max-softmax score under which a shape is "unknown" (calibrated on validation; None: not calibrated)
+        self.unknown_threshold = unknown_threshold
 
     @property
     def class_names(self) -> list[str]:
@@ -72,7 +75,7 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
         from .runtime import NumpyClassifier
 
         net = NumpyClassifier(fast)
-        return Classifier(net.cfg, lambda pts, nrm, vote: net(pts, nrm, vote=vote), VOTE_ORDERS)
+        return Classifier(net.cfg, lambda pts, nrm, vote: net(pts, nrm, vote=vote), VOTE_ORDERS, net.unknown_threshold)
     import torch
 
     if threads:
@@ -81,12 +84,13 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
         from .export import ScriptedClassifier
 
         net = ScriptedClassifier(p)
-        return Classifier(net.cfg, _torch_logits(net, True, True), VOTE_ORDERS)
+        return Classifier(net.cfg, _torch_logits(net, True, True), VOTE_ORDERS, net.unknown_threshold)
     from .checkpoint import load_model
 
-    model = load_model(p)[0]
+    model, ckpt = load_model(p)
     random_order = model.cfg.sampling == "random"
-    return Classifier(model.cfg, _torch_logits(model, False, random_order), VOTE_ORDERS if random_order else 1)
+    return Classifier(model.cfg, _torch_logits(model, False, random_order), VOTE_ORDERS if random_order else 1,
+                      ckpt.get("unknown_threshold"))
 
 
 def read_input(path: str | os.PathLike, points: int, seed: int = 0, max_vertices: int = 2_000_000,
@@ -108,21 +112,27 @@ def _read_safely(args) -> tuple:
         return None, None, str(exc)
 
 
-def result_row(clf: Classifier, path, probs: np.ndarray, top_k: int) -> dict:
+def result_row(clf: Classifier, path, probs: np.ndarray, top_k: int, unknown: bool = True) -> dict:
+    """A classified input: its top-k classes and, when the model has a calibrated threshold (and
+    ``unknown`` is on), ``"unknown"``: whether its score (the max probability) falls below it."""
     top = np.argsort(-probs, kind="stable")[:top_k]
-    return {"file": str(path), "ok": True,
-            "top": [{"class": clf.class_names[int(i)], "probability": round(float(probs[i]), 4)} for i in top]}
+    row = {"file": str(path), "ok": True,
+           "top": [{"class": clf.class_names[int(i)], "probability": round(float(probs[i]), 4)} for i in top]}
+    if unknown and clf.unknown_threshold is not None:
+        row.update(unknown=bool(probs.max() < clf.unknown_threshold), score=round(float(probs.max()), 4),
+                   threshold=round(float(clf.unknown_threshold), 4))
+    return row
 
 
 def classify_file(clf: Classifier, path: str | os.PathLike, top_k: int = 5, votes: int = 1, seed: int = 0,
-                  max_vertices: int = 2_000_000, up_axis: str | None = None) -> dict:
+                  max_vertices: int = 2_000_000, up_axis: str | None = None, unknown: bool = True) -> dict:
     """``{"file", "ok": True, "top": [{"class", "probability"}, ...]}`` for a readable mesh or cloud,
     ``{"file", "ok": False, "error"}`` for one that is not (its one-line reason)."""
-    return next(classify_files(clf, [path], top_k, votes, seed, max_vertices, up_axis))
+    return next(classify_files(clf, [path], top_k, votes, seed, max_vertices, up_axis, unknown=unknown))
 
 
 def classify_files(clf: Classifier, files, top_k: int = 5, votes: int = 1, seed: int = 0,
-                   max_vertices: int = 2_000_000, up_axis: str | None = None, workers: int = 0):
+                   max_vertices: int = 2_000_000, up_axis: str | None = None, workers: int = 0, unknown: bool = True):
     """Yield :func:`classify_file`'s result for each file, in order, as soon as it is known. With
     ``workers`` > 0 the files are read and sampled in that many processes (the model runs here)."""
     jobs = [(f, clf.cfg.points, seed, max_vertices, up_axis) for f in files]
@@ -137,7 +147,7 @@ def classify_files(clf: Classifier, files, top_k: int = 5, votes: int = 1, seed:
         for (f, *_), (pts, nrm, error) in zip(jobs, inputs):
             if error is None:
                 try:
-                    yield result_row(clf, f, clf.probabilities(pts, nrm, votes), top_k)
+                    yield result_row(clf, f, clf.probabilities(pts, nrm, votes), top_k, unknown)
                     continue
                 except PcsymError as exc:
                     error = str(exc)

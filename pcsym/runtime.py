@@ -70,6 +70,7 @@ class NumpyClassifier:
         if meta.get("version", 0) > VERSION:
             raise PcsymError("numpy export made by a newer pcsym", path=path)
         self.cfg = ModelConfig.from_dict(meta["model_config"])
+        self.unknown_threshold = meta.get("unknown_threshold")  # calibrated "unknown" score cut (or None)
 
     def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
         y = x @ self.a[name + ".w"].T

@@ -120,6 +120,7 @@ class RunState:
              "train_config": tcfg.to_dict()}
         if self.history:
             d["val_accuracy"] = self.history[-1]["val_acc"]
+            d["unknown_threshold"] = self.history[-1].get("unknown_threshold")
         if optimizer is not None:
             d.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
         if self.partial is not None:
@@ -142,7 +143,8 @@ def restore(last_path: Path, model, optimizer, scheduler) -> RunState:
 def write_metrics(path: Path, history: list[dict]) -> None:
     buf = io.StringIO()
     if history:
-        w = csv.DictWriter(buf, fieldnames=list(history[0]))
+        columns = list(dict.fromkeys(k for row in history for k in row))  # rows of older runs may lack some
+        w = csv.DictWriter(buf, fieldnames=columns)
         w.writeheader()
         w.writerows(history)
     atomic_write_bytes(path, buf.getvalue().encode())
@@ -239,7 +241,8 @@ class Trainer:
         val = evaluate_model(model, self.val_ds, batch_size=max(tcfg.batch_size, 32), device=self.device)
         return {"epoch": epoch + 1, "train_loss": round(loss_sum / max(tot, 1), 5),
                 "train_acc": round(correct / max(tot, 1), 5), "val_acc": round(val["overall_accuracy"], 5),
-                "val_macc": round(val["mean_class_accuracy"], 5), "lr": self.optimizer.param_groups[0]["lr"],
+                "val_macc": round(val["mean_class_accuracy"], 5), "unknown_threshold": round(val["unknown_threshold"], 5),
+                "lr": self.optimizer.param_groups[0]["lr"],
                 "epoch_seconds": round(train_time, 2), "shapes_per_second": round(tot / max(train_time, 1e-9), 2)}
 
     def end_epoch(self, row: dict, state: RunState) -> None:

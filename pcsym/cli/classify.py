@@ -26,6 +26,9 @@ def classify(
     resume: bool = typer.Option(False, "--resume", help="With --out: skip the inputs the file already holds."),
     force: bool = typer.Option(False, "--force", help="With --out: overwrite an existing results file."),
     workers: int = typer.Option(0, "--workers", help="Read and sample meshes in N processes."),
+    unknown: bool = typer.Option(True, "--unknown/--no-unknown",
+                                 help="Mark shapes whose score falls below the model's calibrated threshold as "
+                                      "unknown (outside its classes)."),
     as_json: bool = json_option(),
     threads: int = typer.Option(0, "--threads"),
 ):
@@ -55,7 +58,7 @@ def classify(
         try:
             with _progress(len(todo)) as advance:
                 for r in classify_files(clf, todo, top_k=top_k, votes=votes, seed=seed, max_vertices=max_vertices,
-                                        up_axis=up_axis, workers=workers):
+                                        up_axis=up_axis, workers=workers, unknown=unknown):
                     if log:
                         log.write(r)
                     results.append(r)
@@ -108,7 +111,9 @@ def _print_table(r: dict):
     if not r["ok"]:
         console().print(f"[red]{r['file']}: failed[/]")
         return
-    t = Table(title=r["file"])
+    title = r["file"] + (f"  —  unknown (closest: {_closest(r)}; score below {r['threshold']:.2f})"
+                         if r.get("unknown") else "")
+    t = Table(title=title)
     t.add_column("#", justify="right")
     t.add_column("class")
     t.add_column("probability", justify="right")
@@ -129,5 +134,10 @@ def _print_rows(results: list):
             continue
         top = r["top"]
         second = f"{top[1]['class']} {top[1]['probability']:.2f}" if len(top) > 1 else ""
-        t.add_row(r["file"], top[0]["class"], f"{top[0]['probability']:.4f}", second)
+        label = f"unknown (closest: {_closest(r)})" if r.get("unknown") else top[0]["class"]
+        t.add_row(r["file"], label, f"{top[0]['probability']:.4f}", second)
     console().print(t)
+
+
+def _closest(r: dict) -> str:
+    return f"{r['top'][0]['class']} {r['top'][0]['probability']:.2f}"

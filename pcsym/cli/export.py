@@ -24,9 +24,9 @@ def export(
         from ..export import EXPORT_FORMATS, SUFFIXES, export_model
 
         check_choice(fmt, EXPORT_FORMATS, "--format")
-        model, _ = load_model(checkpoint)
+        model, ckpt = load_model(checkpoint)
         target = out or resolve_checkpoint(checkpoint).with_suffix(SUFFIXES[fmt])
-        export_model(model, target, fmt)
+        export_model(model, target, fmt, ckpt.get("unknown_threshold"))
         console().print(f"exported {fmt}: {target}")
 
     run(body)
