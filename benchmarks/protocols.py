@@ -15,7 +15,8 @@ import torch
 
 from pcsym.checkpoint import load_model, train_config_of
 from pcsym.config import TrainConfig
-from pcsym.data import load_dataset, split_indices
+from pcsym.data import load_dataset
+from pcsym.splits import split_indices
 from pcsym.evaluate import evaluate_model
 from pcsym.transforms import PointCloudDataset
 

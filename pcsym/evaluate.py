@@ -115,7 +115,8 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     storing them)."""
     from .checkpoint import load_model, train_config_of
     from .config import ROTATIONS, TrainConfig, check_choice
-    from .data import SPLITS, default_split, load_dataset, split_indices
+    from .data import load_dataset
+    from .splits import SPLITS, default_split, split_indices
     from .transforms import PointCloudDataset
 
     check_choice(rotate, ROTATIONS, "--rotate")

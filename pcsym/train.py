@@ -160,7 +160,8 @@ class Trainer:
     def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig,
                  on_epoch: Callable[[dict], None] | None = None,
                  on_step: Callable[[int, int, float, float], None] | None = None):
-        from .data import load_dataset, split_indices
+        from .data import load_dataset
+        from .splits import split_indices
         from .models.classifier import build_model
         from .transforms import PointCloudDataset
 

@@ -12,7 +12,8 @@ import torch
 
 from pcsym.checkpoint import load_model, resolve_checkpoint, save_checkpoint, train_config_of
 from pcsym.config import TrainConfig
-from pcsym.data import load_dataset, split_indices
+from pcsym.data import load_dataset
+from pcsym.splits import split_indices
 from pcsym.evaluate import metrics_from_predictions, predict, unknown_threshold
 from pcsym.export import export_model
 from pcsym.transforms import PointCloudDataset

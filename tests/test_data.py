@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from pcsym import data as D
-from pcsym.data import PointCloudData, detect_format, load_dataset, prepare, train_val_split
+from pcsym.data import PointCloudData, detect_format, load_dataset, prepare
+from pcsym.splits import train_val_split
 from pcsym.errors import PcsymError
 from pcsym.meshes import Y_UP_TO_Z_UP, normalize, read_geometry, read_point_table
 from pcsym.transforms import PointCloudDataset, rotation_matrix

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from pcsym.cli import app
 from pcsym.config import ModelConfig, TrainConfig, merge_settings
-from pcsym.data import PointCloudData, default_split, split_indices, train_val_split
+from pcsym.data import PointCloudData
+from pcsym.splits import default_split, split_indices, train_val_split
 from pcsym.errors import PcsymError
 from pcsym.evaluate import metrics_from_predictions, read_prior
 
