@@ -123,19 +123,26 @@ def _print_table(r: dict):
 
 
 def _print_rows(results: list):
+    """One row per input; paths relative to the folder they share (named in the title), so the file
+    column stays readable in a narrow terminal."""
+    import os
+
     from rich.table import Table
 
-    t = Table()
+    parents = [os.path.dirname(os.path.abspath(r["file"])) for r in results]
+    base = os.path.commonpath(parents) if parents else ""
+    t = Table(title=f"{len(results)} files in {base}" if base else None)
     for col, just in (("file", "left"), ("class", "left"), ("probability", "right"), ("runner-up", "left")):
-        t.add_column(col, justify=just)
+        t.add_column(col, justify=just, overflow="fold")
     for r in results:
+        name = os.path.relpath(os.path.abspath(r["file"]), base) if base else r["file"]
         if not r["ok"]:
-            t.add_row(r["file"], "[red]failed[/]", "", "")
+            t.add_row(name, "[red]failed[/]", "", "")
             continue
         top = r["top"]
         second = f"{top[1]['class']} {top[1]['probability']:.2f}" if len(top) > 1 else ""
         label = f"unknown (closest: {_closest(r)})" if r.get("unknown") else top[0]["class"]
-        t.add_row(r["file"], label, f"{top[0]['probability']:.4f}", second)
+        t.add_row(name, label, f"{top[0]['probability']:.4f}", second)
     console().print(t)
 
 
