@@ -81,11 +81,13 @@ def _current_key(key: str) -> str:
     return key
 
 
-def load_weights(model, state_dict: dict, path=None) -> None:
-    """``load_state_dict`` that tolerates only the absent buffers the model rebuilds itself."""
-    state_dict = {_current_key(k): v for k, v in state_dict.items()}
+def load_weights(model, state_dict: dict, path=None, skip: str | None = None) -> None:
+    """``load_state_dict`` that tolerates only the absent buffers the model rebuilds itself.
+    ``skip``: a key prefix left out on both sides (``"head."``: load the trunk only, for fine-tuning)."""
+    state_dict = {k: v for k, v in ((_current_key(k), v) for k, v in state_dict.items())
+                  if not (skip and k.startswith(skip))}
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    missing = [k for k in missing if not _rebuilt_from_config(k)]
+    missing = [k for k in missing if not _rebuilt_from_config(k) and not (skip and k.startswith(skip))]
     if missing or unexpected:
         raise PcsymError(f"checkpoint does not match its model config (missing {len(missing)}, unexpected "
                          f"{len(unexpected)} tensors; e.g. {(missing + unexpected)[:2]})", path=path)

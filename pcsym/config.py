@@ -175,6 +175,8 @@ class TrainConfig(_Config):
     eval_rotate: str = "z"  # rotation applied to validation clouds (z-rotated validation by default)
     bn_batches: int = 32  # training batches used to re-estimate normalisation statistics after each epoch
     select: str = "macc"  # validation figure that picks best.pt
+    init: str | None = None  # fine-tune: shipped model name or checkpoint whose trunk starts the run
+    freeze_trunk: bool = False  # fine-tune: train only the head
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -202,6 +204,10 @@ class TrainConfig(_Config):
                 raise PcsymError(f"--{name.replace('_', '-')} must be at least 1")
         return self
 
+
+#: model settings that shape the equivariant trunk: a fine-tuned run takes them from its --init model
+TRUNK_FIELDS = ("group", "kernel", "widths", "strides", "invariant_dims", "max_freq", "kernel_dims", "kernel_layers",
+                "lmax", "n_radial", "use_normals", "use_positions")
 
 #: settings a resumed run does not take from its saved config: where to read and write, the machine
 MACHINE_SETTINGS = ("data", "out", "device", "threads", "workers")
@@ -244,7 +250,7 @@ def read_run_config(out: Path) -> dict:
 
 
 def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = None, resume: bool = False,
-                   aliases: dict[str, str] | None = None) -> tuple[ModelConfig, TrainConfig]:
+                   aliases: dict[str, str] | None = None, init_model: dict | None = None) -> tuple[ModelConfig, TrainConfig]:
     """The model and train configs of a ``train`` command, validated.
 
     ``flags`` maps setting names to values (every flag, defaults included); ``explicit`` names
@@ -252,6 +258,8 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
     (``resume``: from ``flags["out"]``/config.json, except :data:`MACHINE_SETTINGS`), the config
     file, explicit flags. ``aliases`` lets a config file use a flag's spelling for a setting
     (``positions`` for ``use_positions``). Keys that are not settings (``resume``, ...) are ignored.
+    ``init_model`` (the model config of the ``--init`` checkpoint) fixes the :data:`TRUNK_FIELDS`; a
+    flag or config-file value that contradicts it is an error.
     """
     names = ModelConfig.field_names() | TrainConfig.field_names()
     merged = {k: v for k, v in flags.items() if k in names}
@@ -259,13 +267,23 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
         for key, value in read_run_config(Path(str(flags["out"]))).items():
             if key not in MACHINE_SETTINGS and key != "class_names":
                 merged[key] = value
+    file_keys = set()
     if config_file is not None:
         for key, value in read_config_file(config_file).items():
             key = (aliases or {}).get(key, key)
             if key not in names:
                 raise PcsymError(f"unknown setting '{key}' in config file", path=config_file)
             merged[key] = value
+            file_keys.add(key)
     merged.update({k: v for k, v in flags.items() if k in explicit and k in names})
+    if init_model is not None:
+        for key in TRUNK_FIELDS:
+            theirs = ModelConfig.parse(key, init_model[key])
+            mine = ModelConfig.parse(key, merged[key]) if key in merged else theirs
+            if mine != theirs and (key in explicit or key in file_keys):
+                raise PcsymError(f"--{key.replace('_', '-')} {merged[key]} conflicts with --init {merged['init']}, "
+                                 f"whose model has {key}={init_model[key]}; drop it (the trunk comes from the model)")
+            merged[key] = theirs
     n_layers = len(ModelConfig.parse("widths", merged["widths"]))
     if "strides" not in merged or len(ModelConfig.parse("strides", merged["strides"])) != n_layers:
         merged["strides"] = default_strides(n_layers)  # strides follow the widths unless a run saved its own

@@ -71,22 +71,26 @@ def make_loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, worke
 
 @torch.no_grad()
 def recalibrate_norms(model, ds, batches: int, batch_size: int, seed: int, epoch: int, workers: int = 0,
-                      device="cpu") -> None:
+                      device="cpu", frozen: nn.Module | None = None) -> None:
     """Re-estimate every batch-norm's running statistics as the plain average over ``batches``
     training batches, with the weights the epoch ended with ("precise BN").
 
     The running averages kept during training lag behind weights that change every step; for some
     models (SO(3) with gated fields, measured: 49% validation accuracy with the running averages vs
     77% with re-estimated statistics, same weights) that gap is large. Deterministic (own seeded
-    loader, global RNG state untouched), so resumed runs stay identical to uninterrupted ones."""
+    loader, global RNG state untouched), so resumed runs stay identical to uninterrupted ones. The
+    norms of a ``frozen`` part of the model are left alone (it runs in eval mode)."""
     from .models.layers import EquivBatchNorm
 
-    norms = [m for m in model.modules() if isinstance(m, (EquivBatchNorm, nn.BatchNorm1d))]
+    skip = set(map(id, frozen.modules())) if frozen is not None else set()
+    norms = [m for m in model.modules() if isinstance(m, (EquivBatchNorm, nn.BatchNorm1d)) and id(m) not in skip]
     if not norms or batches < 1:
         return
     saved = [m.momentum for m in norms]
     was_training = model.training
     model.train()
+    if frozen is not None:
+        frozen.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed * 7907 + epoch)
         loader = make_loader(ds, batch_size, True, seed + 31, epoch, workers, drop_last=True)
@@ -185,13 +189,27 @@ class Trainer:
                                         seed=tcfg.seed + 7919)
         seed_all(tcfg.seed)
         self.model = build_model(mcfg).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        if tcfg.init:  # fine-tuning: the trunk from the model, a fresh head for these classes
+            ckpt = read_checkpoint(tcfg.init)
+            load_weights(self.model, ckpt["state_dict"], tcfg.init, skip="head.")
+        if tcfg.freeze_trunk:
+            if not tcfg.init:
+                raise PcsymError("--freeze-trunk needs --init MODEL (a trunk to keep)")
+            self.model.blocks.requires_grad_(False)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
         self.steps_per_epoch = max(1, len(self.train_ds) // tcfg.batch_size)
         if tcfg.max_steps:
             self.steps_per_epoch = min(self.steps_per_epoch, tcfg.max_steps)
         self.scheduler = make_schedule(tcfg, self.optimizer, self.steps_per_epoch)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
         self.stop = False
+
+    def _train_mode(self) -> None:
+        """Train mode; a frozen trunk stays in eval mode (its norms keep the model's statistics)."""
+        self.model.train()
+        if self.tcfg.freeze_trunk:
+            self.model.blocks.eval()
 
     def _save_last(self, state: RunState) -> None:
         save_checkpoint(self.out / "last.pt", self.model, self.mcfg, state.extra(self.tcfg, self.optimizer,
@@ -203,7 +221,7 @@ class Trainer:
         tcfg, model = self.tcfg, self.model
         seed_all(tcfg.seed * 1000 + epoch)
         self.train_ds.set_epoch(epoch)
-        model.train()
+        self._train_mode()
         t0 = time.time()
         tot, correct, loss_sum, skip = 0, 0, 0.0, 0
         partial = state.partial
@@ -237,7 +255,7 @@ class Trainer:
             if self.on_step:
                 self.on_step(step + 1, self.steps_per_epoch, loss_sum / tot, correct / tot)
         recalibrate_norms(model, self.train_ds, min(tcfg.bn_batches, self.steps_per_epoch), tcfg.batch_size,
-                          tcfg.seed, epoch, tcfg.workers, self.device)
+                          tcfg.seed, epoch, tcfg.workers, self.device, frozen=model.blocks if tcfg.freeze_trunk else None)
         train_time = time.time() - t0
         val = evaluate_model(model, self.val_ds, batch_size=max(tcfg.batch_size, 32), device=self.device)
         return {"epoch": epoch + 1, "train_loss": round(loss_sum / max(tot, 1), 5),

@@ -58,6 +58,11 @@ def train(
     select: str = typer.Option(_T.select, "--select",
                                help=f"Validation figure that picks best.pt: {' or '.join(SELECT_METRICS)} (mean class "
                                     "accuracy tracks a balanced test split; OA favours the big classes)."),
+    init: Optional[str] = typer.Option(None, "--init", help="Fine-tune: start from this model's equivariant trunk "
+                                                            "(shipped name so3/o2, checkpoint or run folder) with a "
+                                                            "new head for this dataset's classes; the model settings "
+                                                            "come from it."),
+    freeze_trunk: bool = typer.Option(False, "--freeze-trunk", help="With --init: train only the head."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/TOML file of defaults; flags override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt, with its settings."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out."),
@@ -68,12 +73,14 @@ def train(
     """Train an equivariant classifier."""
 
     def body():
-        from ..config import merge_settings
+        from ..config import merge_settings, read_config_file, read_run_config
 
         explicit = {name for name in ctx.params if ctx.get_parameter_source(name).name != "DEFAULT"}
         aliases = {opt.lstrip("-").split("/")[0].replace("-", "_"): p.name for p in ctx.command.params
                    for opt in p.opts}  # a config file may spell a setting as its flag
-        mcfg, tcfg = merge_settings(ctx.params, explicit, config, resume, aliases)
+        start = init or (read_config_file(config).get("init") if config else None) or \
+            (read_run_config(out).get("init") if resume else None)
+        mcfg, tcfg = merge_settings(ctx.params, explicit, config, resume, aliases, _model_config_of(start))
         tcfg.device = setup_torch(tcfg.threads, tcfg.device)
         outdir = Path(tcfg.out)
         if outdir.exists() and not outdir.is_dir():
@@ -84,6 +91,14 @@ def train(
         _train_with_progress(mcfg, tcfg, resume)
 
     run(body)
+
+
+def _model_config_of(checkpoint: Optional[str]) -> Optional[dict]:
+    if checkpoint is None:
+        return None
+    from ..checkpoint import read_checkpoint
+
+    return read_checkpoint(checkpoint)["model_config"]
 
 
 def _train_with_progress(mcfg, tcfg, resume: bool):
