@@ -9,7 +9,15 @@
 
 Every configuration runs in a fresh Python process (honest peak-memory figures).
 
-    python benchmarks/bench_model.py [--quick] [--threads N]
+3. ``--baseline REF``: the shipped recipes (so3, o2; batch 16, 1024 points) timed with this tree and with
+   git ref REF (checked out as a worktree in /tmp/pcsym_ref, run with PYTHONPATH pointing there), in fresh
+   processes alternating old/new; per round the ratio of the best train step (forward + backward + AdamW)
+   and of the best eval forward; the headline is the median ratio. Also model build time (escnn already
+   imported) and the model FLOP utilisation (matmul FLOPs of one step counted by torch's FlopCounterMode /
+   step time / the best torch.mm rate measured in the same process). ``--profile`` adds a torch.profiler
+   breakdown of one step (op categories, forward time per layer part) for both trees.
+
+    python benchmarks/bench_model.py [--quick] [--threads N] [--baseline REF [--rounds R] [--profile]]
 """
 
 from __future__ import annotations
@@ -91,6 +99,211 @@ def worker(spec: dict) -> dict:
     return res
 
 
+# ----------------------------------------------------------------------------- recipes vs a baseline ref
+
+RECIPES = {"so3": dict(group="so3", widths=(48, 96, 192), strides=(2, 4, 4), max_freq=2, points=1024, k=10),
+           "o2": dict(group="o2", widths=(32, 64, 128), strides=(2, 4, 4), points=1024)}
+OP_CATEGORIES = {
+    "matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul", "aten::linear", "aten::einsum"),
+    "kNN topk": ("aten::topk", "aten::sort"),
+    "indexing (gather/scatter)": ("aten::index_select", "aten::index", "aten::gather", "aten::scatter_add_",
+                                  "aten::index_add_", "aten::index_put_", "aten::_index_put_impl_", "aten::take",
+                                  "aten::embedding_dense_backward", "aten::scatter_add"),
+    "elementwise": ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::where", "aten::elu",
+                    "aten::elu_backward", "aten::sigmoid", "aten::sigmoid_backward", "aten::copy_", "aten::fill_",
+                    "aten::exp", "aten::pow", "aten::neg", "aten::add_", "aten::mul_", "aten::sqrt", "aten::cat",
+                    "aten::lerp_", "aten::clamp_min", "aten::addcmul_", "aten::addcdiv_", "aten::div_",
+                    "aten::zero_", "aten::threshold_backward", "aten::sub_", "aten::rsqrt", "aten::ones_like",
+                    "aten::zeros_like", "aten::zeros"),
+    "reductions": ("aten::sum", "aten::mean", "aten::linalg_vector_norm", "aten::max", "aten::std", "aten::var"),
+}
+LAYER_PARTS = ("conv.embed", "conv.mlp", "norm", "act")
+
+
+def recipe_worker(spec: dict) -> dict:
+    """One recipe in this interpreter (whichever pcsym PYTHONPATH selects): build, train step, eval."""
+    import time
+
+    import torch
+
+    C.quiet_warnings()
+    C.set_threads(spec["threads"])
+    import escnn  # noqa: F401  (imported before the build clock starts: the build is the model's own cost)
+    import pcsym
+    from pcsym.config import ModelConfig
+    from pcsym.models.classifier import build_model
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = build_model(ModelConfig(class_names=list(CLASSES), **RECIPES[spec["recipe"]]))
+    build_s = time.perf_counter() - t0
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    pos, normals, labels = make_batch(spec["batch"], 1024)
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(pos, normals), labels).backward()
+        opt.step()
+
+    def best(fn, n):
+        fn()
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    model.train()
+    res = {"recipe": spec["recipe"], "pcsym": str(Path(pcsym.__file__).parent), "build_s": build_s,
+           "train_s": best(train_step, spec["repeats"])}
+    if spec.get("flops"):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as fc:
+            train_step()
+        res["train_flops"] = fc.get_total_flops()
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        res["mm_peak_flops"] = 2 * 1024 ** 3 / best(lambda: torch.mm(a, b), 20)
+    if spec.get("profile"):
+        res["profile"] = profile_step(model, train_step)
+    model.eval()
+    with torch.no_grad():
+        res["eval_s"] = best(lambda: model(pos, normals), spec["repeats"])
+    return res
+
+
+def profile_step(model, train_step, steps: int = 3) -> dict:
+    """torch.profiler over ``steps`` train steps: self CPU time per op category and forward time per layer part."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile
+
+    handles = []
+    for i, block in enumerate(model.blocks):
+        for part in LAYER_PARTS:
+            stack = []
+            mod = block.get_submodule(part)
+            handles.append(mod.register_forward_pre_hook(
+                lambda m, a, s=stack, n=f"L:block{i}.{part}": s.append(record_function(n).__enter__())))
+            handles.append(mod.register_forward_hook(lambda m, a, o, s=stack: s.pop().__exit__(None, None, None)))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step()
+    for h in handles:
+        h.remove()
+    ops, layers, total = {}, {}, 0.0
+    for e in prof.key_averages():
+        if e.key.startswith("L:"):
+            layers[e.key[2:]] = e.cpu_time_total / steps / 1e3
+            continue
+        ms = e.self_cpu_time_total / steps / 1e3
+        total += ms
+        cat = next((c for c, names in OP_CATEGORIES.items() if e.key in names), "other")
+        ops[cat] = ops.get(cat, 0.0) + ms
+    return {"self_ms_total": total, "categories_ms": ops, "layer_forward_ms": layers}
+
+
+def run_recipe(spec: dict, pythonpath: str | None, threads: int) -> dict:
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    else:
+        env.pop("PYTHONPATH", None)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--recipe-worker", json.dumps(spec), "--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd="/", env=env)
+    rows = [json.loads(l[len("RESULT "):]) for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    return rows[0] if rows else {"error": " | ".join((proc.stderr or "").strip().splitlines()[-3:])}
+
+
+def baseline_main(args) -> int:
+    import statistics
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    ref_dir = Path("/tmp/pcsym_ref")
+    sha = subprocess.run(["git", "rev-parse", args.baseline], cwd=repo, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    if ref_dir.exists():
+        subprocess.run(["git", "checkout", "--detach", "--quiet", sha], cwd=ref_dir, check=True)
+    else:
+        subprocess.run(["git", "worktree", "add", "--detach", str(ref_dir), sha], cwd=repo, check=True,
+                       capture_output=True)
+    trees = {"ref": str(ref_dir), "new": str(repo)}
+    rounds = 1 if args.quick else args.rounds
+    repeats = 2 if args.quick else 5
+    env = C.environment(args.threads, args.quick)
+    print(f"bench_model --baseline {args.baseline} ({sha[:8]}): {args.threads} thread(s), {rounds} round(s); "
+          "timings are best-of-repeats, measured on a shared (contended) machine", flush=True)
+    rows, ratios = [], {}
+    for rnd in range(rounds):
+        for recipe in RECIPES:
+            got = {}
+            for which in (("ref", "new") if rnd % 2 == 0 else ("new", "ref")):  # alternate the order too
+                spec = dict(recipe=recipe, batch=4 if args.quick else 16, repeats=repeats, threads=args.threads,
+                            flops=which == "new" and rnd == 0, profile=bool(args.profile) and rnd == 0)
+                r = run_recipe(spec, trees[which], args.threads)
+                r.update(tree=which, round=rnd)
+                if "error" in r:
+                    print(f"  {recipe} {which}: FAILED {r['error']}", flush=True)
+                    continue
+                print(f"  round {rnd} {recipe:4s} {which}: build {r['build_s']:6.2f} s  train step {r['train_s']:.3f} s"
+                      f"  eval {r['eval_s']:.3f} s", flush=True)
+                rows.append(r)
+                got[which] = r
+            if len(got) == 2:
+                ratios.setdefault(recipe, []).append((got["ref"]["train_s"] / got["new"]["train_s"],
+                                                      got["ref"]["eval_s"] / got["new"]["eval_s"]))
+    speed = {k: (statistics.median(t for t, _ in v), statistics.median(e for _, e in v)) for k, v in ratios.items()}
+    mfu = {}
+    for r in rows:
+        if r["tree"] == "new" and "train_flops" in r:
+            mfu[r["recipe"]] = dict(flops=r["train_flops"], mm_peak_gflops=r["mm_peak_flops"] / 1e9,
+                                    achieved_gflops=r["train_flops"] / r["train_s"] / 1e9,
+                                    utilisation=r["train_flops"] / r["train_s"] / r["mm_peak_flops"])
+    headline = (f"train speed-up vs {args.baseline}: "
+                + ", ".join(f"{k} {v[0]:.2f}x" for k, v in speed.items())
+                + " (eval " + ", ".join(f"{k} {v[1]:.2f}x" for k, v in speed.items()) + ")")
+    lines = ["# bench_model --baseline: shipped recipes, this tree vs " + f"`{args.baseline}` ({sha[:8]})",
+             C.env_markdown_shared_process(env),
+             "Fresh process per (recipe, tree, round), old/new alternating; times are the best of "
+             f"{repeats} steps after one warm-up (best-of is the least contention-sensitive statistic); "
+             "build = `build_model` with escnn already imported (second run: layer cache warm). "
+             "**Measured under contention** (2 shared cores): compare only the ratios.",
+             C.table(rows, [("round", "round"), ("recipe", "recipe"), ("tree", "tree"), ("build_s", "build s"),
+                            ("train_s", "train step s"), ("eval_s", "eval forward s")]),
+             "| recipe | train speed-up | eval speed-up | matmul GFLOP/step | achieved GFLOP/s | torch.mm GFLOP/s | MFU |\n"
+             "|---|---|---|---|---|---|---|\n" + "\n".join(
+                 f"| {k} | {v[0]:.2f}x | {v[1]:.2f}x | {mfu.get(k, {}).get('flops', 0) / 1e9:.2f} | "
+                 f"{mfu.get(k, {}).get('achieved_gflops', 0):.2f} | {mfu.get(k, {}).get('mm_peak_gflops', 0):.1f} | "
+                 f"{100 * mfu.get(k, {}).get('utilisation', 0):.1f}% |" for k, v in speed.items())]
+    for r in rows:
+        if "profile" in r:
+            p = r["profile"]
+            lines.append(f"### profile {r['recipe']} ({r['tree']}): self CPU ms per train step, total "
+                         f"{p['self_ms_total']:.0f}\n\n" + "\n".join(
+                             f"- {c}: {ms:.1f} ms ({100 * ms / p['self_ms_total']:.0f}%)"
+                             for c, ms in sorted(p["categories_ms"].items(), key=lambda x: -x[1]))
+                         + "\n\nforward ms per layer part: " + ", ".join(
+                             f"{k} {v:.1f}" for k, v in sorted(p["layer_forward_ms"].items())))
+    lines.append(f"**{headline}**")
+    data = {"benchmark": "model_baseline", "env": env, "baseline": args.baseline, "baseline_sha": sha,
+            "rows": rows, "speedup": speed, "mfu": mfu, "headline": headline}
+    jp, mp = C.write_results(args.out, "bench_model_baseline", data, "\n\n".join(lines), args.quick)
+    print("\n\n".join(lines[2:]))
+    print(f"\nwrote {jp} and {mp}")
+    print(headline)
+    if mfu:
+        print("model FLOP utilisation: " + ", ".join(f"{k} {100 * v['utilisation']:.1f}% of torch.mm "
+                                                     f"({v['achieved_gflops']:.1f} of {v['mm_peak_gflops']:.1f} GFLOP/s)"
+                                                     for k, v in mfu.items()))
+    return 0
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -99,7 +312,20 @@ def main() -> int:
     p.add_argument("--worker", help=C.argparse.SUPPRESS)
     p.add_argument("--skip-throughput", action="store_true", help="only the scaling part")
     p.add_argument("--skip-scaling", action="store_true", help="only the throughput part")
+    p.add_argument("--baseline", metavar="REF", help="time the shipped recipes against git ref REF instead")
+    p.add_argument("--rounds", type=int, default=3, help="--baseline: alternating old/new rounds (default 3)")
+    p.add_argument("--profile", action="store_true", help="--baseline: add a torch.profiler breakdown")
+    p.add_argument("--recipe-worker", help=C.argparse.SUPPRESS)
     args = p.parse_args()
+    if args.recipe_worker:
+        spec = json.loads(args.recipe_worker)
+        try:
+            C.emit_result(recipe_worker(spec))
+        except Exception as exc:  # noqa: BLE001
+            C.emit_result({"recipe": spec["recipe"], "error": repr(exc)[:300]})
+        return 0
+    if args.baseline:
+        return baseline_main(args)
     if args.worker:
         for spec in json.loads(args.worker):
             spec["threads"] = args.threads

@@ -57,28 +57,99 @@ def private_copy(module: nn.Module) -> nn.Module:
                 c.__deepcopy__ = fn
 
 
+def linear_spec(group: Group, in_reps, out_reps, bias: bool = True) -> dict:
+    """What an :class:`EquivLinear` needs from escnn, as plain numpy arrays (cacheable on disk).
+
+    escnn's ``BlocksBasisExpansion`` builds W block by block: for every pair (input field type,
+    output field type) the coefficients of all occurrences of the pair, (n_out·n_in, d), times the
+    pair's sampled basis (d, o·i), scattered into W. Here the scatter is precomputed as ONE gather
+    index into the concatenation of those products (plus a trailing zero for entries no basis
+    reaches), so the expansion is a few small matmuls, a cat and an index_select.
+
+    Keys: ``names`` (escnn's block names, state_dict compatible), ``basis_<j>`` (d, o, i, 1) per pair,
+    ``blocks`` (n_out·n_in per pair), ``index`` (out·in,), ``bias_expansion`` (out, n_bias) or
+    absent, ``in_size``, ``out_size``.
+    """
+    from escnn import nn as enn
+    from escnn.nn.modules.basismanager import retrieve_indices
+
+    with quiet_stdout():
+        lin = enn.Linear(group.field_type(in_reps), group.field_type(out_reps), bias=bias, initialize=False)
+    exp = lin._basisexpansion
+    in_size, out_size = type_size(in_reps), type_size(out_reps)
+    _, in_idx, _ = retrieve_indices(list(in_reps))
+    _, out_idx, _ = retrieve_indices(list(out_reps))
+    spec = {"in_size": in_size, "out_size": out_size, "names": [], "blocks": []}
+    index = np.full(out_size * in_size, -1, dtype=np.int64)
+    offset = 0
+    for j, pair in enumerate(exp._representations_pairs):
+        name = str(exp._escape_pair(pair))  # as escnn names the submodule
+        basis = getattr(exp, f"block_expansion_{name}").sampled_basis.detach().cpu()
+        d, o, i = basis.shape[:3]
+        basis = basis.float().numpy()  # escnn's shape (d, o, i, 1); the model's basis is float32 (as before)
+        rows, cols = out_idx[pair[1]].numpy(), in_idx[pair[0]].numpy()
+        n_out, n_in = len(rows) // o, len(cols) // i
+        lo, hi = exp._weights_ranges[pair]
+        assert hi - lo == n_out * n_in * d and lo == sum(b * s.shape[0] for b, s in
+                                                         zip(spec["blocks"], [spec[f"basis_{t}"] for t in range(j)]))
+        # V (n_out, n_in, o, i) of this pair -> W[rows[a*o + r], cols[b*i + c]]
+        a, b, r, c = np.meshgrid(np.arange(n_out), np.arange(n_in), np.arange(o), np.arange(i), indexing="ij")
+        index[rows[a * o + r] * in_size + cols[b * i + c]] = offset + np.arange(a.size).reshape(a.shape)
+        offset += a.size
+        spec["names"].append(name)
+        spec["blocks"].append(n_out * n_in)
+        spec[f"basis_{j}"] = basis
+    index[index < 0] = offset  # the trailing zero
+    spec["index"] = index
+    spec["dim"] = int(exp.dimension())
+    if lin.bias is not None:
+        spec["bias_expansion"] = lin.bias_expansion.detach().cpu().float().numpy()
+    return spec
+
+
+class _Block(nn.Module):
+    """Holds one pair's ``sampled_basis`` under escnn's state_dict name."""
+
+    def __init__(self, basis: torch.Tensor):
+        super().__init__()
+        self.register_buffer("sampled_basis", basis)
+
+
 class EquivLinear(nn.Module):
     """G-equivariant linear map between two field types: y = W x + b with W in escnn's basis.
 
-    The weight matrix is expanded from the free parameters every training step and cached
-    in eval mode. Initialisation is a cheap variance-preserving rescaling (escnn's generalised
-    He init can take minutes for big layers).
+    The weight matrix is expanded from the free parameters every training step (see
+    :func:`linear_spec`: per-pair matmuls and one precomputed gather) and cached in eval mode.
+    The state_dict is escnn's (``weight``, ``bias``, ``expansion.block_expansion_<pair>.sampled_basis``),
+    so checkpoints written with escnn's expansion load unchanged. Initialisation is a cheap
+    variance-preserving rescaling (escnn's generalised He init can take minutes for big layers).
     """
 
-    def __init__(self, group: Group, in_reps, out_reps, bias: bool = True, gain: float = 1.0):
+    def __init__(self, group: Group, in_reps, out_reps, bias: bool = True, gain: float = 1.0, spec: dict | None = None):
         super().__init__()
-        from escnn import nn as enn
+        if spec is None:
+            from .cache import cached_linear_spec
 
-        with quiet_stdout():
-            lin = enn.Linear(group.field_type(in_reps), group.field_type(out_reps), bias=bias, initialize=False)
-        # escnn caches and shares basis modules between layers: take a private copy so that
-        # .double()/.to() on one model never changes another; some bases come in float64.
-        self.expansion = private_copy(lin._basisexpansion).float()
-        self.in_size, self.out_size = type_size(in_reps), type_size(out_reps)
-        self.weight = nn.Parameter(torch.randn(self.expansion.dimension()))
-        if lin.bias is not None:
-            self.register_buffer("bias_expansion", lin.bias_expansion.clone(), persistent=False)
-            self.bias = nn.Parameter(torch.zeros(lin.bias.shape[0]))
+            spec = cached_linear_spec(group, in_reps, out_reps, bias)
+        self.in_size, self.out_size = int(spec["in_size"]), int(spec["out_size"])
+        self.expansion = nn.Module()
+        self._pairs = []  # (submodule name, first weight, blocks, d)
+        start = 0
+        for j, (name, blocks) in enumerate(zip(spec["names"], spec["blocks"])):
+            basis = torch.as_tensor(np.asarray(spec[f"basis_{j}"]), dtype=torch.float32).clone()
+            self.expansion.add_module(f"block_expansion_{name}", _Block(basis))
+            d = basis.shape[0]
+            self._pairs.append((f"block_expansion_{name}", start, int(blocks), d))
+            start += int(blocks) * d
+        assert start == int(spec["dim"])
+        self.register_buffer("w_index", torch.as_tensor(np.asarray(spec["index"]), dtype=torch.long).clone(),
+                             persistent=False)
+        self.register_buffer("w_index_perm", None, persistent=False)
+        self.weight = nn.Parameter(torch.randn(start))
+        if "bias_expansion" in spec:
+            be = torch.as_tensor(np.asarray(spec["bias_expansion"]), dtype=torch.float32).clone()
+            self.register_buffer("bias_expansion", be, persistent=False)
+            self.bias = nn.Parameter(torch.zeros(be.shape[1]))
         else:
             self.bias_expansion = None
             self.bias = None
@@ -87,19 +158,45 @@ class EquivLinear(nn.Module):
             self.weight.mul_(math.sqrt(gain / max(self.in_size, 1)) / w.std().clamp_min(1e-12))
         self._cache = None
 
-    def _expand_weight(self) -> torch.Tensor:
-        return self.expansion(self.weight).reshape(self.out_size, self.in_size)
+    def permute_columns(self, perm: torch.Tensor) -> None:
+        """Also provide W with its columns moved: ``expand(permuted=True)`` gives Wp with
+        Wp[:, perm] = W, through the same single gather (no extra scatter per step)."""
+        idx = self.w_index.view(self.out_size, self.in_size)
+        permuted = torch.empty_like(idx)
+        permuted[:, perm] = idx
+        self.w_index_perm = permuted.reshape(-1)
 
-    def expand(self):
-        """Dense (W, b): W (out, in), b (out,) or None."""
-        key = (self.weight._version, None if self.bias is None else self.bias._version, self.weight.dtype)
-        if not self.training and not torch.is_grad_enabled() and self._cache is not None and self._cache[0] == key:
+    def _flat_blocks(self) -> torch.Tensor:
+        parts = []
+        for name, start, blocks, d in self._pairs:
+            basis = getattr(self.expansion, name).sampled_basis.to(self.weight.dtype)
+            coeff = self.weight[start : start + blocks * d].view(blocks, d)
+            parts.append((coeff @ basis.reshape(d, -1)).reshape(-1))
+        parts.append(self.weight.new_zeros(1))
+        return torch.cat(parts)
+
+    def _expand_weight(self, permuted: bool = False) -> torch.Tensor:
+        index = self.w_index_perm if permuted else self.w_index
+        return self._flat_blocks().index_select(0, index).view(self.out_size, self.in_size)
+
+    def expand(self, permuted: bool = False):
+        """Dense (W, b): W (out, in), b (out,) or None; ``permuted``: columns moved by :meth:`permute_columns`."""
+        key = (self.weight._version, None if self.bias is None else self.bias._version, self.weight.dtype, permuted)
+        frozen = not self.training and not torch.is_grad_enabled()
+        if frozen and self._cache is not None and self._cache[0] == key:
             return self._cache[1], self._cache[2]
-        w = self._expand_weight()
+        w = self._expand_weight(permuted)
         b = None if self.bias is None else self.bias_expansion.to(w.dtype) @ self.bias
-        if not self.training and not torch.is_grad_enabled():
+        if frozen:
             self._cache = (key, w, b)
         return w, b
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # escnn's index buffers (int64) of old checkpoints: rebuilt here, never needed
+        for key in [k for k in state_dict if k.startswith(prefix + "expansion.")
+                    and ("in_indices_" in k or "out_indices_" in k)]:
+            del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train(self, mode: bool = True):
         self._cache = None
@@ -232,9 +329,10 @@ class EquivBatchNorm(nn.Module):
         x = x.reshape(-1, shape[-1])
         P = self.P.to(x.dtype)
         if self.training:
-            mean = x.mean(0) @ P if self.has_invariant else torch.zeros_like(x[0])
+            mean = self.batch_mean(x) @ P if self.has_invariant else torch.zeros_like(x[0])
             xc = x - mean
-            sq = torch.zeros(self.n_fields, dtype=x.dtype, device=x.device).index_add_(0, self.field, xc.pow(2).mean(0))
+            sq = torch.zeros(self.n_fields, dtype=x.dtype, device=x.device).index_add_(0, self.field,
+                                                                                      self.batch_mean(xc.pow(2)))
             var = sq / self.field_size.to(x.dtype)
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
@@ -244,6 +342,11 @@ class EquivBatchNorm(nn.Module):
             return (x * scale.to(x.dtype) + shift.to(x.dtype)).reshape(shape)
         out = xc * self._channel_scale(var) + self.bias.to(x.dtype) @ P
         return out.reshape(shape)
+
+    def batch_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch (rows); over every process of a torchrun job in the synchronised
+        subclass (pcsym.distributed)."""
+        return t.mean(0)
 
     def _channel_scale(self, var: torch.Tensor) -> torch.Tensor:
         """Per-channel factor weight / sqrt(var + eps) of each channel's field."""
@@ -322,18 +425,27 @@ class ImplicitKernelConv(nn.Module):
         self.h_size = type_size(self.h_reps)
         # Field type of h ⊗ f, ordered as the row-major flattening of the outer product (h, f)
         # regrouped into (h-field, f-field) blocks: perm maps block order -> flat order.
-        tensor_reps, perm = [], []
+        perm = []
         ho = np.cumsum([0] + [r.size for r in self.h_reps])
         fo = np.cumsum([0] + [r.size for r in in_reps])
-        with quiet_stdout():
-            for a, ra in enumerate(self.h_reps):
-                for b, rb in enumerate(in_reps):
-                    tensor_reps.append(ra.tensor(rb))
-                    for i in range(ra.size):
-                        for j in range(rb.size):
-                            perm.append((ho[a] + i) * self.in_size + fo[b] + j)
-        self.contract = EquivLinear(group, tensor_reps, out_reps)
+        for a, ra in enumerate(self.h_reps):
+            for b, rb in enumerate(in_reps):
+                for i in range(ra.size):
+                    for j in range(rb.size):
+                        perm.append((ho[a] + i) * self.in_size + fo[b] + j)
+
+        def contract_spec():  # the tensor products (Clebsch-Gordan) are the slow part of a build
+            with quiet_stdout():
+                tensor_reps = [ra.tensor(rb) for ra in self.h_reps for rb in in_reps]
+            return linear_spec(group, tensor_reps, out_reps, True)
+
+        from .cache import cached
+
+        spec = cached("contract", group, {"h": self.h_reps, "in": list(in_reps), "out": list(out_reps)}, True,
+                      contract_spec)
+        self.contract = EquivLinear(group, None, out_reps, spec=spec)
         self.register_buffer("perm", torch.tensor(perm, dtype=torch.long), persistent=False)
+        self.contract.permute_columns(self.perm)
 
     @classmethod
     def from_config(cls, group: Group, in_reps, out_reps, cfg) -> "ImplicitKernelConv":
@@ -345,9 +457,13 @@ class ImplicitKernelConv(nn.Module):
         return torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
 
     def dense_weight(self):
-        w, b = self.contract.expand()
+        """The contraction's (W, b) with W's columns in the order of the flattened (h, f) outer
+        product (W_flat[:, perm] = W): one gather from the basis blocks, no scatter."""
+        if isinstance(self.contract, EquivLinear):
+            return self.contract.expand(permuted=True)
+        w, b = self.contract.expand()  # a frozen copy (see freeze): expanded once, scatter as before
         wn = torch.zeros_like(w)
-        wn[:, self.perm] = w  # column order of the flattened (h, f) outer product
+        wn[:, self.perm] = w
         return wn, b
 
     def kernel(self, rel: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,144 @@
+"""The training-speed rewrites compute the same maths (issue 12): the gather-based EquivLinear
+expansion equals escnn's BlocksBasisExpansion, the conv's permuted weight equals the scatter it
+replaces, and the on-disk layer cache gives identical models (and survives damaged entries)."""
+
+import numpy as np
+import pytest
+import torch
+
+from pcsym.config import ModelConfig
+from pcsym.groups import resolve
+from pcsym.models import cache
+from pcsym.models.classifier import build_model
+from pcsym.models.layers import EquivLinear, ImplicitKernelConv, channel_types, channels_for, private_copy
+
+SMALL = dict(class_names=["a", "b", "c"], widths=(8, 16), strides=(2, 2), points=64, invariant_dims=8, head_dims=8)
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PCSYM_CACHE_DIR", str(tmp_path / "c"))
+    return tmp_path / "c" / "layers"
+
+
+def _escnn_expansion(group, in_reps, out_reps):
+    from escnn import nn as enn
+
+    lin = enn.Linear(group.field_type(in_reps), group.field_type(out_reps), bias=True, initialize=False)
+    return private_copy(lin._basisexpansion).double(), lin.bias_expansion.double()
+
+
+@pytest.mark.parametrize("name", ["o2", "so3", "m"])
+def test_equiv_linear_expansion_equals_escnn(name, monkeypatch):
+    monkeypatch.setenv("PCSYM_CACHE_DIR", "off")
+    torch.manual_seed(0)
+    group = resolve(name)
+    pre, act, _ = channel_types(group, channels_for(group, 12))
+    in_reps = act + [group.trivial, group.vector]  # mixed, non-contiguous field types
+    lin = EquivLinear(group, in_reps, pre).double()
+    exp, bias_exp = _escnn_expansion(group, in_reps, pre)
+    with torch.no_grad():
+        lin.weight.normal_()
+        lin.bias.normal_()
+        w, b = lin.expand()
+        ref = exp(lin.weight).reshape(lin.out_size, lin.in_size)
+    assert (w - ref).abs().max() <= 1e-6 * ref.abs().max()
+    assert torch.allclose(b, bias_exp @ lin.bias, atol=1e-12)
+    # gradients flow to every parameter exactly as through escnn's expansion
+    g = torch.randn_like(ref)
+    (ga,) = torch.autograd.grad((lin.expand()[0] * g).sum(), lin.weight)
+    (gb,) = torch.autograd.grad((exp(lin.weight).reshape_as(g) * g).sum(), lin.weight)
+    assert (ga - gb).abs().max() <= 1e-6 * gb.abs().max()
+
+
+def test_conv_permuted_weight_equals_scatter(monkeypatch):
+    monkeypatch.setenv("PCSYM_CACHE_DIR", "off")
+    torch.manual_seed(0)
+    group = resolve("o2")
+    _, act, _ = channel_types(group, channels_for(group, 12))
+    pre, _, _ = channel_types(group, channels_for(group, 20))
+    conv = ImplicitKernelConv(group, act, pre)
+    w, b = conv.contract.expand()
+    old = torch.zeros_like(w)
+    old[:, conv.perm] = w  # what dense_weight did before
+    wn, bn = conv.dense_weight()
+    assert torch.equal(wn, old) and torch.equal(bn, b)
+
+
+def test_state_dict_keys_unchanged_and_old_index_buffers_load(cache_dir):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(group="o2", **SMALL))
+    sd = model.state_dict()
+    assert any(k.endswith(".sampled_basis") and ".expansion.block_expansion_" in k for k in sd)
+    # a checkpoint that still carries escnn's int64 index buffers loads
+    extra = dict(sd)
+    extra["blocks.0.conv.contract.expansion.in_indices_('a', 'b')"] = torch.arange(3)
+    torch.manual_seed(1)
+    other = build_model(ModelConfig(group="o2", **SMALL))
+    missing, unexpected = other.load_state_dict(extra, strict=False)
+    assert not missing and not unexpected
+
+
+def _build(seed=0, group="o2"):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(group=group, **SMALL))
+
+
+def _same_model(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    ba, bb = dict(a.named_buffers()), dict(b.named_buffers())
+    assert ba.keys() == bb.keys() and all(torch.equal(ba[k], bb[k]) for k in ba if ba[k] is not None)
+
+
+def test_cache_hit_gives_identical_model(cache_dir, monkeypatch):
+    cold = _build()
+    files = sorted(cache_dir.glob("*.npz"))
+    assert files, "the build wrote no cache entries"
+    warm = _build()
+    _same_model(cold, warm)
+    monkeypatch.setenv("PCSYM_CACHE_DIR", "off")
+    _same_model(cold, _build())
+    pos = torch.randn(2, 64, 3)
+    nrm = torch.nn.functional.normalize(torch.randn(2, 64, 3), dim=-1)
+    with torch.no_grad():
+        assert torch.equal(cold.eval()(pos, nrm), warm.eval()(pos, nrm))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncate", "empty"])
+def test_corrupt_cache_entry_is_rebuilt(cache_dir, damage):
+    ref = _build()
+    files = sorted(cache_dir.glob("*.npz"))
+    for f in files:
+        data = f.read_bytes()
+        f.write_bytes({"garbage": b"not an npz" * 10, "truncate": data[: len(data) // 2], "empty": b""}[damage])
+    _same_model(ref, _build())
+    for f in files:  # rewritten, readable again
+        assert cache._decode(f)["dim"] > 0
+
+
+def test_cache_key_depends_on_group_and_reps():
+    o2, so3 = resolve("o2"), resolve("so3", 2)
+    k = cache.entry_key("linear", o2, {"in": [o2.trivial], "out": [o2.vector]}, True)
+    assert k != cache.entry_key("linear", o2, {"in": [o2.vector], "out": [o2.trivial]}, True)
+    assert k != cache.entry_key("linear", o2, {"in": [o2.trivial], "out": [o2.vector]}, False)
+    assert k != cache.entry_key("linear", so3, {"in": [so3.trivial], "out": [so3.vector]}, True)
+
+
+def test_cache_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("PCSYM_CACHE_DIR", str(tmp_path / "x"))
+    assert cache.cache_dir() == tmp_path / "x" / "layers"
+    monkeypatch.setenv("PCSYM_CACHE_DIR", "off")
+    assert cache.cache_dir() is None
+    monkeypatch.delenv("PCSYM_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_dir() == tmp_path / "xdg" / "pcsym" / "layers"
+
+
+def test_unwritable_cache_is_not_fatal(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("PCSYM_CACHE_DIR", str(blocker))
+    model = _build()
+    assert np.isfinite(sum(float(p.sum()) for p in model.parameters()))
