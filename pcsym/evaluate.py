@@ -98,9 +98,18 @@ def metrics_from_predictions(y_true, y_pred, class_names: list[str], prior: np.n
     return out
 
 
-def evaluate_model(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, prior=None) -> dict:
-    """Metrics of ``model`` on ``ds``, plus ``unknown_threshold`` calibrated on these shapes."""
-    probs, labels = predict(model, ds, batch_size, device, votes)
+def evaluate_model(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, prior=None, world=None) -> dict:
+    """Metrics of ``model`` on ``ds``, plus ``unknown_threshold`` calibrated on these shapes. In a
+    torchrun job (``world``) each process predicts its share of the shapes and all get the metrics."""
+    if world is not None and world.active:
+        import copy
+
+        shard = copy.copy(ds)
+        shard.indices = ds.indices[world.rank::world.size]
+        parts = world.gather(predict(model, shard, batch_size, device, votes))
+        probs, labels = torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts])
+    else:
+        probs, labels = predict(model, ds, batch_size, device, votes)
     m = metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), model.cfg.class_names, prior)
     m["unknown_threshold"] = unknown_threshold(probs.numpy())
     return m

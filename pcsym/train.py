@@ -24,6 +24,7 @@ from torch import nn
 
 from .checkpoint import load_weights, read_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
+from .distributed import World, rank_batches, setup, synchronise_norms
 from .errors import PcsymError
 from .evaluate import evaluate_model
 from .files import atomic_write_bytes
@@ -63,15 +64,25 @@ def make_schedule(tcfg: TrainConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
 
 
-def make_loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, workers: int, drop_last: bool = False):
+def make_loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, workers: int, drop_last: bool = False,
+                world: World | None = None):
+    """A seeded loader: the same batches for the same (seed, epoch). In a torchrun job (``world``)
+    each process gets its equal slice of each of those global batches (``batch_size`` is global)."""
     gen = torch.Generator().manual_seed(seed * 100003 + epoch)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                                       num_workers=workers, drop_last=drop_last, persistent_workers=False)
+    if world is None or not world.active:
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                                           num_workers=workers, drop_last=drop_last, persistent_workers=False)
+    # the single-process loader's order: its iterator draws one number (the workers' base seed) from
+    # the generator before the sampler's permutation
+    torch.empty((), dtype=torch.int64).random_(generator=gen)
+    order = list(torch.utils.data.RandomSampler(ds, generator=gen)) if shuffle else list(range(len(ds)))
+    return torch.utils.data.DataLoader(ds, batch_sampler=rank_batches(order, batch_size, world), num_workers=workers,
+                                       generator=torch.Generator().manual_seed(seed))  # global RNG untouched
 
 
 @torch.no_grad()
 def recalibrate_norms(model, ds, batches: int, batch_size: int, seed: int, epoch: int, workers: int = 0,
-                      device="cpu", frozen: nn.Module | None = None) -> None:
+                      device="cpu", frozen: nn.Module | None = None, world: World | None = None) -> None:
     """Re-estimate every batch-norm's running statistics as the plain average over ``batches``
     training batches, with the weights the epoch ended with ("precise BN").
 
@@ -93,7 +104,7 @@ def recalibrate_norms(model, ds, batches: int, batch_size: int, seed: int, epoch
         frozen.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed * 7907 + epoch)
-        loader = make_loader(ds, batch_size, True, seed + 31, epoch, workers, drop_last=True)
+        loader = make_loader(ds, batch_size, True, seed + 31, epoch, workers, drop_last=True, world=world)
         for i, (pos, nrm, _) in enumerate(loader):
             if i >= batches:
                 break
@@ -170,11 +181,19 @@ class Trainer:
         from .transforms import PointCloudDataset
 
         self.mcfg, self.tcfg = mcfg, tcfg.validate()
-        self.on_epoch, self.on_step = on_epoch, on_step
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
         self.out = Path(tcfg.out)
-        self.device = torch.device(resolve_device(tcfg.device))
+        device = resolve_device(tcfg.device)
+        self.world = setup(device)
+        if tcfg.batch_size % self.world.size:
+            raise PcsymError(f"--batch-size {tcfg.batch_size} (the global batch) must be a multiple of the "
+                             f"{self.world.size} processes")
+        if device == "cuda" and self.world.active:
+            device = f"cuda:{self.world.local_rank}"
+        self.device = torch.device(device)
+        # progress and files come from rank 0 alone
+        self.on_epoch, self.on_step = (on_epoch, on_step) if self.world.main else (None, None)
         data = load_dataset(tcfg.data, points=mcfg.points, up_axis=tcfg.up_axis, fmt=tcfg.data_format)
         tr_idx = split_indices(data, "train", tcfg.val_fraction, tcfg.seed)
         va_idx = split_indices(data, "val", tcfg.val_fraction, tcfg.seed)
@@ -198,6 +217,13 @@ class Trainer:
             self.model.blocks.requires_grad_(False)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        self.net = self.model  # what a training step calls: the DDP wrapper in a torchrun job
+        if self.world.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            synchronise_norms(self.model)
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if device != "cpu" and
+                                               self.device.type == "cuda" else None)
         self.steps_per_epoch = max(1, len(self.train_ds) // tcfg.batch_size)
         if tcfg.max_steps:
             self.steps_per_epoch = min(self.steps_per_epoch, tcfg.max_steps)
@@ -212,6 +238,8 @@ class Trainer:
             self.model.blocks.eval()
 
     def _save_last(self, state: RunState) -> None:
+        if not self.world.main:
+            return
         save_checkpoint(self.out / "last.pt", self.model, self.mcfg, state.extra(self.tcfg, self.optimizer,
                                                                                    self.scheduler))
 
@@ -229,43 +257,56 @@ class Trainer:
             skip = int(partial["step"])
             tot, correct, loss_sum = int(partial["tot"]), int(partial["correct"]), float(partial["loss_sum"])
             t0 -= float(partial.get("seconds", 0.0))  # the epoch's time before the interruption
-        loader = make_loader(self.train_ds, tcfg.batch_size, True, tcfg.seed, epoch, tcfg.workers, drop_last=True)
+        loader = make_loader(self.train_ds, tcfg.batch_size, True, tcfg.seed, epoch, tcfg.workers, drop_last=True,
+                             world=self.world)
         for step, (pos, nrm, y) in enumerate(loader):
             if step >= self.steps_per_epoch:
                 break
             if step < skip:  # already trained before the interruption (same batches: seeded loader)
                 if step == skip - 1:
-                    torch.set_rng_state(partial["rng_state"])
+                    states = partial.get("rng_states") or [partial["rng_state"]]
+                    torch.set_rng_state(states[self.world.rank] if len(states) == self.world.size else states[0])
                 continue
-            if self.stop:  # save the exact mid-epoch state: resuming replays the remaining steps identically
+            if self.world.any(self.stop):  # save the exact mid-epoch state: resuming replays the rest identically
+                rng = self.world.gather(torch.get_rng_state())  # every process's own random state
                 state.partial = {"epoch": epoch, "step": step, "tot": tot, "correct": correct, "loss_sum": loss_sum,
-                                 "rng_state": torch.get_rng_state(), "seconds": time.time() - t0}
+                                 "rng_state": rng[0], "rng_states": rng, "seconds": time.time() - t0}
                 self._save_last(state)
                 raise TrainingInterrupted()
             pos, nrm, y = pos.to(self.device), nrm.to(self.device), y.to(self.device)
-            logits = model(pos, nrm)
+            logits = self.net(pos, nrm)
             loss = self.loss_fn(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
-            tot += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss.detach()) * len(y)
+            n, c, l = self.world_sum(len(y), int((logits.argmax(1) == y).sum()), float(loss.detach()) * len(y))
+            tot, correct, loss_sum = tot + n, correct + c, loss_sum + l
             if self.on_step:
                 self.on_step(step + 1, self.steps_per_epoch, loss_sum / tot, correct / tot)
         recalibrate_norms(model, self.train_ds, min(tcfg.bn_batches, self.steps_per_epoch), tcfg.batch_size,
-                          tcfg.seed, epoch, tcfg.workers, self.device, frozen=model.blocks if tcfg.freeze_trunk else None)
+                          tcfg.seed, epoch, tcfg.workers, self.device, frozen=model.blocks if tcfg.freeze_trunk else None,
+                          world=self.world)
         train_time = time.time() - t0
-        val = evaluate_model(model, self.val_ds, batch_size=max(tcfg.batch_size, 32), device=self.device)
+        val = evaluate_model(model, self.val_ds, batch_size=max(tcfg.batch_size, 32), device=self.device,
+                             world=self.world)
         return {"epoch": epoch + 1, "train_loss": round(loss_sum / max(tot, 1), 5),
                 "train_acc": round(correct / max(tot, 1), 5), "val_acc": round(val["overall_accuracy"], 5),
                 "val_macc": round(val["mean_class_accuracy"], 5), "unknown_threshold": round(val["unknown_threshold"], 5),
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "epoch_seconds": round(train_time, 2), "shapes_per_second": round(tot / max(train_time, 1e-9), 2)}
 
+    def world_sum(self, *values: float) -> tuple:
+        """The per-step counts summed over the processes of a torchrun job."""
+        if not self.world.active:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return tuple(int(v) if isinstance(x, int) else float(v) for x, v in zip(values, t.tolist()))
+
     def end_epoch(self, row: dict, state: RunState) -> None:
-        """Record the epoch: best.pt when the --select figure improved, last.pt, metrics, plot."""
+        """Record the epoch: best.pt when the --select figure improved, last.pt, metrics, plot
+        (files from rank 0 only; every rank keeps the same state)."""
         from .plots import learning_curve
 
         state.history.append(row)
@@ -273,6 +314,8 @@ class Trainer:
         figure = row[SELECT_COLUMN[self.tcfg.select]]
         is_best = figure > state.best
         state.best = max(state.best, figure)
+        if not self.world.main:
+            return
         if is_best:
             save_checkpoint(self.out / "best.pt", self.model, self.mcfg, state.extra(self.tcfg))
         self._save_last(state)
@@ -285,9 +328,11 @@ class Trainer:
         state = RunState()
         if resume:
             state = restore(self.out / "last.pt", self.model, self.optimizer, self.scheduler)
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.out / "config.json", json.dumps(
-            {"model": self.mcfg.to_dict(), "train": self.tcfg.to_dict()}, indent=2).encode())
+        if self.world.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.out / "config.json", json.dumps(
+                {"model": self.mcfg.to_dict(), "train": self.tcfg.to_dict(), "world_size": self.world.size},
+                indent=2).encode())
 
         def _sigint(signum, frame):
             self.stop = True
@@ -302,6 +347,8 @@ class Trainer:
         finally:
             if old is not None:
                 signal.signal(signal.SIGINT, old)
+            self.world.barrier()  # rank 0's files are complete before any process returns
+            self.world.close()
         return {**summary, "history": state.history, "best_val_acc": state.best}
 
 

@@ -3,6 +3,7 @@ the configs themselves, and ``merge_settings`` combines them with --config and -
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -31,7 +32,8 @@ def train(
     k: int = typer.Option(_M.k, "--k", help="Neighbours per layer."),
     points: int = typer.Option(_M.points, "--points", help="Points per cloud."),
     epochs: int = typer.Option(_T.epochs, "--epochs"),
-    batch_size: int = typer.Option(_T.batch_size, "--batch-size"),
+    batch_size: int = typer.Option(_T.batch_size, "--batch-size",
+                                   help="Global batch: split evenly across the processes of a torchrun job."),
     lr: float = typer.Option(_T.lr, "--lr"),
     seed: int = typer.Option(_T.seed, "--seed"),
     rotate: str = typer.Option(_T.rotate, "--rotate", help="Training augmentation: none, z or so3."),
@@ -88,9 +90,9 @@ def train(
         if outdir.exists() and any(outdir.iterdir()) and not (resume or force):
             raise PcsymError("output directory is not empty; pass --resume to continue it or --force to "
                              "overwrite", path=outdir)
-        _train_with_progress(mcfg, tcfg, resume)
+        _train_with_progress(mcfg, tcfg, resume, options(ctx).quiet)
 
-    run(body)
+    run(body, ctx)
 
 
 def _model_config_of(checkpoint: Optional[str]) -> Optional[dict]:
@@ -101,14 +103,15 @@ def _model_config_of(checkpoint: Optional[str]) -> Optional[dict]:
     return read_checkpoint(checkpoint)["model_config"]
 
 
-def _train_with_progress(mcfg, tcfg, resume: bool):
+def _train_with_progress(mcfg, tcfg, resume: bool, quiet: bool):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from ..train import train as run_train
 
+    main = int(os.environ.get("RANK", "0")) == 0  # in a torchrun job only rank 0 reports
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console(stderr=True), disable=options().quiet, transient=False) as prog:
+                  console=console(stderr=True), disable=quiet or not main, transient=False) as prog:
         task = {"id": None, "epoch": 0}
 
         def on_step(step, total, loss, acc):
@@ -124,6 +127,8 @@ def _train_with_progress(mcfg, tcfg, resume: bool):
             task["epoch"] = row["epoch"]
 
         summary = run_train(mcfg, tcfg, resume=resume, on_epoch=on_epoch, on_step=on_step)
+    if not main:
+        raise typer.Exit(130 if summary["interrupted"] else 0)
     if summary["interrupted"]:
         typer.echo(f"interrupted: state saved in {tcfg.out}/last.pt; continue with "
                    f"`pcsym train --data {tcfg.data} --out {tcfg.out} --resume`", err=True)
