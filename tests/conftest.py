@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ SAMPLE = ROOT / "sample_data"
 SHARED = ROOT.parent / "shared"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# escnn layer specs and dataset caches go to a fresh folder per test session, not the user's ~/.cache
+os.environ.setdefault("PCSYM_CACHE_DIR", tempfile.mkdtemp(prefix="pcsym-test-cache-"))
 
 
 @pytest.fixture(scope="session")

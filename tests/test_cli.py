@@ -399,3 +399,28 @@ def test_data_fetch_cli_checksum_and_extraction(tmp_path):
     assert (out / "tiny" / "shape_names.txt").read_text() == "a\n"
     r = run("data", "fetch", "modelnet40_hdf5", "--out", out)
     assert r.exit_code == 2 and "modelnet40_ply_hdf5_2048" in r.stderr
+
+
+def test_global_flags_reach_the_command(tmp_path):
+    """--quiet and --debug reach the command; --debug shows the traceback of an error."""
+    import typer
+
+    from pcsym.cli.common import GlobalOptions, options
+
+    seen = {}
+
+    @app.command("probe-options", hidden=True)
+    def _probe(ctx: typer.Context):
+        seen["opts"] = options(ctx)
+
+    try:
+        assert run("--quiet", "--debug", "probe-options").exit_code == 0
+        assert seen["opts"] == GlobalOptions(debug=True, quiet=True)
+        assert run("probe-options").exit_code == 0 and seen["opts"] == GlobalOptions()
+    finally:
+        app.registered_commands[:] = [c for c in app.registered_commands if c.name != "probe-options"]
+    r = run("--debug", "evaluate", tmp_path / "missing.pt", "--data", MINI)
+    assert r.exit_code != 0 and "checkpoint not found" in str(r.exception)
+    r = run("evaluate", tmp_path / "missing.pt", "--data", MINI)
+    assert r.exit_code == 2 and "checkpoint not found" in r.stderr and r.exception is None or \
+        isinstance(r.exception, SystemExit)

@@ -16,6 +16,7 @@ SAMPLE_MESHES = Path(__file__).resolve().parents[2] / "sample_data" / "meshes"
 
 @app.command("check-equivariance")
 def check_equivariance(
+    ctx: typer.Context,
     checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint or shipped model name; omit with --group."),
     group: Optional[str] = typer.Option(None, "--group", help="Check a freshly initialised model of this group."),
     kernel: str = typer.Option("implicit", "--kernel", help="Kernel of the fresh model: implicit or basis."),
@@ -45,7 +46,7 @@ def check_equivariance(
         if bad:
             raise typer.Exit(1)
 
-    run(body)
+    run(body, ctx)
 
 
 def _default_sample() -> Path:

@@ -14,6 +14,7 @@ from .common import app, check_up_axis, console, json_option, options, run, up_a
 
 @app.command()
 def classify(
+    ctx: typer.Context,
     inputs: List[Path] = typer.Argument(..., help="Mesh/cloud files (obj, off, ply, stl, xyz, txt, npy) or directories."),
     model: str = typer.Option("so3", "--model", help="Shipped model name (so3, o2), export (.npz, .ts) or checkpoint."),
     top_k: int = typer.Option(5, "--top-k", help="How many classes to show."),
@@ -56,7 +57,7 @@ def classify(
         clf = load_classifier(model, threads)
         results = []
         try:
-            with _progress(len(todo)) as advance:
+            with _progress(len(todo), options(ctx).quiet) as advance:
                 for r in classify_files(clf, todo, top_k=top_k, votes=votes, seed=seed, max_vertices=max_vertices,
                                         up_axis=up_axis, workers=workers, unknown=unknown):
                     if log:
@@ -80,17 +81,17 @@ def classify(
         if failed or (log and any(str(f) in log.failed for f in skipped)):
             raise typer.Exit(2)
 
-    run(body)
+    run(body, ctx)
 
 
 class _progress:
     """A progress bar on stderr for more than one input (not with --quiet); yields ``advance()``."""
 
-    def __init__(self, total: int):
-        self.total, self.prog = total, None
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.quiet, self.prog = total, quiet, None
 
     def __enter__(self):
-        if self.total <= 1 or options().quiet:
+        if self.total <= 1 or self.quiet:
             return lambda: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 

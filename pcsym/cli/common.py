@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import click
 import typer
 
 from .. import __version__
@@ -27,11 +26,9 @@ class GlobalOptions:
     quiet: bool = False
 
 
-def options() -> GlobalOptions:
-    """The global flags of the running command (``pcsym --debug/--quiet CMD``)."""
-    ctx = click.get_current_context(silent=True)
-    found = ctx.find_object(GlobalOptions) if ctx is not None else None
-    return found or GlobalOptions()
+def options(ctx: typer.Context) -> GlobalOptions:
+    """The global flags (``pcsym --debug/--quiet CMD``) as seen from a command's context."""
+    return ctx.find_object(GlobalOptions) or GlobalOptions()
 
 
 def _version_cb(value: bool):
@@ -57,30 +54,31 @@ def console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
-def _fail(exc: BaseException, code: int = 2):
-    if options().debug:
+def _fail(exc: BaseException, debug: bool, code: int = 2):
+    if debug:
         raise exc
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
 
 
-def run(body: Callable[[], object]):
+def run(body: Callable[[], object], ctx: typer.Context):
     """Run a command body: PcsymError -> one line + its exit code (2); anything unexpected -> one
     line + exit 1 (the traceback with --debug); Ctrl-C -> exit 130."""
+    debug = options(ctx).debug
     try:
         return body()
     except typer.Exit:
         raise
     except PcsymError as exc:
-        _fail(exc, exc.exit_code)
+        _fail(exc, debug, exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130)
     except MemoryError:
-        _fail(PcsymError("out of memory: try fewer --points or a smaller --batch-size"))
+        _fail(PcsymError("out of memory: try fewer --points or a smaller --batch-size"), debug)
     except Exception as exc:  # unexpected: still no traceback unless --debug
-        if options().debug:
+        if debug:
             raise
         typer.echo(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
                    "(run with --debug for the traceback)", err=True)

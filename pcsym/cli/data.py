@@ -12,6 +12,7 @@ from .common import check_up_axis, console, data_app, format_option, options, ru
 
 @data_app.command("prepare")
 def data_prepare(
+    ctx: typer.Context,
     src: Path = typer.Argument(..., help="Dataset directory in any supported layout."),
     out: Optional[Path] = typer.Option(None, "--out", help="Cache file (.npz); default: inside SRC or ~/.cache/pcsym."),
     points: int = typer.Option(1024, "--points"),
@@ -26,11 +27,12 @@ def data_prepare(
         path = prepare(src, out=out, points=points, up_axis=check_up_axis(up_axis) or "z", fmt=fmt)
         console().print(f"cache written: {path}")
 
-    run(body)
+    run(body, ctx)
 
 
 @data_app.command("fetch")
 def data_fetch(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Dataset name (see --list) or a URL."),
     out: Path = typer.Option(Path("data"), "--out", help="Where to download and extract."),
     url: Optional[str] = typer.Option(None, "--url", help="Mirror URL for a known dataset."),
@@ -42,7 +44,7 @@ def data_fetch(
     def body():
         from ..fetch import fetch
 
-        path = fetch(name, out, url=url, sha256=sha256, progress=not options().quiet, extract=not no_extract)
+        path = fetch(name, out, url=url, sha256=sha256, progress=not options(ctx).quiet, extract=not no_extract)
         console().print(f"ready: {path}")
 
-    run(body)
+    run(body, ctx)

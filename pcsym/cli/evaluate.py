@@ -13,6 +13,7 @@ from .common import app, check_up_axis, console, format_option, json_option, run
 
 @app.command()
 def evaluate(
+    ctx: typer.Context,
     checkpoint: str = typer.Argument(..., help="Checkpoint .pt, run directory, or shipped model name (so3, o2)."),
     data: Path = typer.Option(..., "--data", help="Dataset directory or cache .npz."),
     up_axis: Optional[str] = up_axis_option(),
@@ -48,7 +49,7 @@ def evaluate(
         else:
             _print_eval(m)
 
-    run(body)
+    run(body, ctx)
 
 
 def _print_eval(m: dict):

@@ -12,6 +12,7 @@ from .common import app, console, run
 
 @app.command()
 def export(
+    ctx: typer.Context,
     checkpoint: str = typer.Argument(..., help="Checkpoint .pt, run directory, or shipped model name."),
     fmt: str = typer.Option("torchscript", "--format", help="torchscript, onnx or numpy."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: next to the checkpoint)."),
@@ -29,4 +30,4 @@ def export(
         export_model(model, target, fmt, ckpt.get("unknown_threshold"))
         console().print(f"exported {fmt}: {target}")
 
-    run(body)
+    run(body, ctx)
