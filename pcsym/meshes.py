@@ -7,24 +7,34 @@
 * :func:`normalize` — centre at the centroid and scale into the unit sphere (ModelNet h5 convention).
 * :func:`load_cloud` — all of the above: a file in, ``(points, normals)`` of a fixed size out.
 
-OFF (incl. Princeton's ``OFF3514 3546 0`` header bug) and OBJ are parsed here; PLY and STL are read
-with open3d (imported lazily) after checking the parts open3d silently gets wrong (binary-STL size,
-PLY header). open3d is not used for OBJ because it drops every non-triangle face.
+All readers are our own numpy code (PLY in :mod:`pcsym.plyfile`, STL in :mod:`pcsym.stlfile`, OFF,
+OBJ, text and ``.npy`` here, shared tokenizing in :mod:`pcsym.parseutil`). We deliberately do not
+use open3d or add another parsing dependency: open3d's native reader segfaulted on a corrupt PLY
+(issue 13) and silently padded truncated files, and a small audited numpy parser lets us check
+every count in a header against the bytes actually present before allocating anything, bound the
+work per file, and run no native code but numpy on untrusted bytes. The guarantees: no input file
+crashes or hangs pcsym or makes it allocate memory out of proportion to the file; it is either
+read or refused with one ``PcsymError`` line. ``max_vertices`` is enforced from header counts (or
+record counts) before the body is parsed, and files larger than ``BYTES_PER_VERTEX *
+max_vertices`` bytes are refused before they are read.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import os
 import re
-import struct
-import sys
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import PcsymError
+from .parseutil import Lines, NumberError, as_indices, check_text, check_vertex_count, fan, line_number
+from .parseutil import looks_utf16, strip_comments
+from .plyfile import read_ply
+from .stlfile import read_stl
 
 #: Fewest points a point cloud may have (smaller clouds carry too little shape to classify).
 MIN_CLOUD_POINTS = 64
@@ -32,6 +42,15 @@ MIN_CLOUD_POINTS = 64
 MESH_FORMATS = {".off": "OFF", ".obj": "OBJ", ".ply": "PLY", ".stl": "STL"}
 CLOUD_FORMATS = {".xyz": "point-cloud text", ".txt": "point-cloud text", ".pts": "point-cloud text", ".npy": "NumPy .npy"}
 SUPPORTED_EXTENSIONS = tuple(MESH_FORMATS) + tuple(CLOUD_FORMATS)
+
+#: Files larger than this many bytes per allowed vertex (``max_vertices``) are refused unread
+#: (1 GiB at the default 2,000,000); no real mesh or cloud comes near it.
+BYTES_PER_VERTEX = 512
+#: ... but files up to this size are always read, whatever ``max_vertices`` says.
+MIN_FILE_LIMIT = 64 * 2**20
+#: Coordinates beyond this magnitude are treated like NaN/inf: everything downstream is float32,
+#: where squared norms of larger values overflow. Real data never comes near; corrupt data does.
+MAX_COORDINATE = 1e18
 
 
 @dataclass
@@ -59,9 +78,9 @@ class Geometry:
 def read_geometry(path: str | os.PathLike, max_vertices: int = 2_000_000) -> Geometry:
     """Read and validate a mesh or point cloud; raise :class:`PcsymError` on any problem.
 
-    Meshes with polygons are fan-triangulated. A ``.ply`` / ``.obj`` without faces is a point
-    cloud. Point clouds drop rows with non-finite coordinates (and need at least
-    ``MIN_CLOUD_POINTS`` finite ones); meshes with any non-finite vertex are rejected.
+    Meshes with polygons are fan-triangulated. A ``.ply`` / ``.obj`` / ``.off`` without faces is a
+    point cloud. Point clouds drop rows with non-finite (or beyond ``MAX_COORDINATE``) coordinates
+    (and need at least ``MIN_CLOUD_POINTS`` valid ones); meshes with any such vertex are rejected.
     """
     path = Path(path)
     if not path.exists():
@@ -74,14 +93,44 @@ def read_geometry(path: str | os.PathLike, max_vertices: int = 2_000_000) -> Geo
             f"unsupported file extension {path.suffix or '(none)'!r}; supported: {', '.join(SUPPORTED_EXTENSIONS)}",
             path=path,
         )
+    data = _read_file(path, max_vertices)
+    if not data or data.isspace():
+        raise PcsymError("file is empty", path=path)
     try:
-        data = path.read_bytes()
+        with np.errstate(all="ignore"):
+            return _validate(_READERS[ext](path, data, max_vertices), path, max_vertices)
+    except PcsymError:
+        raise
+    except MemoryError:
+        raise PcsymError(f"not enough memory to read this file ({len(data)} bytes)", path=path) from None
+    except Exception as exc:  # pragma: no cover - a reader bug; the fuzz tests look for this text
+        raise PcsymError(f"internal reader error {type(exc).__name__} (please report): "
+                         f"{str(exc).splitlines()[0][:120] if str(exc) else ''}", path=path) from None
+
+
+def _read_file(path: Path, max_vertices: int) -> bytes:
+    """The bytes of a regular file no larger than the limit for ``max_vertices`` (FIFOs, devices
+    and oversized files are refused before anything is read)."""
+    limit = max(MIN_FILE_LIMIT, BYTES_PER_VERTEX * max_vertices)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except OSError as exc:
         raise PcsymError(f"cannot read file: {exc.strerror or exc}", path=path) from None
-    if not data.strip():
-        raise PcsymError("file is empty", path=path)
-    geom = _READERS[ext](path, data, max_vertices)
-    return _validate(geom, path, max_vertices)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise PcsymError("not a regular file", path=path)
+        if info.st_size > limit:
+            raise PcsymError(
+                f"file is {info.st_size} bytes, more than the {limit} allowed with --max-vertices {max_vertices}", path=path
+            )
+        try:
+            data = fh.read(info.st_size + 1)
+        except OSError as exc:
+            raise PcsymError(f"cannot read file: {exc.strerror or exc}", path=path) from None
+    if len(data) > limit:
+        raise PcsymError(f"file grew past {limit} bytes while being read", path=path)
+    return data
 
 
 def sample_surface(
@@ -148,11 +197,17 @@ def load_cloud(
     """
     rng = np.random.default_rng(0) if rng is None else rng
     geom = read_geometry(path, max_vertices=max_vertices)
-    if geom.is_mesh:
-        points, normals = sample_surface(geom.vertices, geom.faces, n_points, rng)
-    else:
-        points, normals = subsample_cloud(geom.vertices, geom.normals, n_points, rng)
-    points = normalize(points)
+    with np.errstate(all="ignore"):
+        try:
+            if geom.is_mesh:
+                points, normals = sample_surface(geom.vertices, geom.faces, n_points, rng)
+            else:
+                points, normals = subsample_cloud(geom.vertices, geom.normals, n_points, rng)
+        except PcsymError as exc:
+            if exc.path is None:  # the message must name the file
+                raise PcsymError(str(exc), path=path) from None
+            raise
+        points = normalize(points)
     if not (np.isfinite(points).all() and np.isfinite(normals).all()):  # pragma: no cover - guarded above
         raise PcsymError("could not compute a finite point cloud from this geometry", path=path)
     return points, normals
@@ -185,54 +240,69 @@ def read_point_table(path: str | os.PathLike, data: bytes | None = None) -> np.n
     Also used for the ``modelnet40_normal_resampled`` shape files.
     """
     path = Path(path)
+    return _point_table(path, path.read_bytes() if data is None else data)
+
+
+def _point_table(path: Path, data: bytes, columns: tuple[int, ...] | None = None, max_rows: int | None = None):
+    """:func:`read_point_table`, optionally refusing other column counts or more rows than
+    ``max_rows`` before any number is parsed."""
     fmt = "point-cloud text"
-    text = _decode_text(path, path.read_bytes() if data is None else data, fmt)
-    lines = [ln.split("#", 1)[0].replace(",", " ").split() for ln in text.splitlines()]
-    rows = [(i + 1, t) for i, t in enumerate(lines) if t and not t[0].startswith("//")]
-    if rows and len(rows[0][1]) == 1 and re.fullmatch(r"\d+", rows[0][1][0]):
-        rows = rows[1:]  # point-count header
-    if not rows:
+    data = strip_comments(check_text(path, data, fmt))
+    if b"//" in data:
+        data = re.sub(rb"(?m)^[ \t,]*//[^\n]*", b"", data)
+    lines = Lines(data.replace(b",", b" "))
+    r0 = 1 if len(lines) and lines.count[0] == 1 and re.fullmatch(r"\d+", lines.tokens(0, 1)[0]) else 0
+    if len(lines) <= r0:
         raise PcsymError(f"could not parse file as {fmt}: no numeric rows", path=path)
-    ncol = len(rows[0][1])
-    for lineno, toks in rows:
-        if len(toks) != ncol:
-            raise PcsymError(
-                f"could not parse file as {fmt}: line {lineno} has {len(toks)} columns, line {rows[0][0]} has {ncol}",
-                path=path,
-            )
+    ncol = int(lines.count[r0])
+    ragged = np.flatnonzero(lines.count[r0:] != ncol)
+    if len(ragged):
+        i = r0 + int(ragged[0])
+        raise PcsymError(
+            f"could not parse file as {fmt}: line {lines.lineno[i]} has {lines.count[i]} columns, line {lines.lineno[r0]} has {ncol}",
+            path=path,
+        )
+    if columns is not None and ncol not in columns:
+        raise PcsymError(f"expected an (N, 3) or (N, 6) table (x y z [nx ny nz]), got {ncol} columns in {fmt}", path=path)
+    if max_rows is not None:
+        check_vertex_count(len(lines) - r0, path, max_rows)
     try:
-        return np.array([t for _, toks in rows for t in toks], dtype=np.float64).reshape(-1, ncol)
-    except ValueError:
-        bad = next((ln, toks) for ln, toks in rows if not _all_numbers(toks))
-        raise PcsymError(f"could not parse file as {fmt}: line {bad[0]} is not numeric: {' '.join(bad[1])[:60]!r}", path=path) from None
+        values = lines.numbers(r0)
+    except NumberError as exc:
+        lineno = line_number(lines.data, exc.offset)
+        text = lines.line_text(int(np.searchsorted(lines.lineno, lineno)))
+        raise PcsymError(f"could not parse file as {fmt}: line {lineno} is not numeric: {text!r}", path=path) from None
+    return values.reshape(-1, ncol)
 
 
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
 
-
-def _check_vertex_count(n: int, path: Path, max_vertices: int) -> None:
-    if n > max_vertices:
-        raise PcsymError(f"file has {n} vertices, more than --max-vertices {max_vertices}", path=path)
+_check_vertex_count = check_vertex_count
+_looks_utf16 = looks_utf16
+_CHUNK = 1 << 20  # faces per step of the area check (bounds its temporaries)
 
 
 def _validate(geom: Geometry, path: Path, max_vertices: int) -> Geometry:
-    """Common checks after parsing; converts dtypes and drops non-finite cloud points."""
+    """Common checks after parsing; converts dtypes and drops unusable cloud points."""
     v = np.asarray(geom.vertices, dtype=np.float64).reshape(-1, 3)
     if len(v) == 0:
         raise PcsymError("file has no vertices", path=path)
-    _check_vertex_count(len(v), path, max_vertices)
-    bad = ~np.isfinite(v).all(axis=1)
+    check_vertex_count(len(v), path, max_vertices)
+    bad = ~(np.abs(v) <= MAX_COORDINATE).all(axis=1)  # NaN compares False
     faces = None if geom.faces is None or len(geom.faces) == 0 else np.asarray(geom.faces, dtype=np.int64).reshape(-1, 3)
     if faces is not None:
         if bad.any():
-            raise PcsymError(f"{int(bad.sum())} of {len(v)} vertices have non-finite (NaN/inf) coordinates", path=path)
+            huge = " or absurdly large (> 1e18)" if np.isfinite(v[bad]).all(axis=1).any() else ""
+            raise PcsymError(f"{int(bad.sum())} of {len(v)} vertices have non-finite (NaN/inf){huge} coordinates", path=path)
         lo, hi = int(faces.min()), int(faces.max())
         if lo < 0 or hi >= len(v):
             raise PcsymError(f"face index {hi if hi >= len(v) else lo} out of range: the mesh has {len(v)} vertices", path=path)
-        tri = v[faces]
-        area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum()
+        area = 0.0
+        for start in range(0, len(faces), _CHUNK):
+            tri = v[faces[start : start + _CHUNK]]
+            area += 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum()
         extent = float(np.ptp(v, axis=0).max())
         if not area > 1e-12 * extent**2 or extent == 0:
             raise PcsymError("degenerate mesh: total surface area is zero", path=path)
@@ -244,7 +314,7 @@ def _validate(geom: Geometry, path: Path, max_vertices: int) -> Geometry:
         v = v[~bad]
         normals = None if normals is None else normals[~bad]
     if len(v) < MIN_CLOUD_POINTS:
-        dropped = f" ({int(bad.sum())} rows with NaN/inf dropped)" if bad.any() else ""
+        dropped = f" ({int(bad.sum())} rows with NaN/inf or absurd values dropped)" if bad.any() else ""
         raise PcsymError(
             f"point cloud has only {len(v)} finite points{dropped}; at least {MIN_CLOUD_POINTS} are needed", path=path
         )
@@ -253,41 +323,6 @@ def _validate(geom: Geometry, path: Path, max_vertices: int) -> Geometry:
         # unusable given normals (NaN, zero length) -> estimate them instead
         normals = normals / length if np.isfinite(length).all() and (length > 1e-8).all() else None
     return Geometry(v, None, normals)
-
-
-# --------------------------------------------------------------------------------------------
-# text helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _decode_text(path: Path, data: bytes, fmt: str) -> str:
-    """Decode a text format, rejecting UTF-16/32 and binary data with a clear message."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (b"\x00" in data[:4096] and _looks_utf16(data[:4096])):
-        raise PcsymError(f"file is UTF-16 encoded text; save it as UTF-8 or ASCII to read it as {fmt}", path=path)
-    if b"\x00" in data[:4096]:
-        raise PcsymError(f"could not parse file as {fmt}: it contains binary data", path=path)
-    return data.decode("utf-8-sig", errors="replace")
-
-
-def _looks_utf16(head: bytes) -> bool:
-    """ASCII text in UTF-16 without a BOM: NULs in every other byte, and only there."""
-    n = max(len(head) // 2, 1)
-    zeros = sorted((head[0::2].count(0), head[1::2].count(0)))
-    return zeros[1] > 0.4 * n and zeros[0] < 0.05 * n
-
-
-def _all_numbers(tokens: list[str]) -> bool:
-    try:
-        [float(t) for t in tokens]
-        return True
-    except ValueError:
-        return False
-
-
-def _fan(polygons: list[list[int]]) -> np.ndarray:
-    """Fan-triangulate polygons given as vertex-index lists; returns int64 (F, 3)."""
-    tris = [(p[0], p[i], p[i + 1]) for p in polygons for i in range(1, len(p) - 1)]
-    return np.array(tris, dtype=np.int64).reshape(-1, 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,191 +337,154 @@ def _read_off(path: Path, data: bytes, max_vertices: int) -> Geometry:
 
     Princeton ModelNet's header bug (``OFF3514 3546 0`` on one line) is accepted, as are CRLF
     line endings, trailing spaces, comments and COFF/NOFF variants (extra columns ignored).
+    Lines after the last face are ignored.
     """
     fmt = "OFF"
-    text = _decode_text(path, data, fmt)
-    lines = [t for t in (ln.split("#", 1)[0].split() for ln in text.splitlines()) if t]
-    if not lines:
+    data = strip_comments(check_text(path, data, fmt))
+    lines = Lines(data)
+    if not len(lines):
         raise PcsymError(f"could not parse file as {fmt}: no content", path=path)
-    header = _OFF_HEADER.match(" ".join(lines[0]))
+    header = _OFF_HEADER.match(" ".join(lines.tokens(0, 4)))
     if not header:
         raise PcsymError(f"could not parse file as {fmt}: first line must start with 'OFF'", path=path)
-    rest = header.group(1).split()
-    body = lines[1:]
+    rest, body = header.group(1).split(), 1
     if not rest:  # proper layout: counts on the next line
-        if not body:
+        if len(lines) < 2:
             raise PcsymError(f"could not parse file as {fmt}: missing vertex/face counts", path=path)
-        rest, body = body[0], body[1:]
+        rest, body = lines.tokens(1, 3), 2
     try:
         nv, nf = int(rest[0]), int(rest[1])
     except (ValueError, IndexError):
         raise PcsymError(f"could not parse file as {fmt}: bad counts line {' '.join(rest)[:60]!r}", path=path) from None
     if nv < 0 or nf < 0:
         raise PcsymError(f"could not parse file as {fmt}: negative counts {nv} {nf}", path=path)
-    _check_vertex_count(nv, path, max_vertices)
-    if len(body) < nv + nf:
+    check_vertex_count(nv, path, max_vertices)
+    if len(lines) - body < nv + nf:
         raise PcsymError(
-            f"truncated OFF: header says {nv} vertices and {nf} faces, but only {len(body)} data lines follow", path=path
+            f"truncated OFF: header says {nv} vertices and {nf} faces, but only {len(lines) - body} data lines follow",
+            path=path,
         )
-    rows = body[nv : nv + nf]
+
+    def malformed(i: int, what: str):
+        raise PcsymError(
+            f"could not parse file as {fmt}: malformed {what} line {lines.lineno[i]}: {lines.line_text(i)!r}", path=path
+        )
+
     try:
-        vertices = np.array([row[:3] for row in body[:nv]], dtype=np.float64).reshape(nv, 3)
-        if rows and all(len(r) == 4 and r[0] == "3" for r in rows):  # fast path: plain triangles
-            return Geometry(vertices, np.array(rows, dtype=np.int64)[:, 1:])
-        polys = []
-        for row in rows:
-            k = int(row[0])
-            if k < 3 or len(row) < k + 1:
-                raise ValueError
-            polys.append([int(x) for x in row[1 : k + 1]])
-    except ValueError:
-        raise PcsymError(f"could not parse file as {fmt}: malformed vertex or face line", path=path) from None
-    return Geometry(vertices, _fan(polys) if nf else None)
+        values = lines.numbers(body, body + nv + nf)
+    except NumberError as exc:
+        i = int(np.searchsorted(lines.lineno, line_number(data, exc.offset)))
+        malformed(i, "vertex" if i < body + nv else "face")
+    first = lines.first[body : body + nv + nf] - lines.first[body]
+    count = lines.count[body : body + nv + nf]
+    short = np.flatnonzero(count[:nv] < 3)
+    if len(short):
+        malformed(body + int(short[0]), "vertex")
+    vertices = values[first[:nv, None] + np.arange(3)]
+    if nf == 0:
+        return Geometry(vertices)
+    ffirst, fcount = first[nv:], count[nv:]
+    k = values[ffirst]
+    good = (k >= 3) & (k + 1 <= fcount) & (k == np.floor(k))  # NaN compares False
+    if not good.all():
+        malformed(body + nv + int(good.argmin()), "face")
+    k = k.astype(np.int64)
+    flat = as_indices(values[np.repeat(ffirst + 1, k) + np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)])
+    if flat is None:
+        raise PcsymError(f"could not parse file as {fmt}: a face vertex index is not an integer", path=path)
+    return Geometry(vertices, fan(flat, k))
 
 
-_OBJ_KEYWORDS = {"#", "v", "vt", "vn", "vp", "f", "l", "p", "o", "g", "s", "mtllib", "usemtl"}
+_OBJ_V = re.compile(rb"(?m)^[ \t]*v(?:[ \t]+([^\n]*)|[ \t\r]*$)")
+_OBJ_F = re.compile(rb"(?m)^[ \t]*f(?:[ \t]+([^\n]*)|[ \t\r]*$)")
+_OBJ_ANY = re.compile(rb"(?m)^[ \t]*(?:#|(?:v|vt|vn|vp|f|l|p|o|g|s|mtllib|usemtl)(?:[ \t\r]|$))")
 
 
 def _read_obj(path: Path, data: bytes, max_vertices: int) -> Geometry:
     """Wavefront OBJ: ``v`` and ``f`` records (``i``, ``i/t``, ``i//n``, ``i/t/n``, negative
     indices); polygons fan-triangulated; everything else (normals, textures, groups) ignored."""
     fmt = "OBJ"
-    text = _decode_text(path, data, fmt)
-    verts: list[list[str]] = []
-    polys: list[list[int]] = []
-    try:
-        for line in text.splitlines():
-            toks = line.split()
-            if not toks:
-                continue
-            if toks[0] == "v":
-                verts.append(toks[1:4])
-                if len(toks) < 4:
-                    raise ValueError
-            elif toks[0] == "f":
-                idx = [int(t.split("/", 1)[0]) for t in toks[1:]]
-                if len(idx) < 3:
-                    raise ValueError
-                n = len(verts)  # negative indices are relative to the vertices read so far
-                polys.append([i - 1 if i > 0 else n + i for i in idx])
-        vertices = np.array(verts, dtype=np.float64).reshape(-1, 3)
-    except ValueError:
-        raise PcsymError(f"could not parse file as {fmt}: malformed 'v' or 'f' record", path=path) from None
-    if not verts and not any(line.split()[:1] and line.split()[0] in _OBJ_KEYWORDS for line in text.splitlines()):
+    raw = check_text(path, data, fmt)
+    data = strip_comments(raw)
+    vrec = _OBJ_V.findall(data)
+    check_vertex_count(len(vrec), path, max_vertices)
+    frec = _OBJ_F.findall(data)
+    if not vrec and not _OBJ_ANY.search(raw):
         raise PcsymError(f"could not parse file as {fmt}: no OBJ records found", path=path)
-    return Geometry(vertices, _fan(polys) if polys else None)
+    vertices = _obj_records(path, data, vrec, _OBJ_V, "v", 3)[0][:, :3] if vrec else np.zeros((0, 3))
+    if not frec:
+        return Geometry(vertices)
+    flat, counts = _obj_records(path, data, [re.sub(rb"/\S*", b"", r) for r in frec], _OBJ_F, "f", 3, ragged=True)
+    idx = as_indices(flat)
+    if idx is None or (idx == 0).any():
+        raise PcsymError(f"could not parse file as {fmt}: a face index is 0 or not an integer", path=path)
+    if (idx < 0).any():  # relative to the vertices defined before the face's line
+        before = np.searchsorted([m.start() for m in _OBJ_V.finditer(data)], [m.start() for m in _OBJ_F.finditer(data)])
+        idx = np.where(idx > 0, idx - 1, np.repeat(before, counts) + idx)
+    else:
+        idx = idx - 1
+    return Geometry(vertices, fan(idx, counts))
+
+
+def _obj_records(path: Path, data: bytes, records: list[bytes], pattern, kind: str, least: int, ragged: bool = False):
+    """Numbers of OBJ records: ``(values (R, least), None)``, or ``(flat, counts)`` if ragged."""
+    n = len(records)
+    joined = b"\n".join(records)
+    del records
+    lines = Lines(joined)
+
+    def malformed(k: int):
+        where = next((m.start() for i, m in enumerate(pattern.finditer(data)) if i == k), 0)
+        raise PcsymError(f"could not parse file as OBJ: malformed '{kind}' record on line {line_number(data, where)}", path=path)
+
+    wrong = (lines.count < least) | (lines.lineno != np.arange(1, len(lines) + 1))  # gaps: empty records
+    if len(lines) != n or wrong.any():
+        malformed(int(wrong.argmax()) if wrong.any() else len(lines))
+    try:
+        values = lines.numbers()
+    except NumberError as exc:
+        malformed(line_number(joined, exc.offset) - 1)
+    if ragged:
+        return values, lines.count
+    return values[lines.first[:, None] + np.arange(least)], None
 
 
 def _read_ply(path: Path, data: bytes, max_vertices: int) -> Geometry:
-    """PLY (ascii / binary) via open3d, after checking the header ourselves."""
-    fmt = "PLY"
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or data[:2] == b"p\x00":
-        _decode_text(path, data, fmt)  # raises the UTF-16 error
-    end = data.find(b"end_header")
-    if not data.startswith(b"ply") or end < 0:
-        raise PcsymError(f"could not parse file as {fmt}: missing 'ply' magic or 'end_header'", path=path)
-    header = data[:end].decode("ascii", errors="replace")
-    counts = dict(re.findall(r"^element\s+(\w+)\s+(\d+)", header, flags=re.M))
-    nv, nf = int(counts.get("vertex", 0)), int(counts.get("face", 0))
-    if nv == 0:
-        raise PcsymError("file has no vertices", path=path)
-    _check_vertex_count(nv, path, max_vertices)
-    body = data[data.find(b"\n", end) + 1 :]
-    need, have = _ply_min_body(header, body)
-    if have < need:  # open3d pads truncated files with zeros instead of failing
-        unit = "bytes" if "binary" in header else "data lines"
-        raise PcsymError(f"could not parse file as {fmt}: truncated (header needs at least {need} {unit}, found {have})", path=path)
-    o3d = _open3d()
-    with _capture_native_output() as native:
-        if nf:
-            mesh = o3d.io.read_triangle_mesh(str(path))
-            geom = Geometry(np.asarray(mesh.vertices), np.asarray(mesh.triangles))
-        else:
-            cloud = o3d.io.read_point_cloud(str(path), format="ply")
-            geom = Geometry(np.asarray(cloud.points), None, np.asarray(cloud.normals) if cloud.has_normals() else None)
-    problem = _native_error(native.text)
-    if problem:
-        raise PcsymError(f"could not parse file as {fmt}: {problem}", path=path)
-    if len(geom.vertices) != nv or (nf and len(geom.faces) == 0):
-        raise PcsymError(
-            f"could not parse file as {fmt}: header declares {nv} vertices/{nf} faces, read {len(geom.vertices)}/"
-            f"{0 if geom.faces is None else len(geom.faces)} (truncated or corrupt file?)",
-            path=path,
-        )
-    return geom
-
-
-_PLY_SIZES = {
-    **dict.fromkeys(("char", "uchar", "int8", "uint8"), 1),
-    **dict.fromkeys(("short", "ushort", "int16", "uint16"), 2),
-    **dict.fromkeys(("int", "uint", "int32", "uint32", "float", "float32"), 4),
-    **dict.fromkeys(("double", "float64"), 8),
-}
-
-
-def _ply_min_body(header: str, body: bytes) -> tuple[int, int]:
-    """(least body size the header implies, actual size): bytes for binary PLY, lines for ascii.
-
-    List properties (face indices) count as their smallest valid length, 3 entries.
-    """
-    if "format ascii" in header:
-        total = sum(int(n) for n in re.findall(r"^element\s+\w+\s+(\d+)", header, flags=re.M))
-        return total, sum(1 for ln in body.splitlines() if ln.strip())
-    need, count = 0, 0
-    for line in header.splitlines():
-        toks = line.split()
-        if toks[:1] == ["element"] and len(toks) >= 3:
-            count = int(toks[2])
-        elif toks[:2] == ["property", "list"] and len(toks) >= 4:
-            need += count * (_PLY_SIZES.get(toks[2], 1) + 3 * _PLY_SIZES.get(toks[3], 1))
-        elif toks[:1] == ["property"] and len(toks) >= 2:
-            need += count * _PLY_SIZES.get(toks[1], 1)
-    return need, len(body)
+    return Geometry(*read_ply(path, data, max_vertices))
 
 
 def _read_stl(path: Path, data: bytes, max_vertices: int) -> Geometry:
-    """STL (ascii / binary) via open3d; binary size and ascii encoding are checked here first."""
-    binary_size = 84 + 50 * struct.unpack("<I", data[80:84])[0] if len(data) >= 84 else None
-    ascii_like = data.lstrip()[:5].lower() == b"solid" and b"facet" in data[:2048].lower()
-    if binary_size != len(data) and not ascii_like:
-        if data.startswith((b"\xff\xfe", b"\xfe\xff")) or _looks_utf16(data[:4096]):
-            _decode_text(path, data, "ASCII STL")  # raises the UTF-16 error
-        if data.lstrip()[:5].lower() == b"solid":
-            raise PcsymError("could not parse file as ASCII STL: no 'facet' records", path=path)
-        if binary_size is None:
-            raise PcsymError(f"truncated binary STL (expected at least 84 bytes, got {len(data)})", path=path)
-        word = "truncated" if len(data) < binary_size else "corrupt"
-        raise PcsymError(f"{word} binary STL (expected {binary_size} bytes, got {len(data)})", path=path)
-    if binary_size == len(data):
-        _check_vertex_count(3 * (binary_size - 84) // 50, path, max_vertices)  # upper bound before merging
-        if binary_size == 84:
-            raise PcsymError("file has no vertices (binary STL with 0 triangles)", path=path)
-    o3d = _open3d()
-    with _capture_native_output() as native:
-        mesh = o3d.io.read_triangle_mesh(str(path))
-    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
-    problem = _native_error(native.text)
-    if len(vertices) == 0 or len(faces) == 0 or problem:
-        kind = "binary" if binary_size == len(data) else "ASCII"
-        raise PcsymError(f"could not parse file as {kind} STL" + (f": {problem}" if problem else ""), path=path)
-    return Geometry(vertices, faces)
+    return Geometry(*read_stl(path, data, max_vertices))
 
 
 def _read_cloud_text(path: Path, data: bytes, max_vertices: int) -> Geometry:
-    table = read_point_table(path, data)
+    table = _point_table(path, data, columns=(3, 6), max_rows=max_vertices)
     return _cloud_from_table(table, path, "point-cloud text")
 
 
 def _read_npy(path: Path, data: bytes, max_vertices: int) -> Geometry:
-    import io
-
+    """``.npy`` (never pickles, never ``.npz``): the header's dtype and shape are checked, and
+    the shape against the bytes present, before the array is viewed."""
+    fmt = "NumPy .npy"
+    fh = io.BytesIO(data)
     try:
-        table = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:  # numpy raises ValueError / OSError / EOFError / UnpicklingError
-        raise PcsymError(f"could not parse file as NumPy .npy: {exc}".splitlines()[0][:200], path=path) from None
-    if not np.issubdtype(table.dtype, np.number) or np.iscomplexobj(table):
-        raise PcsymError(f"could not parse file as NumPy .npy: dtype {table.dtype} is not real-valued", path=path)
-    return _cloud_from_table(table.astype(np.float64), path, "NumPy .npy")
+        version = np.lib.format.read_magic(fh)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+    except Exception as exc:  # numpy raises ValueError / OSError / EOFError / SyntaxError
+        raise PcsymError(f"could not parse file as {fmt}: {exc}".splitlines()[0][:200], path=path) from None
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "iuf":
+        raise PcsymError(f"could not parse file as {fmt}: dtype {dtype} is not real-valued", path=path)
+    if len(shape) != 2 or shape[1] not in (3, 6) or shape[0] < 0:
+        raise PcsymError(f"expected an (N, 3) or (N, 6) table (x y z [nx ny nz]), got shape {tuple(shape)} in {fmt}", path=path)
+    check_vertex_count(shape[0], path, max_vertices)
+    need, have = shape[0] * shape[1] * dtype.itemsize, len(data) - fh.tell()
+    if need > have:
+        raise PcsymError(f"truncated {fmt}: shape {tuple(shape)} needs {need} bytes of data, found {have}", path=path)
+    table = np.frombuffer(data, dtype=dtype, count=shape[0] * shape[1], offset=fh.tell())
+    return _cloud_from_table(table.reshape(shape, order="F" if fortran else "C").astype(np.float64), path, fmt)
 
 
 def _cloud_from_table(table: np.ndarray, path: Path, fmt: str) -> Geometry:
@@ -505,66 +503,3 @@ _READERS = {
     ".pts": _read_cloud_text,
     ".npy": _read_npy,
 }
-
-
-# --------------------------------------------------------------------------------------------
-# open3d plumbing
-# --------------------------------------------------------------------------------------------
-
-
-def _open3d():
-    """Import open3d lazily (it is slow to import) with its logging reduced to errors."""
-    try:
-        import open3d as o3d
-    except ImportError as exc:  # pragma: no cover - dependency of the package
-        raise PcsymError(f"reading PLY/STL needs open3d ({exc}); install open3d-cpu") from None
-    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
-    return o3d
-
-
-class _NativeOutput:
-    """What native code printed while :func:`_capture_native_output` was active."""
-
-    text = ""
-
-
-@contextlib.contextmanager
-def _capture_native_output():
-    """Capture C-level stdout/stderr (open3d's RPly prints parse errors there regardless of the
-    verbosity level, then returns garbage); the text is inspected by the caller, never shown."""
-    import ctypes
-    import tempfile
-
-    captured = _NativeOutput()
-    fds = (1, 2)
-    try:
-        for fd in fds:
-            os.fstat(fd)
-    except OSError:  # no standard fds (daemonized): nothing to capture
-        yield captured
-        return
-    libc = ctypes.CDLL(None)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(fd) for fd in fds]
-    with tempfile.TemporaryFile() as sink:
-        try:
-            for fd in fds:
-                os.dup2(sink.fileno(), fd)
-            yield captured
-        finally:
-            libc.fflush(None)
-            for fd, keep in zip(fds, saved):
-                os.dup2(keep, fd)
-                os.close(keep)
-            sink.seek(0)
-            captured.text = sink.read().decode("utf-8", errors="replace")
-
-
-def _native_error(text: str) -> str | None:
-    """The first error line open3d / RPly printed, if any."""
-    for line in text.splitlines():
-        clean = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
-        if "error" in clean.lower() or "failed" in clean.lower():
-            return clean[:160]
-    return None
