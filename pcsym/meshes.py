@@ -365,6 +365,9 @@ def _read_off(path: Path, data: bytes, max_vertices: int) -> Geometry:
             path=path,
         )
 
+    if nv == 0:
+        raise PcsymError("file has no vertices", path=path)
+
     def malformed(i: int, what: str):
         raise PcsymError(
             f"could not parse file as {fmt}: malformed {what} line {lines.lineno[i]}: {lines.line_text(i)!r}", path=path

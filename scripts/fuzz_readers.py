@@ -455,7 +455,8 @@ def atheris_main(argv: list[str], out: Path) -> None:  # pragma: no cover - opti
     corpus.mkdir(parents=True, exist_ok=True)
     for p in real_seeds() + generated_seeds(out / "seeds"):
         (corpus / f"{p.name}.bin").write_bytes(bytes([MESH_EXT.index(p.suffix.lower())]) + p.read_bytes()[:65536])
-    argv = argv + ["-max_len=65536", str(corpus)]
+    (out / "crashes").mkdir(exist_ok=True)
+    argv = argv + ["-max_len=65536", f"-artifact_prefix={out / 'crashes'}/", str(corpus)]
 
     def one(data: bytes):
         if not data:
