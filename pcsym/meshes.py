@@ -281,7 +281,7 @@ def _point_table(path: Path, data: bytes, columns: tuple[int, ...] | None = None
 
 _check_vertex_count = check_vertex_count
 _looks_utf16 = looks_utf16
-_CHUNK = 1 << 20  # faces per step of the area check (bounds its temporaries)
+_CHUNK = 1 << 16  # faces per step of the area check (bounds its temporaries to ~10 MB)
 
 
 def _validate(geom: Geometry, path: Path, max_vertices: int) -> Geometry:
@@ -417,7 +417,7 @@ def _read_obj(path: Path, data: bytes, max_vertices: int) -> Geometry:
     vertices = _obj_records(path, data, vrec, _OBJ_V, "v", 3)[0][:, :3] if vrec else np.zeros((0, 3))
     if not frec:
         return Geometry(vertices)
-    flat, counts = _obj_records(path, data, [re.sub(rb"/\S*", b"", r) for r in frec], _OBJ_F, "f", 3, ragged=True)
+    flat, counts = _obj_records(path, data, frec, _OBJ_F, "f", 3, ragged=True)
     idx = as_indices(flat)
     if idx is None or (idx == 0).any():
         raise PcsymError(f"could not parse file as {fmt}: a face index is 0 or not an integer", path=path)
@@ -430,10 +430,13 @@ def _read_obj(path: Path, data: bytes, max_vertices: int) -> Geometry:
 
 
 def _obj_records(path: Path, data: bytes, records: list[bytes], pattern, kind: str, least: int, ragged: bool = False):
-    """Numbers of OBJ records: ``(values (R, least), None)``, or ``(flat, counts)`` if ragged."""
+    """Numbers of OBJ records: ``(values (R, least), None)``, or ``(flat, counts)`` if ragged
+    (face records: ``i/t/n`` keeps ``i``)."""
     n = len(records)
     joined = b"\n".join(records)
     del records
+    if ragged and b"/" in joined:
+        joined = re.sub(rb"(?<=\S)/\S*", b"", joined)  # a bare "/2" stays, and is refused
     lines = Lines(joined)
 
     def malformed(k: int):
