@@ -44,7 +44,7 @@ CLOUD_FORMATS = {".xyz": "point-cloud text", ".txt": "point-cloud text", ".pts":
 SUPPORTED_EXTENSIONS = tuple(MESH_FORMATS) + tuple(CLOUD_FORMATS)
 
 #: Files larger than this many bytes per allowed vertex (``max_vertices``) are refused unread
-#: (1 GiB at the default 2,000,000); no real mesh or cloud comes near it.
+#: (about 1 GB at the default 2,000,000); no real mesh or cloud comes near it.
 BYTES_PER_VERTEX = 512
 #: ... but files up to this size are always read, whatever ``max_vertices`` says.
 MIN_FILE_LIMIT = 64 * 2**20

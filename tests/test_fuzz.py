@@ -270,3 +270,19 @@ def test_absurd_counts_are_refused_before_allocating(tmp_path):
             assert "--max-vertices" in msg, msg  # enforced from the header, before the body
         else:
             assert "--max-vertices" not in msg, msg
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifos_devices_and_huge_files_are_refused_unread(tmp_path):
+    """Reading a FIFO would block forever and /dev/zero never ends; a (sparse) file far larger than
+    --max-vertices allows is refused before a byte of it is read."""
+    os.mkfifo(tmp_path / "pipe.ply")
+    (tmp_path / "zero.stl").symlink_to("/dev/zero")
+    with open(tmp_path / "sparse.off", "wb") as fh:
+        fh.truncate(3 * 2**30)  # 3 GiB of holes: nothing on disk
+    r = _pcsym("classify", tmp_path / "pipe.ply", tmp_path / "zero.stl", tmp_path / "sparse.off", "--model", "o2",
+               "--json", timeout=120)
+    assert r.returncode == 2, r.stderr
+    errors = {Path(x["file"]).name: x["error"] for x in json.loads(r.stdout)["results"]}
+    assert "not a regular file" in errors["pipe.ply"] and "not a regular file" in errors["zero.stl"]
+    assert "more than the 1024000000 allowed with --max-vertices 2000000" in errors["sparse.off"]  # 512 B per vertex
