@@ -82,7 +82,8 @@ class NumpyClassifier:
         y = x[..., : len(is_scalar)]
         if x.shape[-1] == len(is_scalar):
             return elu(y)
-        gates = 1.0 / (1.0 + np.exp(-x[..., len(is_scalar) :]))
+        with np.errstate(over="ignore"):  # exp overflow -> gate 0, the correct limit
+            gates = 1.0 / (1.0 + np.exp(-x[..., len(is_scalar) :]))
         return np.where(is_scalar, elu(y), y * gates[..., gate_of])
 
     def _embed(self, rel: np.ndarray, p: str) -> np.ndarray:

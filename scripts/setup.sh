@@ -5,7 +5,6 @@ cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 need_apt=""
 command -v gfortran >/dev/null 2>&1 || need_apt="$need_apt gfortran"
-ldconfig -p 2>/dev/null | grep -q "libusb-1.0.so.0" || need_apt="$need_apt libusb-1.0-0"
 ldconfig -p 2>/dev/null | grep -q "libgomp.so.1" || need_apt="$need_apt libgomp1"
 if [ -n "$need_apt" ]; then
   $SUDO apt-get update -qq

@@ -91,7 +91,9 @@ class _progress:
         self.total, self.quiet, self.prog = total, quiet, None
 
     def __enter__(self):
-        if self.total <= 1 or self.quiet:
+        import sys
+
+        if self.total <= 1 or self.quiet or not sys.stderr.isatty():  # no bar in logs and pipes
             return lambda: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
