@@ -23,6 +23,8 @@ ap.add_argument("checkpoint")
 ap.add_argument("--data", required=True)
 ap.add_argument("--keep", type=float, default=0.95)
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--check", action="store_true", help="only report: calibrate on half of the validation shapes and "
+                                                     "measure the share of the other half that is kept (nothing written)")
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
 
@@ -33,6 +35,13 @@ data = load_dataset(args.data, points=model.cfg.points)
 va = split_indices(data, "val", run.val_fraction, run.seed)
 ds = PointCloudDataset(data, va, points=model.cfg.points, rotate=run.eval_rotate, resample=False, seed=run.seed + 7919)
 probs, labels = predict(model, ds)
+if args.check:
+    p = probs.numpy()
+    halves = (p[0::2], p[1::2])
+    kept = [float((h2.max(1) >= unknown_threshold(h1, args.keep)).mean()) for h1, h2 in (halves, halves[::-1])]
+    print(json.dumps({"checkpoint": str(path), "val_shapes": len(va), "keep": args.keep,
+                      "kept_on_the_other_half": [round(k, 4) for k in kept]}))
+    raise SystemExit(0)
 threshold = unknown_threshold(probs.numpy(), args.keep)
 m = metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), model.cfg.class_names)
 extra = {k: v for k, v in ckpt.items() if k not in ("format", "format_version", "pcsym_version", "model_config",
