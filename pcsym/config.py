@@ -18,6 +18,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .errors import PcsymError
 
@@ -250,7 +251,8 @@ def read_run_config(out: Path) -> dict:
 
 
 def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = None, resume: bool = False,
-                   aliases: dict[str, str] | None = None, init_model: dict | None = None) -> tuple[ModelConfig, TrainConfig]:
+                   aliases: dict[str, str] | None = None,
+                   init_model: Callable[[str], dict] | None = None) -> tuple[ModelConfig, TrainConfig]:
     """The model and train configs of a ``train`` command, validated.
 
     ``flags`` maps setting names to values (every flag, defaults included); ``explicit`` names
@@ -258,8 +260,9 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
     (``resume``: from ``flags["out"]``/config.json, except :data:`MACHINE_SETTINGS`), the config
     file, explicit flags. ``aliases`` lets a config file use a flag's spelling for a setting
     (``positions`` for ``use_positions``). Keys that are not settings (``resume``, ...) are ignored.
-    ``init_model`` (the model config of the ``--init`` checkpoint) fixes the :data:`TRUNK_FIELDS`; a
-    flag or config-file value that contradicts it is an error.
+    When the merged settings name an ``init`` model, ``init_model(init)`` (its model config, read from
+    the checkpoint) fixes the :data:`TRUNK_FIELDS`; a flag or config-file value that contradicts it is an
+    error.
     """
     names = ModelConfig.field_names() | TrainConfig.field_names()
     merged = {k: v for k, v in flags.items() if k in names}
@@ -276,13 +279,14 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
             merged[key] = value
             file_keys.add(key)
     merged.update({k: v for k, v in flags.items() if k in explicit and k in names})
-    if init_model is not None:
+    if merged.get("init") and init_model is not None:
+        trunk = init_model(str(merged["init"]))
         for key in TRUNK_FIELDS:
-            theirs = ModelConfig.parse(key, init_model[key])
+            theirs = ModelConfig.parse(key, trunk[key])
             mine = ModelConfig.parse(key, merged[key]) if key in merged else theirs
             if mine != theirs and (key in explicit or key in file_keys):
                 raise PcsymError(f"--{key.replace('_', '-')} {merged[key]} conflicts with --init {merged['init']}, "
-                                 f"whose model has {key}={init_model[key]}; drop it (the trunk comes from the model)")
+                                 f"whose model has {key}={trunk[key]}; drop it (the trunk comes from the model)")
             merged[key] = theirs
     n_layers = len(ModelConfig.parse("widths", merged["widths"]))
     if "strides" not in merged or len(ModelConfig.parse("strides", merged["strides"])) != n_layers:

@@ -75,14 +75,12 @@ def train(
     """Train an equivariant classifier."""
 
     def body():
-        from ..config import merge_settings, read_config_file, read_run_config
+        from ..config import merge_settings
 
         explicit = {name for name in ctx.params if ctx.get_parameter_source(name).name != "DEFAULT"}
         aliases = {opt.lstrip("-").split("/")[0].replace("-", "_"): p.name for p in ctx.command.params
                    for opt in p.opts}  # a config file may spell a setting as its flag
-        start = init or (read_config_file(config).get("init") if config else None) or \
-            (read_run_config(out).get("init") if resume else None)
-        mcfg, tcfg = merge_settings(ctx.params, explicit, config, resume, aliases, _model_config_of(start))
+        mcfg, tcfg = merge_settings(ctx.params, explicit, config, resume, aliases, _model_config_of)
         tcfg.device = setup_torch(tcfg.threads, tcfg.device)
         outdir = Path(tcfg.out)
         if outdir.exists() and not outdir.is_dir():
@@ -95,9 +93,7 @@ def train(
     run(body, ctx)
 
 
-def _model_config_of(checkpoint: Optional[str]) -> Optional[dict]:
-    if checkpoint is None:
-        return None
+def _model_config_of(checkpoint: str) -> dict:
     from ..checkpoint import read_checkpoint
 
     return read_checkpoint(checkpoint)["model_config"]
