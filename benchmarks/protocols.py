@@ -10,7 +10,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pcsym.checkpoint import load_model, train_config_of
@@ -18,7 +17,7 @@ from pcsym.config import TrainConfig
 from pcsym.data import load_dataset
 from pcsym.splits import split_indices
 from pcsym.evaluate import evaluate_model
-from pcsym.transforms import PointCloudDataset
+from pcsym.transforms import eval_dataset
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--data", required=True)
@@ -43,7 +42,7 @@ for spec in args.models:
            "params": sum(p.numel() for p in model.parameters())}
     for rot in ("none", "z", "so3"):
         t = time.time()
-        ds = PointCloudDataset(data, va, points=model.cfg.points, rotate=rot, resample=False, seed=run.seed + 7919)
+        ds = eval_dataset(data, va, model.cfg.points, rot, run.seed)
         m = evaluate_model(model, ds)
         row[f"oa_{rot}"], row[f"macc_{rot}"] = m["overall_accuracy"], m["mean_class_accuracy"]
         print(f"{row['model']:>10} rotate={rot:<4} OA {m['overall_accuracy']:.4f} mAcc {m['mean_class_accuracy']:.4f} "

@@ -126,7 +126,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     from .config import ROTATIONS, TrainConfig, check_choice
     from .data import load_dataset
     from .splits import SPLITS, default_split, split_indices
-    from .transforms import PointCloudDataset
+    from .transforms import eval_dataset
 
     check_choice(rotate, ROTATIONS, "--rotate")
     check_choice(split, SPLITS, "--split")
@@ -141,7 +141,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     run = train_config_of(ckpt) or TrainConfig()
     split = split or default_split(ds_all)
     idx = split_indices(ds_all, split, run.val_fraction, run.seed)
-    ds = PointCloudDataset(ds_all, idx, points=cfg.points, rotate=rotate, resample=False, seed=run.seed + 7919)
+    ds = eval_dataset(ds_all, idx, cfg.points, rotate, run.seed)
     m = evaluate_model(model, ds, batch_size=batch_size, device=device, votes=votes,
                        prior=None if prior is None else read_prior(prior, cfg.class_names))
     m.update({"checkpoint": str(checkpoint), "rotate": rotate, "split": split, "votes": votes,

@@ -178,7 +178,7 @@ class Trainer:
         from .data import load_dataset
         from .splits import split_indices
         from .models.classifier import build_model
-        from .transforms import PointCloudDataset
+        from .transforms import PointCloudDataset, eval_dataset
 
         self.mcfg, self.tcfg = mcfg, tcfg.validate()
         if tcfg.threads:
@@ -204,8 +204,7 @@ class Trainer:
             data, tr_idx, points=mcfg.points, rotate=tcfg.rotate, jitter=tcfg.jitter, scale=tuple(tcfg.scale),
             anisotropic_scale=(0.8, 1.25) if tcfg.anisotropic_scale else None, point_dropout=tcfg.point_dropout,
             resample=True, seed=tcfg.seed)
-        self.val_ds = PointCloudDataset(data, va_idx, points=mcfg.points, rotate=tcfg.eval_rotate, resample=False,
-                                        seed=tcfg.seed + 7919)
+        self.val_ds = eval_dataset(data, va_idx, mcfg.points, tcfg.eval_rotate, tcfg.seed)
         seed_all(tcfg.seed)
         self.model = build_model(mcfg).to(self.device)
         if tcfg.init:  # fine-tuning: the trunk from the model, a fresh head for these classes

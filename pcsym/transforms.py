@@ -184,3 +184,10 @@ class PointCloudDataset:
             pts, nrm = t(pts, nrm, rng)
         return (torch.from_numpy(np.ascontiguousarray(pts, dtype=np.float32)),
                 torch.from_numpy(np.ascontiguousarray(nrm, dtype=np.float32)), int(self.data.labels[shape]))
+
+
+def eval_dataset(data, indices, points: int, rotate: str, run_seed: int) -> PointCloudDataset:
+    """The clouds a run is validated or evaluated on: the first ``points`` stored points of each shape,
+    no augmentation but ``rotate``, whose rotations are seeded from the run's seed (offset so that
+    they differ from the training draws). Training, ``evaluate`` and the benchmarks all use this."""
+    return PointCloudDataset(data, indices, points=points, rotate=rotate, resample=False, seed=run_seed + 7919)

@@ -16,7 +16,7 @@ from pcsym.data import load_dataset
 from pcsym.splits import split_indices
 from pcsym.evaluate import metrics_from_predictions, predict, unknown_threshold
 from pcsym.export import export_model
-from pcsym.transforms import PointCloudDataset
+from pcsym.transforms import eval_dataset
 
 ap = argparse.ArgumentParser()
 ap.add_argument("checkpoint")
@@ -33,7 +33,7 @@ model, ckpt = load_model(path)
 run = train_config_of(ckpt) or TrainConfig()
 data = load_dataset(args.data, points=model.cfg.points)
 va = split_indices(data, "val", run.val_fraction, run.seed)
-ds = PointCloudDataset(data, va, points=model.cfg.points, rotate=run.eval_rotate, resample=False, seed=run.seed + 7919)
+ds = eval_dataset(data, va, model.cfg.points, run.eval_rotate, run.seed)
 probs, labels = predict(model, ds)
 if args.check:
     p = probs.numpy()
