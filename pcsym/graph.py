@@ -1,6 +1,6 @@
 """Graph operations on batched point clouds in plain torch (no compiled extensions).
 
-* :func:`knn` — k nearest neighbours, chunked so memory is O(B·chunk·N), never O(N²) for large N.
+* :func:`knn` — k nearest neighbours in cache-sized blocks: memory bounded, never O(N²) for large N.
 * :func:`random_order` / :func:`fps_order` — point orders whose prefixes are the downsampled sets
   (random sampling, farthest-point sampling). Every layer of a network takes a prefix of one order,
   so downsampling uses identical indices for a cloud and its rotated copy.
@@ -11,14 +11,28 @@ from __future__ import annotations
 
 import torch
 
-from .runtime import KNN_CHUNK_ENTRIES
+from .runtime import KNN_BLOCK_ENTRIES
 
 
-def knn(query: torch.Tensor, keys: torch.Tensor, k: int, chunk: int | None = None) -> torch.Tensor:
+def knn_blocks(b: int, m: int, n: int, entries: int = KNN_BLOCK_ENTRIES):
+    """(cloud slice, query slice) blocks covering a (B, M, N) distance tensor, each of at most
+    ``entries`` entries (or one query row of one cloud): whole clouds are grouped while they fit,
+    bigger clouds are split into query chunks. Small blocks stay in cache, which is what makes kNN fast."""
+    per_cloud = m * n
+    if per_cloud <= entries:
+        step = max(1, entries // per_cloud)
+        return [(slice(c, c + step), slice(0, m)) for c in range(0, b, step)]
+    chunk = max(1, entries // max(n, 1))
+    return [(slice(c, c + 1), slice(s, s + chunk)) for c in range(b) for s in range(0, m, chunk)]
+
+
+def knn(query: torch.Tensor, keys: torch.Tensor, k: int, entries: int = KNN_BLOCK_ENTRIES) -> torch.Tensor:
     """Indices (B, M, k) of the k nearest ``keys`` (B, N, 3) for each ``query`` point (B, M, 3).
 
     Neighbours are sorted by distance (nearest first). A query point that is also a key finds
-    itself first. Computed in chunks of query points so peak memory is B·chunk·N.
+    itself first. Computed block by block (:func:`knn_blocks`), so peak memory is ``entries``
+    distances, never O(N²); each block is one fused ``baddbmm`` (|k|² − 2 q·k: the |q|² term is the
+    same for every key of a query and cannot change its order) and a ``topk``.
     """
     if query.dim() != 3 or keys.dim() != 3 or query.shape[-1] != 3 or keys.shape[-1] != 3:
         raise ValueError(f"knn expects (B, M, 3) and (B, N, 3), got {tuple(query.shape)} and {tuple(keys.shape)}")
@@ -26,15 +40,12 @@ def knn(query: torch.Tensor, keys: torch.Tensor, k: int, chunk: int | None = Non
     n = keys.shape[1]
     if k > n:
         raise ValueError(f"k={k} neighbours requested but the cloud has only {n} points")
-    if chunk is None:
-        chunk = max(1, min(m, KNN_CHUNK_ENTRIES // max(n, 1)))
     out = torch.empty(b, m, k, dtype=torch.long, device=query.device)
-    kk = (keys * keys).sum(-1)  # (B, N)
-    for s in range(0, m, chunk):
-        q = query[:, s : s + chunk]
-        # squared distances via |q|^2 - 2 q.k + |k|^2 (exact enough; ties broken by index order)
-        d = (q * q).sum(-1, keepdim=True) - 2.0 * torch.bmm(q, keys.transpose(1, 2)) + kk[:, None, :]
-        out[:, s : s + chunk] = d.topk(k, dim=-1, largest=False, sorted=True).indices
+    kk = (keys * keys).sum(-1)[:, None, :]  # (B, 1, N)
+    kt = keys.transpose(1, 2)
+    for clouds, rows in knn_blocks(b, m, n, entries):
+        d = torch.baddbmm(kk[clouds], query[clouds, rows], kt[clouds], alpha=-2.0)
+        out[clouds, rows] = d.topk(k, dim=-1, largest=False, sorted=True).indices
     return out
 
 

@@ -22,6 +22,7 @@ FORMAT = "pcsym-numpy-export"
 VERSION = 1
 #: kNN computes distances in chunks of at most this many entries per cloud (here and in pcsym.graph)
 KNN_CHUNK_ENTRIES = 1 << 21
+KNN_BLOCK_ENTRIES = 1 << 19  # torch kNN: distances per block (2 MiB of float32: cache-sized, see graph.knn)
 VOTE_ORDERS = 8  # seeded downsampling orders stored in an export: test-time votes 0..7
 
 

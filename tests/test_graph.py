@@ -8,7 +8,8 @@ def test_knn_matches_brute_force_and_chunking():
     q, keys = torch.randn(3, 70, 3), torch.randn(3, 200, 3)
     ref = torch.cdist(q, keys).topk(7, largest=False).indices
     assert torch.equal(knn(q, keys, 7), ref)
-    assert torch.equal(knn(q, keys, 7, chunk=9), ref)  # several chunks, same answer
+    assert torch.equal(knn(q, keys, 7, entries=9 * 200), ref)  # several query chunks per cloud, same answer
+    assert torch.equal(knn(q, keys, 7, entries=2 * 70 * 200), ref)  # two clouds per block
 
 
 def test_knn_self_is_first_neighbour():
@@ -24,13 +25,19 @@ def test_knn_rejects_k_larger_than_cloud():
         knn(torch.randn(1, 5, 3), torch.randn(1, 5, 3), 6)
 
 
-def test_knn_chunk_memory_is_bounded():
-    # the default chunk keeps one distance block at <= 2^21 entries per cloud, never N x N at N = 4096
-    from pcsym import graph
+def test_knn_blocks_cover_everything_within_the_budget():
+    # every (cloud, query) pair in exactly one block; no block over budget (one query row at least),
+    # so a 4096-point cloud never materialises its N x N distances
+    from pcsym.graph import knn_blocks
 
-    n = 4096
-    chunk = max(1, min(n, graph.KNN_CHUNK_ENTRIES // n))
-    assert chunk * n <= graph.KNN_CHUNK_ENTRIES < n * n
+    for b, m, n, entries in [(16, 512, 1024, 1 << 19), (16, 32, 128, 1 << 19), (3, 4096, 4096, 1 << 19),
+                             (2, 7, 5, 3), (5, 10, 10, 250)]:
+        seen = torch.zeros(b, m, dtype=torch.int)
+        for clouds, rows in knn_blocks(b, m, n, entries):
+            block = seen[clouds, rows]
+            assert block.numel() * n <= max(entries, n)
+            seen[clouds, rows] += 1
+        assert torch.equal(seen, torch.ones(b, m, dtype=torch.int))
 
 
 def test_orders_are_permutations_and_prefixes_are_subsets():

@@ -142,3 +142,29 @@ def test_unwritable_cache_is_not_fatal(tmp_path, monkeypatch):
     monkeypatch.setenv("PCSYM_CACHE_DIR", str(blocker))
     model = _build()
     assert np.isfinite(sum(float(p.sum()) for p in model.parameters()))
+
+
+@pytest.mark.parametrize("name", ["so3", "so2", "o2", "inv"])
+def test_gated_nonlinearity_matches_the_reference_spelling(name):
+    # FieldNonlinearity's fast path (0/1 gate spread matmul, ELU on scalar columns, hand-written backward)
+    # computes where(is_scalar, elu(y), y * sigmoid(gate)[gate_of]) and its autograd gradient
+    from pcsym.models.layers import FieldNonlinearity
+
+    torch.manual_seed(0)
+    group = resolve(name)
+    pre, act, kind = channel_types(group, 3)
+    f = FieldNonlinearity(act, kind).double()
+    x = torch.randn(4, 6, sum(r.size for r in pre), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (x,))
+    y = x[..., : f.out_size]
+    gates = torch.sigmoid(x[..., f.out_size:]).index_select(-1, f.gate_of) if f.n_gates else 1.0
+    ref = torch.where(f.is_scalar, torch.nn.functional.elu(y), y * gates)
+    w = torch.randn_like(ref)
+    (grad_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    out = f(x)
+    (grad,) = torch.autograd.grad((out * w).sum(), x)
+    with torch.no_grad():
+        out_eval = f(x)
+    for a in (out, out_eval):
+        assert torch.allclose(a, ref, rtol=0, atol=1e-15)
+    assert torch.allclose(grad, grad_ref, rtol=0, atol=1e-14)

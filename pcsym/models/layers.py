@@ -260,13 +260,60 @@ class FieldNonlinearity(nn.Module):
         self.n_gates = n_gates
         self.register_buffer("is_scalar", torch.tensor(scalar, dtype=torch.bool), persistent=False)
         self.register_buffer("gate_of", torch.tensor(gate_of, dtype=torch.long), persistent=False)
+        # the same map as where(is_scalar, elu(y), y * sigmoid(g)[gate_of]), spelled with cheap ops (elu and
+        # where cost 5-10 multiplications per entry on CPU): gates spread to their channels by a 0/1
+        # matmul (zero on scalar channels), ELU only on the scalar channels' columns
+        spread = torch.zeros(max(n_gates, 1), self.out_size)
+        if n_gates:
+            spread[torch.tensor(gate_of)[~torch.tensor(scalar)], torch.arange(self.out_size)[~torch.tensor(scalar)]] = 1.0
+        self.register_buffer("gate_spread", spread, persistent=False)
+        self.register_buffer("scalar_idx", torch.nonzero(torch.tensor(scalar)).flatten(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x[..., : self.out_size]
         if self.n_gates == 0:
             return nn.functional.elu(y)
-        gates = torch.sigmoid(x[..., self.out_size :]).index_select(-1, self.gate_of)
-        return torch.where(self.is_scalar, nn.functional.elu(y), y * gates)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _GatedElu.apply(x, self.gate_spread.to(x.dtype), self.scalar_idx)
+        return _gated_elu(y, torch.sigmoid(x[..., self.out_size :]), self.gate_spread.to(x.dtype), self.scalar_idx)[0]
+
+
+def _gated_elu(y, g, spread, scalar_idx):
+    """(output, per-channel gates): y * gates with ELU on the scalar channels instead."""
+    gates = (g.reshape(-1, g.shape[-1]) @ spread).view(y.shape)
+    out = y * gates
+    if scalar_idx.numel():
+        out.index_copy_(-1, scalar_idx, nn.functional.elu(y.index_select(-1, scalar_idx)))
+    return out, gates
+
+
+class _GatedElu(torch.autograd.Function):
+    """FieldNonlinearity's gated path with a hand-written backward (same values as autograd of the
+    where/elu/index_select spelling, checked by gradcheck in the tests), in a third of the time:
+    no zero-filled slice gradients, no scatter of the gates' gradient (a transposed matmul with the
+    0/1 spread matrix instead), no gradient of the branch ``where`` discards."""
+
+    @staticmethod
+    def forward(ctx, x, spread, scalar_idx):
+        n = spread.shape[1]
+        y, g = x[..., :n], torch.sigmoid(x[..., n:])
+        out, gates = _gated_elu(y, g, spread, scalar_idx)
+        ctx.save_for_backward(y, g, gates, spread, scalar_idx)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, g, gates, spread, scalar_idx = ctx.saved_tensors
+        n = y.shape[-1]
+        dx = grad.new_empty(grad.shape[:-1] + (n + g.shape[-1],))
+        dy = torch.mul(grad, gates, out=dx[..., :n])
+        if scalar_idx.numel():
+            dy.index_copy_(-1, scalar_idx, torch.ops.aten.elu_backward(
+                grad.index_select(-1, scalar_idx), 1.0, 1, 1, False, y.index_select(-1, scalar_idx)))
+        gy = (grad * y).reshape(-1, n)
+        dg = (spread @ gy.t()).t().reshape(g.shape)  # (gates, n) @ (n, E): far faster than (E, n) @ (n, gates)
+        torch.mul(dg, g * (1.0 - g), out=dx[..., n:])
+        return dx, None, None
 
 
 def channel_types(group: Group, channels: int):
@@ -478,7 +525,11 @@ class ImplicitKernelConv(nn.Module):
         h = self.kernel_hidden(rel)  # (B, M, k, H)
         agg = torch.bmm(h.reshape(b * m, k, self.h_size).transpose(1, 2), f_nb.reshape(b * m, k, self.in_size))
         w, bias = self.dense_weight()
-        out = nn.functional.linear(agg.reshape(b * m, self.h_size * self.in_size) / k, w, bias)
+        # mean over neighbours: the sum's contraction divided by k afterwards, on the output, which is
+        # the smallest tensor here (not on agg, and not addmm's alpha, whose backward rescales agg's gradient)
+        out = torch.mm(agg.reshape(b * m, self.h_size * self.in_size), w.t()) / k
+        if bias is not None:
+            out = out + bias
         return out.reshape(b, m, self.out_size)
 
 
