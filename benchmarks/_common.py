@@ -29,6 +29,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 1 min); results go to <name>_quick.*")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    p.add_argument("--idle", metavar="HOW", help="certify in the results that nothing else ran meanwhile, and how "
+                   "that was ensured (the load average is recorded either way)")
     return p
 
 
@@ -178,7 +180,9 @@ def competing_processes() -> list[str]:
     return [l for l in out.splitlines() if l.strip() and not l.startswith(me + " ") and "pgrep" not in l]
 
 
-def environment(threads: int, quick: bool) -> dict:
+def environment(threads: int, quick: bool, idle: str | None = None) -> dict:
+    """The run's environment. ``idle``: how the caller made sure nothing else ran (``--idle``); the
+    machine's load is recorded at the start and, by :func:`env_markdown`, at the end either way."""
     import torch
 
     cpu = platform.processor() or ""
@@ -206,6 +210,7 @@ def environment(threads: int, quick: bool) -> dict:
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "pcsym"], capture_output=True, text=True,
                                 cwd=str(REPO)).stdout.strip())
     comp = competing_processes()
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
         "quick": quick,
@@ -218,6 +223,8 @@ def environment(threads: int, quick: bool) -> dict:
         "pcsym": pcsym_v,
         "git": git + ("+dirty" if dirty else ""),
         "competing_train_processes": len(comp),
+        "load_avg_1min_at_start": round(load1, 2),
+        "idle_note": idle or "",
         "contention_note": (f"{len(comp)} `pcsym -q train` process(es) were running during this benchmark: "
                             "timings are pessimistic") if comp else "",
     }
@@ -260,7 +267,14 @@ def env_markdown(env: dict) -> str:
              f"- python {env['python']}, torch {env['torch']}, escnn {env['escnn']}, pcsym {env['pcsym']}"]
     if env.get("contention_note"):
         lines.append(f"- **contention:** {env['contention_note']}")
+    if hasattr(os, "getloadavg"):  # the markdown is written when the run ends
+        env["load_avg_1min_at_end"] = round(os.getloadavg()[0], 2)
+    if "load_avg_1min_at_start" in env:
+        lines.append(f"- machine load (1-min average) when the run started: {env['load_avg_1min_at_start']}; "
+                     f"{'at the end (its own processes included): ' + str(env['load_avg_1min_at_end']) + '; ' if 'load_avg_1min_at_end' in env else ''}"
+                     f"{'**idle machine**: nothing else ran (' + env['idle_note'] + ')' if env.get('idle_note') else '**not certified idle**: other work may have shared the cores'}")
     return "\n".join(lines)
+
 
 
 def env_markdown_shared_process(env: dict) -> str:

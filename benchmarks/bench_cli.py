@@ -71,7 +71,7 @@ def main() -> int:
     p.add_argument("--model", default="so3", help="shipped model name or checkpoint path for classify (default so3)")
     args = p.parse_args()
     repeats = 1 if args.quick else 3
-    env = C.environment(args.threads, args.quick)
+    env = C.environment(args.threads, args.quick, args.idle)
     if env["contention_note"]:
         print("warning: " + env["contention_note"], flush=True)
     exe = pcsym_exe()

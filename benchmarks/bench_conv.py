@@ -181,7 +181,7 @@ def main() -> int:
         dict(batch=8, points=1024, k=10, channels=16, square_mm=2048, mm_min_s=1.0)
     groups = [g for g in args.groups.split(",") if g]
     methods = [m for m in args.methods.split(",") if m]
-    env = C.environment(args.threads, quick)
+    env = C.environment(args.threads, quick, args.idle)
     print(f"bench_conv: {sizes['batch']}x{sizes['points']} points, k={sizes['k']}, {sizes['channels']} channels, "
           f"{args.threads} thread(s){' [QUICK]' if quick else ''}", flush=True)
     if env["contention_note"]:

@@ -17,7 +17,10 @@ Every configuration runs in a fresh Python process (honest peak-memory figures).
    step time / the best torch.mm rate measured in the same process). ``--profile`` adds a torch.profiler
    breakdown of one step (op categories, forward time per layer part) for both trees.
 
-    python benchmarks/bench_model.py [--quick] [--threads N] [--baseline REF [--rounds R] [--profile]]
+   ``--epoch-data DIR`` also times one full epoch of each recipe with ``pcsym train`` (the issue's measurement).
+
+    python benchmarks/bench_model.py [--quick] [--threads N] [--idle HOW]
+        [--baseline REF [--rounds R] [--profile] [--epoch-data DIR [--epoch-rounds R]]]
 """
 
 from __future__ import annotations
@@ -236,9 +239,10 @@ def baseline_main(args) -> int:
     trees = {"ref": str(ref_dir), "new": str(repo)}
     rounds = 1 if args.quick else args.rounds
     repeats = 2 if args.quick else 5
-    env = C.environment(args.threads, args.quick)
+    env = C.environment(args.threads, args.quick, args.idle)
+    idle = bool(args.idle)
     print(f"bench_model --baseline {args.baseline} ({sha[:8]}): {args.threads} thread(s), {rounds} round(s); "
-          "timings are best-of-repeats, measured on a shared (contended) machine", flush=True)
+          f"timings are best-of-repeats{'' if idle else ', machine not certified idle (--idle)'}", flush=True)
     rows, ratios = [], {}
     for rnd in range(rounds):
         for recipe in RECIPES:
@@ -273,7 +277,8 @@ def baseline_main(args) -> int:
              "Fresh process per (recipe, tree, round), old/new alternating; times are the best of "
              f"{repeats} steps after one warm-up (best-of is the least contention-sensitive statistic); "
              "build = `build_model` with escnn already imported (second run: layer cache warm). "
-             "**Measured under contention** (2 shared cores): compare only the ratios.",
+             + ("Idle machine (see above); still, compare only the ratios (the CPU's speed drifts)." if idle else
+                "**Not certified idle**: compare only the ratios."),
              C.table(rows, [("round", "round"), ("recipe", "recipe"), ("tree", "tree"), ("build_s", "build s"),
                             ("train_s", "train step s"), ("eval_s", "eval forward s")]),
              "| recipe | train speed-up | eval speed-up | matmul GFLOP/step | achieved GFLOP/s | torch.mm GFLOP/s | MFU |\n"
@@ -290,8 +295,12 @@ def baseline_main(args) -> int:
                              for c, ms in sorted(p["categories_ms"].items(), key=lambda x: -x[1]))
                          + "\n\nforward ms per layer part: " + ", ".join(
                              f"{k} {v:.1f}" for k, v in sorted(p["layer_forward_ms"].items())))
+    epochs = epoch_rounds(args, trees, sha) if args.epoch_data else None
+    if epochs:
+        lines.append(epochs["markdown"])
+        headline = epochs["headline"] + "; per step: " + headline[len("train speed-up vs " + args.baseline + ": "):]
     lines.append(f"**{headline}**")
-    data = {"benchmark": "model_baseline", "env": env, "baseline": args.baseline, "baseline_sha": sha,
+    data = {"benchmark": "model_baseline", "epochs": epochs, "env": env, "baseline": args.baseline, "baseline_sha": sha,
             "rows": rows, "speedup": speed, "mfu": mfu, "headline": headline}
     jp, mp = C.write_results(args.out, "bench_model_baseline", data, "\n\n".join(lines), args.quick)
     print("\n\n".join(lines[2:]))
@@ -302,6 +311,58 @@ def baseline_main(args) -> int:
                                                      f"({v['achieved_gflops']:.1f} of {v['mm_peak_gflops']:.1f} GFLOP/s)"
                                                      for k, v in mfu.items()))
     return 0
+
+
+EPOCH_FLAGS = {"so3": ["--group", "so3", "--widths", "48,96,192", "--max-freq", "2"],
+               "o2": ["--group", "o2", "--widths", "32,64,128"]}
+
+
+def epoch_rounds(args, trees: dict, sha: str) -> dict:
+    """The issue's measurement: one full training epoch of each shipped recipe with the CLI
+    (``pcsym train --data D <recipe> --epochs 1 --points 1024 --threads T``), ``shapes_per_second`` from
+    metrics.csv (training steps and the norm re-estimation; validation excluded), old and new
+    alternating; headline = median over rounds of new/old."""
+    import csv
+    import os
+    import statistics
+    import subprocess
+    import tempfile
+
+    rows, ratios = [], {}
+    for rnd in range(args.epoch_rounds):
+        for recipe, flags in EPOCH_FLAGS.items():
+            got = {}
+            for which in (("ref", "new") if rnd % 2 == 0 else ("new", "ref")):
+                with tempfile.TemporaryDirectory() as tmp:
+                    env = dict(os.environ, PYTHONPATH=trees[which], PYTHONWARNINGS="ignore")
+                    cmd = [sys.executable, "-m", "pcsym", "train", "--data", str(Path(args.epoch_data).resolve()),
+                           *flags, "--epochs", "1", "--points", "1024", "--threads", str(args.threads),
+                           "--out", f"{tmp}/run"]
+                    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env=env, timeout=3600)
+                    metrics = Path(tmp) / "run" / "metrics.csv"
+                    if proc.returncode or not metrics.exists():
+                        print(f"  epoch {recipe} {which}: FAILED {(proc.stderr or proc.stdout).strip()[-300:]}",
+                              flush=True)
+                        continue
+                    row = next(csv.DictReader(metrics.open()))
+                r = {"round": rnd, "recipe": recipe, "tree": which, "shapes_per_second": float(row["shapes_per_second"]),
+                     "epoch_seconds": float(row["epoch_seconds"])}
+                print(f"  epoch round {rnd} {recipe:4s} {which}: {r['shapes_per_second']:.1f} shapes/s "
+                      f"({r['epoch_seconds']:.0f} s)", flush=True)
+                rows.append(r)
+                got[which] = r
+            if len(got) == 2:
+                ratios.setdefault(recipe, []).append(got["new"]["shapes_per_second"] / got["ref"]["shapes_per_second"])
+    speed = {k: statistics.median(v) for k, v in ratios.items()}
+    headline = f"train speed-up vs {args.baseline}: " + ", ".join(f"{k} {v:.2f}x" for k, v in speed.items()) + \
+        " (one full epoch, shapes/s)"
+    md = ("### One full training epoch (`pcsym train --data " + str(args.epoch_data) + " <recipe> --epochs 1 "
+          f"--points 1024 --threads {args.threads}`)\n\nshapes/s = `shapes_per_second` of metrics.csv (training "
+          "steps + norm re-estimation, validation excluded); old and new alternate.\n\n"
+          + C.table(rows, [("round", "round"), ("recipe", "recipe"), ("tree", "tree"),
+                           ("shapes_per_second", "shapes/s"), ("epoch_seconds", "epoch s")])
+          + "\n\n" + " ".join(f"{k}: {v:.2f}x." for k, v in speed.items()))
+    return {"rows": rows, "speedup": speed, "headline": headline, "markdown": md, "baseline_sha": sha}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -315,6 +376,9 @@ def main() -> int:
     p.add_argument("--baseline", metavar="REF", help="time the shipped recipes against git ref REF instead")
     p.add_argument("--rounds", type=int, default=3, help="--baseline: alternating old/new rounds (default 3)")
     p.add_argument("--profile", action="store_true", help="--baseline: add a torch.profiler breakdown")
+    p.add_argument("--epoch-data", metavar="DIR", help="--baseline: also time one full training epoch of each "
+                   "recipe with `pcsym train` on this dataset (the headline then reports the epoch ratio)")
+    p.add_argument("--epoch-rounds", type=int, default=1, help="--epoch-data: alternating old/new rounds (default 1)")
     p.add_argument("--recipe-worker", help=C.argparse.SUPPRESS)
     args = p.parse_args()
     if args.recipe_worker:
@@ -343,7 +407,7 @@ def main() -> int:
     else:
         tp = dict(batch=16, points=1024, k=10, repeats=10, groups=GROUPS)
         sc = dict(batch=8, points=(256, 512, 1024, 2048, 4096), ks=(5, 10, 20, 40), repeats=7)
-    env = C.environment(args.threads, quick)
+    env = C.environment(args.threads, quick, args.idle)
     print(f"bench_model: {args.threads} thread(s){' [QUICK]' if quick else ''}", flush=True)
     if env["contention_note"]:
         print("warning: " + env["contention_note"], flush=True)
