@@ -32,6 +32,12 @@ DATA_FORMATS = ("h5", "normal_resampled", "off", "folder")
 DEVICES = ("auto", "cpu", "cuda")
 #: validation figure that picks best.pt: mean class accuracy (tracks a balanced test split), or OA
 SELECT_METRICS = ("macc", "oa")
+#: scalar edge features fed to the implicit kernel's MLP beside the harmonic embedding of x_i - x_j:
+#: none, or the point-pair invariants n_i.n_j, n_i.d, n_j.d (d the scaled x_i - x_j; needs normals)
+EDGE_FEATURES = ("none", "ppf")
+#: class balancing of training: none, a class-weighted loss, or a class-balanced sampler
+BALANCES = ("none", "loss", "sampler")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 def check_choice(value, choices: tuple[str, ...], what: str):
@@ -113,6 +119,7 @@ class ModelConfig(_Config):
     sampling: str = "random"  # random | fps
     head_dims: int = 128
     dropout: float = 0.3
+    edge_features: str = "none"  # none | ppf (see EDGE_FEATURES)
 
     @property
     def num_classes(self) -> int:
@@ -136,6 +143,9 @@ class ModelConfig(_Config):
         get_group(self.group)
         check_choice(self.kernel, KERNELS, "kernel")
         check_choice(self.sampling, SAMPLINGS, "sampling")
+        check_choice(self.edge_features, EDGE_FEATURES, "edge features")
+        if self.edge_features != "none" and (self.kernel != "implicit" or not self.use_normals):
+            raise PcsymError(f"edge features '{self.edge_features}' need the implicit kernel and normals")
         if len(self.widths) != len(self.strides):
             raise PcsymError("widths and strides must have the same length")
         if self.k < 1:
@@ -178,6 +188,8 @@ class TrainConfig(_Config):
     select: str = "macc"  # validation figure that picks best.pt
     init: str | None = None  # fine-tune: shipped model name or checkpoint whose trunk starts the run
     freeze_trunk: bool = False  # fine-tune: train only the head
+    balance: str = "none"  # none | loss | sampler (see BALANCES)
+    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -196,6 +208,8 @@ class TrainConfig(_Config):
         check_choice(self.data_format, DATA_FORMATS, "--format")
         check_choice(self.device, DEVICES, "--device")
         check_choice(self.select, SELECT_METRICS, "--select")
+        check_choice(self.balance, BALANCES, "--balance")
+        check_choice(self.optimizer, OPTIMIZERS, "--optimizer")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
             raise PcsymError(f"--scale needs 0 < LOW <= HIGH, got '{','.join(f'{s:g}' for s in self.scale)}'")
         if not 0 <= self.point_dropout < 1 or not 0 < self.val_fraction < 1:
@@ -208,7 +222,7 @@ class TrainConfig(_Config):
 
 #: model settings that shape the equivariant trunk: a fine-tuned run takes them from its --init model
 TRUNK_FIELDS = ("group", "kernel", "widths", "strides", "invariant_dims", "max_freq", "kernel_dims", "kernel_layers",
-                "lmax", "n_radial", "use_normals", "use_positions")
+                "lmax", "n_radial", "use_normals", "use_positions", "edge_features")
 
 #: settings a resumed run does not take from its saved config: where to read and write, the machine
 MACHINE_SETTINGS = ("data", "out", "device", "threads", "workers")
@@ -280,7 +294,7 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
             file_keys.add(key)
     merged.update({k: v for k, v in flags.items() if k in explicit and k in names})
     if merged.get("init") and init_model is not None:
-        trunk = init_model(str(merged["init"]))
+        trunk = ModelConfig.from_dict(init_model(str(merged["init"]))).to_dict()  # older checkpoints: defaults
         for key in TRUNK_FIELDS:
             theirs = ModelConfig.parse(key, trunk[key])
             mine = ModelConfig.parse(key, merged[key]) if key in merged else theirs

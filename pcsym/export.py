@@ -35,7 +35,7 @@ class OrderedNet(nn.Module):
         self.model = model
 
     def forward(self, pos: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_ordered(pos, self.model.input_features(normals, pos))
+        return self.model.forward_ordered(pos, self.model.input_features(normals, pos), normals=normals)
 
 
 def prepare_inputs(pos: torch.Tensor, normals: torch.Tensor, vote: int = 0):

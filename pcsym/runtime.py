@@ -101,14 +101,18 @@ class NumpyClassifier:
         feats.append(np.exp(-(((r - self.a[p + ".centres"]) / self.a[p + ".width"]) ** 2)))
         return np.concatenate(feats, axis=-1)
 
-    def _block(self, i: int, pos: np.ndarray, feat: np.ndarray, n_out: int):
+    def _block(self, i: int, pos: np.ndarray, feat: np.ndarray, n_out: int, normals: np.ndarray):
         p = f"block{i}"
         query = pos[:, :n_out]
         k = min(self.cfg.k, pos.shape[1])
         idx = knn(query, pos, k)
         rel = query[:, :, None, :] - gather(pos, idx)
         scale = np.maximum(np.linalg.norm(rel, axis=-1).mean(axis=(1, 2)), 1e-8)[:, None, None, None]
-        h = self._embed(rel / scale, p + ".embed")
+        rel = rel / scale
+        h = self._embed(rel, p + ".embed")
+        if self.cfg.edge_features == "ppf":  # pcsym.models.classifier.point_pair_features
+            n_i, n_j = normals[:, :n_out, None, :], gather(normals, idx)
+            h = np.concatenate([h, np.stack([(n_i * n_j).sum(-1), (n_i * rel).sum(-1), (n_j * rel).sum(-1)], -1)], -1)
         j = 0
         while f"{p}.mlp{j}.w" in self.a:
             h = self._act(self._linear(h, f"{p}.mlp{j}"), f"{p}.mlp{j}")
@@ -134,9 +138,10 @@ class NumpyClassifier:
         feats = [pos - pos.mean(1, keepdims=True)] if self.cfg.use_positions else []
         feats += [normals] if self.cfg.use_normals else []
         feat = np.concatenate(feats + [np.ones_like(pos[..., :1])], axis=-1)
-        pos, feat = pos[:, orders[vote]], feat[:, orders[vote]]
+        pos, feat, normals = pos[:, orders[vote]], feat[:, orders[vote]], normals[:, orders[vote]]
         for i, n in enumerate(self.a["sizes"]):
-            pos, feat = self._block(i, pos, feat, int(n))
+            pos, feat = self._block(i, pos, feat, int(n), normals)
+            normals = normals[:, : int(n)]
         x = np.concatenate([feat.max(1), feat.mean(1)], axis=-1)
         x = elu(self._linear(x, "head.0") * self.a["head.bn.scale"] + self.a["head.bn.shift"])
         return self._linear(x, "head.1")

@@ -64,11 +64,37 @@ def make_schedule(tcfg: TrainConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
 
 
+def class_counts(ds, num_classes: int) -> np.ndarray:
+    """Shapes per class in a :class:`PointCloudDataset`'s split."""
+    return np.bincount(np.asarray(ds.data.labels)[ds.indices], minlength=num_classes)
+
+
+def balanced_class_weights(counts: np.ndarray) -> torch.Tensor:
+    """Loss weights n / (C · n_c): every class contributes equally to the expected loss, as in a
+    balanced test split; a weighted mean over the batch keeps the loss's scale. Absent classes: 0."""
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    w = np.zeros_like(counts)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.tensor(w, dtype=torch.float32)
+
+
 def make_loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, workers: int, drop_last: bool = False,
-                world: World | None = None):
+                world: World | None = None, balanced: bool = False):
     """A seeded loader: the same batches for the same (seed, epoch). In a torchrun job (``world``)
-    each process gets its equal slice of each of those global batches (``batch_size`` is global)."""
+    each process gets its equal slice of each of those global batches (``batch_size`` is global).
+    ``balanced``: an epoch of len(ds) draws with replacement, each class equally likely."""
     gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+    if balanced:
+        labels = np.asarray(ds.data.labels)[ds.indices]
+        per_shape = 1.0 / np.bincount(labels)[labels]
+        sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(per_shape, dtype=torch.double), len(ds),
+                                                         replacement=True, generator=gen)
+        if world is None or not world.active:
+            return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                               drop_last=drop_last, generator=torch.Generator().manual_seed(seed))
+        return torch.utils.data.DataLoader(ds, batch_sampler=rank_batches(list(sampler), batch_size, world),
+                                           num_workers=workers, generator=torch.Generator().manual_seed(seed))
     if world is None or not world.active:
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
                                            num_workers=workers, drop_last=drop_last, persistent_workers=False)
@@ -149,6 +175,10 @@ def restore(last_path: Path, model, optimizer, scheduler) -> RunState:
         raise PcsymError("nothing to resume: no last.pt", path=last_path.parent)
     ckpt = read_checkpoint(last_path)
     load_weights(model, ckpt["state_dict"], last_path)
+    saved = (ckpt.get("train_config") or {}).get("optimizer", "adamw")
+    if saved != ("sgd" if isinstance(optimizer, torch.optim.SGD) else "adamw"):
+        raise PcsymError(f"the run was trained with --optimizer {saved}; resume it with the same optimizer",
+                         path=last_path.parent)
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     return RunState(epoch=int(ckpt["epoch"]), best=float(ckpt["best_val_acc"]),
@@ -215,7 +245,10 @@ class Trainer:
                 raise PcsymError("--freeze-trunk needs --init MODEL (a trunk to keep)")
             self.model.blocks.requires_grad_(False)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        if tcfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(trainable, lr=tcfg.lr, momentum=0.9, weight_decay=tcfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
         self.net = self.model  # what a training step calls: the DDP wrapper in a torchrun job
         if self.world.active:
             from torch.nn.parallel import DistributedDataParallel
@@ -227,7 +260,9 @@ class Trainer:
         if tcfg.max_steps:
             self.steps_per_epoch = min(self.steps_per_epoch, tcfg.max_steps)
         self.scheduler = make_schedule(tcfg, self.optimizer, self.steps_per_epoch)
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
+        counts = class_counts(self.train_ds, mcfg.num_classes)
+        weight = balanced_class_weights(counts) if tcfg.balance == "loss" else None
+        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=tcfg.label_smoothing)
         self.stop = False
 
     def _train_mode(self) -> None:
@@ -257,7 +292,7 @@ class Trainer:
             tot, correct, loss_sum = int(partial["tot"]), int(partial["correct"]), float(partial["loss_sum"])
             t0 -= float(partial.get("seconds", 0.0))  # the epoch's time before the interruption
         loader = make_loader(self.train_ds, tcfg.batch_size, True, tcfg.seed, epoch, tcfg.workers, drop_last=True,
-                             world=self.world)
+                             world=self.world, balanced=tcfg.balance == "sampler")
         for step, (pos, nrm, y) in enumerate(loader):
             if step >= self.steps_per_epoch:
                 break

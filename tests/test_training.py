@@ -27,7 +27,9 @@ def test_train_rejects_unusable_settings_before_touching_anything(tmp_path):
 
     for bad, msg in (({"rotate": "x"}, "unknown --rotate 'x'"), ({"schedule": "linear"}, "unknown --schedule"),
                      ({"scale": (1.2, 0.8)}, "--scale needs 0 < LOW <= HIGH, got '1.2,0.8'"),
-                     ({"val_fraction": 1.0}, "--val-fraction in (0, 1)")):
+                     ({"val_fraction": 1.0}, "--val-fraction in (0, 1)"),
+                     ({"balance": "yes"}, "unknown --balance 'yes': use none, loss or sampler"),
+                     ({"optimizer": "adam"}, "unknown --optimizer 'adam': use adamw or sgd")):
         out = tmp_path / "never"
         with pytest.raises(PcsymError, match=msg.replace("(", r"\(").replace(")", r"\)")):
             train(ModelConfig(group="m"), TrainConfig(data=str(tmp_path / "missing"), out=str(out), **bad))
@@ -96,3 +98,61 @@ def test_votes_average_over_downsampling_orders(sample_dataset):
         second = torch.softmax(model(pos, nrm, order=eval_order(8, 256, seed=1)), -1)
     assert torch.allclose(two, (one + second) / 2, atol=1e-6)
     assert not torch.allclose(one, second, atol=1e-4)  # a different downsampling really was used
+
+
+def test_balanced_class_weights_equalise_the_expected_loss():
+    from pcsym.train import balanced_class_weights
+
+    counts = np.array([889, 106, 0, 200])
+    w = balanced_class_weights(counts).numpy()
+    assert w[2] == 0  # an absent class gets no weight (and no division by zero)
+    share = w * counts  # each present class's total weight in an epoch
+    assert np.allclose(share[[0, 1, 3]], counts.sum() / 3)
+    assert np.isclose((w * counts).sum() / counts.sum(), 1.0)  # the mean weight per shape is 1
+
+
+def test_balanced_sampler_draws_classes_equally_and_is_seeded(sample_dataset):
+    """--balance sampler: an epoch of len(ds) draws, each class about equally often even when the
+    split is imbalanced, the same draws for the same (seed, epoch) and other draws for the next epoch."""
+    from pcsym.data import load_dataset
+    from pcsym.train import make_loader
+    from pcsym.transforms import PointCloudDataset
+
+    data = load_dataset(sample_dataset, points=64)
+    labels = np.asarray(data.labels)
+    keep = np.concatenate([np.flatnonzero(labels == c)[: 4 + 8 * c] for c in range(int(labels.max()) + 1)])
+    ds = PointCloudDataset(data, keep, points=64, resample=False)
+    counts = np.bincount(labels[keep])
+    assert counts.max() >= 5 * counts.min()  # a clearly imbalanced split
+
+    def drawn(epoch):
+        return np.concatenate([y.numpy() for _, _, y in make_loader(ds, 16, True, 3, epoch, 0, balanced=True)])
+
+    a, b, c = drawn(0), drawn(0), drawn(1)
+    assert len(a) == len(ds) and np.array_equal(a, b) and not np.array_equal(a, c)
+    freq = np.bincount(np.concatenate([a, c, drawn(2), drawn(3)]), minlength=len(counts)) / (4 * len(ds))
+    assert freq.max() < 2 * freq.min(), freq  # vs the split's own ratio of >= 5
+    plain = np.concatenate([y.numpy() for _, _, y in make_loader(ds, 16, True, 3, 0, 0)])
+    assert np.array_equal(np.bincount(plain, minlength=len(counts)), counts)  # unbalanced: each shape once
+
+
+def test_training_with_the_accuracy_levers(sample_dataset, tmp_path):
+    """SGD, a class-weighted loss or balanced sampling, and point-pair edge features together: short runs
+    train (finite, falling loss), use SGD's momentum, and save models whose config rebuilds them."""
+    import torch
+
+    from pcsym.checkpoint import read_checkpoint
+
+    mcfg = dict(group="so2", points=256, widths=(12, 16), strides=(2, 4), invariant_dims=16, edge_features="ppf")
+    common = dict(data=str(sample_dataset), batch_size=16, seed=1, threads=2, rotate="z", eval_rotate="z",
+                  optimizer="sgd", lr=0.05, bn_batches=2, epochs=3)
+    for balance in ("loss", "sampler"):
+        out = tmp_path / balance
+        summary = train(ModelConfig(**mcfg), TrainConfig(out=str(out), balance=balance, **common))
+        losses = [h["train_loss"] for h in summary["history"]]
+        assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+        last = torch.load(out / "last.pt", weights_only=False)
+        assert "momentum_buffer" in next(iter(last["optimizer"]["state"].values()))
+        ckpt = read_checkpoint(out / "best.pt")
+        assert ckpt["model_config"]["edge_features"] == "ppf"
+        assert ckpt["train_config"]["balance"] == balance

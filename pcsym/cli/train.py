@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from ..config import SELECT_METRICS, ModelConfig, TrainConfig
+from ..config import BALANCES, EDGE_FEATURES, OPTIMIZERS, SELECT_METRICS, ModelConfig, TrainConfig
 from ..errors import PcsymError
 from .common import app, console, format_option, options, run, setup_torch, up_axis_option
 
@@ -45,7 +45,7 @@ def train(
     use_positions: bool = typer.Option(_M.use_positions, "--positions/--no-positions",
                                        help="Feed centred positions as an input vector field."),
     max_steps: int = typer.Option(_T.max_steps, "--max-steps", help="Cap steps per epoch (0 = full epochs)."),
-    weight_decay: float = typer.Option(_T.weight_decay, "--weight-decay", help="AdamW weight decay."),
+    weight_decay: float = typer.Option(_T.weight_decay, "--weight-decay", help="Weight decay (decoupled for AdamW)."),
     schedule: str = typer.Option(_T.schedule, "--schedule", help="Learning-rate schedule: cosine or step."),
     label_smoothing: float = typer.Option(_T.label_smoothing, "--label-smoothing"),
     val_fraction: float = typer.Option(_T.val_fraction, "--val-fraction", help="Held-out part of the train split."),
@@ -60,6 +60,13 @@ def train(
     select: str = typer.Option(_T.select, "--select",
                                help=f"Validation figure that picks best.pt: {' or '.join(SELECT_METRICS)} (mean class "
                                     "accuracy tracks a balanced test split; OA favours the big classes)."),
+    edge_features: str = typer.Option(_M.edge_features, "--edge-features",
+                                      help=f"{' or '.join(EDGE_FEATURES)}: ppf feeds the point-pair invariants "
+                                           "n_i.n_j, n_i.d, n_j.d of every edge to the kernel MLP (needs normals)."),
+    balance: str = typer.Option(_T.balance, "--balance",
+                                help=f"{' or '.join(BALANCES)}: class-weighted loss or class-balanced sampling "
+                                     "of the training split."),
+    optimizer: str = typer.Option(_T.optimizer, "--optimizer", help=f"{' or '.join(OPTIMIZERS)} (SGD: momentum 0.9)."),
     init: Optional[str] = typer.Option(None, "--init", help="Fine-tune: start from this model's equivariant trunk "
                                                             "(shipped name so3/o2, checkpoint or run folder) with a "
                                                             "new head for this dataset's classes; the model settings "

@@ -38,14 +38,24 @@ class SteerableBlock(nn.Module):
         self.k = cfg.k
         self.act_reps = list(act_reps)
 
-    def forward(self, pos_src, feat_src, n_out: int):
+    def forward(self, pos_src, feat_src, n_out: int, normals_src=None):
+        """``normals_src`` (B, N, 3): the points' normals, for models with edge features."""
         query = pos_src[:, :n_out]
         k = min(self.k, pos_src.shape[1])
         idx = knn(query, pos_src, k)
         rel = query[:, :, None, :] - gather(pos_src, idx)  # x_i - x_j
         scale = rel.norm(dim=-1).mean(dim=(1, 2), keepdim=True).clamp_min(1e-8)[..., None]  # invariant
-        out = self.conv(rel / scale, gather(feat_src, idx))
+        rel = rel / scale
+        edge = None if normals_src is None else point_pair_features(normals_src[:, :n_out], gather(normals_src, idx), rel)
+        out = self.conv(rel, gather(feat_src, idx), edge)
         return query, self.act(self.norm(out))
+
+
+def point_pair_features(n_query: torch.Tensor, n_nb: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """Invariant scalars of each edge (B, M, k, 3): n_i.n_j, n_i.d, n_j.d with d = x_i - x_j (scaled);
+    dot products of vectors, so invariant under every subgroup of O(3). |d| is in the radial embedding."""
+    n_i = n_query[:, :, None, :]
+    return torch.stack([(n_i * n_nb).sum(-1), (n_i * rel).sum(-1), (n_nb * rel).sum(-1)], dim=-1)
 
 
 class EquivariantClassifier(nn.Module):
@@ -95,12 +105,19 @@ class EquivariantClassifier(nn.Module):
             feats.append(normals)
         return torch.cat(feats + [torch.ones_like(pos[..., :1])], dim=-1)
 
-    def forward_ordered(self, pos: torch.Tensor, feat: torch.Tensor, return_features: bool = False):
-        """Core network on points already in sampling order. Returns logits (and layer outputs)."""
+    def forward_ordered(self, pos: torch.Tensor, feat: torch.Tensor, return_features: bool = False,
+                        normals: torch.Tensor | None = None):
+        """Core network on points already in sampling order. Returns logits (and layer outputs).
+        ``normals`` (in the same order) are needed by models with edge features."""
         outs = []
         sizes = self.layer_points(pos.shape[1])
+        if self.cfg.edge_features == "none":
+            normals = None
+        elif normals is None:
+            raise ValueError("a model with edge features needs the points' normals")
         for i, (block, n) in enumerate(zip(self.blocks, sizes)):
-            pos, feat = block(pos, feat, n)
+            pos, feat = block(pos, feat, n, normals)
+            normals = None if normals is None else normals[:, :n]
             if return_features:
                 last = i == len(self.blocks) - 1
                 outs.append(LayerOutput("invariant" if last else f"block{i + 1}", pos, feat, block.act_reps))
@@ -111,10 +128,15 @@ class EquivariantClassifier(nn.Module):
     def forward(self, pos: torch.Tensor, normals: torch.Tensor | None = None, order: torch.Tensor | None = None,
                 return_features: bool = False):
         """pos (B, N, 3), normals (B, N, 3) or None -> logits (B, classes)."""
+        if normals is None and self.cfg.use_normals:
+            from ..graph import estimate_normals
+
+            normals = estimate_normals(pos)
         feat = self.input_features(normals, pos)
         if order is None:
             order = self.point_order(pos)
-        return self.forward_ordered(take(pos, order), take(feat, order), return_features)
+        edge_normals = take(normals, order) if self.cfg.edge_features != "none" else None
+        return self.forward_ordered(take(pos, order), take(feat, order), return_features, edge_normals)
 
 
 def make_head(invariant_dims: int, head_dims: int, num_classes: int, dropout: float) -> nn.Sequential:

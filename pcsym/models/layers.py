@@ -458,12 +458,13 @@ class ImplicitKernelConv(nn.Module):
     """
 
     def __init__(self, group: Group, in_reps, out_reps, kernel_dims: int = 16, kernel_layers: int = 2,
-                 lmax: int = 2, n_radial: int = 4):
+                 lmax: int = 2, n_radial: int = 4, edge_dims: int = 0):
         super().__init__()
         self.in_size, self.out_size = type_size(in_reps), type_size(out_reps)
         self.embed = HarmonicEmbedding(group, lmax, n_radial)
+        self.edge_dims = edge_dims  # invariant edge features appended to the embedding (scalar fields)
         pre, act, kind = channel_types(group, channels_for(group, kernel_dims))
-        mlp, reps = [], self.embed.reps
+        mlp, reps = [], self.embed.reps + [group.trivial] * edge_dims
         for _ in range(kernel_layers):
             mlp += [EquivLinear(group, reps, pre), FieldNonlinearity(act, kind)]
             reps = act
@@ -497,10 +498,13 @@ class ImplicitKernelConv(nn.Module):
     @classmethod
     def from_config(cls, group: Group, in_reps, out_reps, cfg) -> "ImplicitKernelConv":
         return cls(group, in_reps, out_reps, kernel_dims=cfg.kernel_dims, kernel_layers=cfg.kernel_layers,
-                   lmax=cfg.lmax, n_radial=cfg.n_radial)
+                   lmax=cfg.lmax, n_radial=cfg.n_radial, edge_dims=EDGE_DIMS[cfg.edge_features])
 
-    def kernel_hidden(self, rel: torch.Tensor) -> torch.Tensor:
-        h = self.mlp(self.embed(rel))
+    def kernel_hidden(self, rel: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
+        e = self.embed(rel)
+        if self.edge_dims:
+            e = torch.cat([e, edge.to(e.dtype)], dim=-1)
+        h = self.mlp(e)
         return torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
 
     def dense_weight(self):
@@ -513,16 +517,17 @@ class ImplicitKernelConv(nn.Module):
         wn[:, self.perm] = w
         return wn, b
 
-    def kernel(self, rel: torch.Tensor) -> torch.Tensor:
+    def kernel(self, rel: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
         """The explicit kernel matrices k(rel): (..., out, in)."""
         w, _ = self.dense_weight()
-        h = self.kernel_hidden(rel)
+        h = self.kernel_hidden(rel, edge)
         return torch.einsum("ohc,...h->...oc", w.reshape(self.out_size, self.h_size, self.in_size), h)
 
-    def forward(self, rel: torch.Tensor, f_nb: torch.Tensor) -> torch.Tensor:
-        """rel (B, M, k, 3) relative positions (already scaled), f_nb (B, M, k, C_in) -> (B, M, C_out)."""
+    def forward(self, rel: torch.Tensor, f_nb: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
+        """rel (B, M, k, 3) relative positions (already scaled), f_nb (B, M, k, C_in), edge (B, M, k, E)
+        invariant edge features (models with edge features) -> (B, M, C_out)."""
         b, m, k, _ = rel.shape
-        h = self.kernel_hidden(rel)  # (B, M, k, H)
+        h = self.kernel_hidden(rel, edge)  # (B, M, k, H)
         agg = torch.bmm(h.reshape(b * m, k, self.h_size).transpose(1, 2), f_nb.reshape(b * m, k, self.in_size))
         w, bias = self.dense_weight()
         # mean over neighbours: the sum's contraction divided by k afterwards, on the output, which is
@@ -561,14 +566,17 @@ class BasisKernelConv(nn.Module):
     def from_config(cls, group: Group, in_reps, out_reps, cfg) -> "BasisKernelConv":
         return cls(group, in_reps, out_reps)  # escnn's default basis (the paper's baseline)
 
-    def forward(self, rel: torch.Tensor, f_nb: torch.Tensor) -> torch.Tensor:
-        b, m, k, _ = rel.shape
+    def forward(self, rel: torch.Tensor, f_nb: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
+        b, m, k, _ = rel.shape  # edge features: not supported by this kernel (ModelConfig.validate refuses them)
         msg = self.pc.basissampler.compute_messages(
             self.pc.weights, f_nb.reshape(-1, self.in_size), rel.reshape(-1, 3), conv_first=True)
         out = msg.reshape(b, m, k, self.out_size).mean(2)
         bias = self.pc.expand_bias()
         return out if bias is None else out + bias
 
+
+#: invariant scalars per edge of each ``ModelConfig.edge_features`` (config.EDGE_FEATURES)
+EDGE_DIMS = {"none": 0, "ppf": 3}
 
 #: The steerable convolutions by ``ModelConfig.kernel`` name (``config.KERNELS`` lists the same names
 #: without importing torch; a test keeps the two equal); each is built with

@@ -1,0 +1,219 @@
+"""Peers on the same data and budget (issue 14): DGCNN (torch_geometric EdgeConv on pcsym's kNN graph)
+and PointNet, trained on the same split with the same augmentation as a pcsym run, for the same
+wall-clock budget, evaluated with the same protocols.
+
+Same data: the run's 80/20 split (``pcsym.splits``, seed), the same training clouds and augmentation
+(``PointCloudDataset``: resampled points, jitter, scale, the rotation of the protocol) and the same
+validation clouds (``transforms.eval_dataset``). Inputs: xyz and normals, like pcsym's models. Each
+model trains epoch by epoch until ``--minutes`` of training wall time are spent (validation not
+counted), keeps its best-validation-mAcc epoch, and is then evaluated under each protocol: a model
+trained with z rotations on z- and SO(3)-rotated validation clouds, one trained with SO(3) rotations
+on SO(3)-rotated clouds. No test split is read. Usage:
+
+    python benchmarks/peers.py --data ../shared/data/modelnet10_hdf5_1024 [--minutes 60] [--models dgcnn,pointnet]
+        [--train-rotations so3,z] [--threads 2] [--seed 0]
+
+The pcsym side of the table comes from pcsym runs given with ``--pcsym RUN[,RUN]`` (their metrics.csv:
+best validation mAcc reached within the same training time, and the run's eval rotation).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+
+def build_peer(name: str, num_classes: int, k: int = 10):
+    import torch
+    from torch import nn
+    from torch_geometric.nn import EdgeConv
+
+    from pcsym.graph import knn
+
+    def mlp(*dims, last_act=True):
+        layers = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            layers.append(nn.Linear(a, b))
+            if last_act or i < len(dims) - 2:
+                layers += [nn.BatchNorm1d(b), nn.LeakyReLU(0.2)]
+        return nn.Sequential(*layers)
+
+    class Peer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cfg = SimpleNamespace(class_names=[str(i) for i in range(num_classes)], sampling=None)
+            self.head = nn.Sequential(mlp(2 * EMB, 256, 128), nn.Dropout(0.5), nn.Linear(128, num_classes))
+
+        def pooled(self, x, b):  # x (B*N, EMB) -> (B, 2*EMB): max and mean pooling
+            x = x.view(b, -1, x.shape[-1])
+            return torch.cat([x.max(1).values, x.mean(1)], -1)
+
+    EMB = 512
+
+    class PointNet(Peer):
+        """Vanilla PointNet (no T-nets: they do not make it rotation invariant either): shared MLP on
+        (xyz, normal) per point -> max/mean pooling -> MLP."""
+
+        def __init__(self):
+            super().__init__()
+            self.point = mlp(6, 64, 64, 128, EMB)
+
+        def forward(self, pos, normals, order=None):
+            b, n, _ = pos.shape
+            x = torch.cat([pos - pos.mean(1, keepdim=True), normals], -1).reshape(b * n, 6)
+            return self.head(self.pooled(self.point(x), b))
+
+    class DGCNN(Peer):
+        """DGCNN with EdgeConv layers (max aggregation of h([x_i, x_j - x_i])) on pcsym's kNN graph of the
+        points (k neighbours, static), skip-concatenated into an embedding, pooled, MLP."""
+
+        def __init__(self):
+            super().__init__()
+            dims = [6, 64, 64, 128]
+            self.convs = nn.ModuleList(EdgeConv(mlp(2 * a, b), aggr="max") for a, b in zip(dims[:-1], dims[1:]))
+            self.embed = mlp(sum(dims[1:]), EMB)
+
+        def forward(self, pos, normals, order=None):
+            b, n, _ = pos.shape
+            idx = knn(pos, pos, k)  # (B, N, k), the same graph code pcsym's layers use
+            centre = torch.arange(b * n, device=pos.device).repeat_interleave(k)
+            nb = (idx + (torch.arange(b, device=pos.device) * n)[:, None, None]).reshape(-1)
+            edge_index = torch.stack([nb, centre])  # messages flow from neighbour j to centre i
+            x = torch.cat([pos - pos.mean(1, keepdim=True), normals], -1).reshape(b * n, 6)
+            feats = []
+            for conv in self.convs:
+                x = conv(x, edge_index)
+                feats.append(x)
+            return self.head(self.pooled(self.embed(torch.cat(feats, -1)), b))
+
+    return {"pointnet": PointNet, "dgcnn": DGCNN}[name]()
+
+
+def train_peer(name, data, args, train_rotate: str, log) -> dict:
+    import torch
+
+    from pcsym.evaluate import evaluate_model
+    from pcsym.splits import split_indices
+    from pcsym.train import make_loader, seed_all
+    from pcsym.transforms import PointCloudDataset, eval_dataset
+
+    seed_all(args.seed)
+    tr = split_indices(data, "train", 0.2, args.seed)
+    va = split_indices(data, "val", 0.2, args.seed)
+    train_ds = PointCloudDataset(data, tr, points=1024, rotate=train_rotate, jitter=0.01, scale=(0.8, 1.2),
+                                 resample=True, seed=args.seed)
+    model = build_peer(name, len(data.class_names))
+    model.cfg.class_names = [str(c) for c in data.class_names]
+    params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    budget = args.minutes * 60
+    steps_per_epoch = len(train_ds) // 16
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    val_ds = eval_dataset(data, va, 1024, train_rotate, args.seed)
+    spent, history, best, best_state = 0.0, [], -1.0, None
+    epoch = 0
+    while spent < budget and epoch < args.max_epochs:
+        model.train()
+        train_ds.set_epoch(epoch)
+        t0 = time.time()
+        for step, (pos, nrm, y) in enumerate(make_loader(train_ds, 16, True, args.seed, epoch, 0, drop_last=True)):
+            lr = 1e-3 * (0.5 * (1 + math.cos(math.pi * min(1.0, spent / budget))) * 0.99 + 0.01)  # cosine in time
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = loss_fn(model(pos, nrm), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if spent + time.time() - t0 >= budget or (args.quick and step >= 3):
+                break
+        spent += time.time() - t0
+        m = evaluate_model(model, val_ds, batch_size=32)
+        history.append({"epoch": epoch + 1, "train_minutes": spent / 60, "val_macc": m["mean_class_accuracy"],
+                        "val_oa": m["overall_accuracy"]})
+        log(f"  {name} ({train_rotate}) epoch {epoch + 1}: {spent / 60:.1f} min, val mAcc {m['mean_class_accuracy']:.3f}")
+        if m["mean_class_accuracy"] > best:
+            best, best_state = m["mean_class_accuracy"], {k: v.clone() for k, v in model.state_dict().items()}
+        epoch += 1
+        if args.quick:
+            break
+    model.load_state_dict(best_state)
+    protocols = {}
+    for rot in (["z", "so3"] if train_rotate == "z" else ["so3"]):
+        m = evaluate_model(model, eval_dataset(data, va, 1024, rot, args.seed), batch_size=32)
+        protocols[f"{train_rotate}/{rot}"] = {"oa": m["overall_accuracy"], "macc": m["mean_class_accuracy"]}
+    return {"model": name, "train_rotate": train_rotate, "params": params, "epochs": epoch,
+            "train_minutes": spent / 60, "history": history, "protocols": protocols}
+
+
+def pcsym_rows(runs: str, minutes: float) -> list[dict]:
+    """Best validation mAcc of each pcsym run within ``minutes`` of training (epoch_seconds summed)."""
+    import json
+
+    rows = []
+    for run in filter(None, runs.split(",")):
+        run = Path(run)
+        cfg = json.loads((run / "config.json").read_text())
+        with (run / "metrics.csv").open() as fh:
+            hist = list(csv.DictReader(fh))
+        spent, best = 0.0, None
+        for h in hist:
+            spent += float(h["epoch_seconds"])
+            if spent / 60 > minutes:
+                break
+            if best is None or float(h["val_macc"]) > float(best["val_macc"]):
+                best = dict(h, minutes=spent / 60)
+        if best:
+            rot = f"{cfg['train']['rotate']}/{cfg['train']['eval_rotate']}"
+            rows.append({"model": f"pcsym {cfg['model']['group']} ({run.name})", "protocol": rot,
+                         "macc": float(best["val_macc"]), "oa": float(best["val_acc"]),
+                         "train_minutes": best["minutes"], "params": None})
+    return rows
+
+
+def main() -> int:
+    p = C.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--minutes", type=float, default=60.0, help="training wall-clock budget per model and rotation")
+    p.add_argument("--models", default="dgcnn,pointnet")
+    p.add_argument("--train-rotations", default="so3,z")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-epochs", type=int, default=1000)
+    p.add_argument("--pcsym", default="", help="pcsym run folders to put in the table (comma-separated)")
+    args = p.parse_args()
+    C.set_threads(args.threads)
+    C.quiet_warnings()
+    from pcsym.data import load_dataset
+
+    env = C.environment(args.threads, args.quick, args.idle)
+    data = load_dataset(args.data, points=1024)
+    results = []
+    for rot in args.train_rotations.split(","):
+        for name in args.models.split(","):
+            results.append(train_peer(name, data, args, rot, lambda s: print(s, flush=True)))
+    rows = [{"model": r["model"], "protocol": proto, "macc": v["macc"], "oa": v["oa"],
+             "train_minutes": r["train_minutes"], "params": r["params"]}
+            for r in results for proto, v in r["protocols"].items()]
+    rows += pcsym_rows(args.pcsym, args.minutes)
+    md = "\n\n".join([
+        f"# Peers on the same split, augmentation and training budget ({args.minutes:g} min per model)",
+        C.env_markdown(env),
+        "Validation split of the run (seed " + str(args.seed) + ", 20%), train/eval rotation per protocol; the "
+        "best-validation-mAcc epoch of each model within the budget. Validation, not the official test split.",
+        C.table(rows, [("model", "model"), ("protocol", "train/eval rotation"), ("macc", "val mAcc"),
+                       ("oa", "val OA"), ("train_minutes", "training min"), ("params", "params")])])
+    data_out = {"benchmark": "peers", "env": env, "minutes": args.minutes, "results": results, "rows": rows}
+    jp, mp = C.write_results(args.out, "peers", data_out, md, args.quick)
+    print(md)
+    print(f"wrote {jp} and {mp}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
