@@ -54,7 +54,7 @@ def launch(data: str, variant: str, seed: int, epochs: int, threads: int, run: P
     resume = (run / "last.pt").exists()
     cmd = [sys.executable, "-m", "pcsym", "-q", "train", "--data", data, *RECIPE, *VARIANTS[variant],
            "--epochs", str(epochs), "--seed", str(seed), "--threads", str(threads), "--out", str(run)]
-    cmd += ["--resume"] if resume else (["--force"] if run.exists() else [])
+    cmd += ["--resume"] if resume else ["--force"]  # no last.pt: start (again) from scratch
     run.mkdir(parents=True, exist_ok=True)
     (run / "ablation_cmd.txt").write_text(" ".join(cmd) + "\n")
     log = (run / "ablation.log").open("a")

@@ -424,3 +424,14 @@ def test_global_flags_reach_the_command(tmp_path):
     r = run("evaluate", tmp_path / "missing.pt", "--data", MINI)
     assert r.exit_code == 2 and "checkpoint not found" in r.stderr and r.exception is None or \
         isinstance(r.exception, SystemExit)
+
+
+def test_train_refuses_bad_accuracy_lever_flags(tmp_path):
+    for args, msg in ((["--balance", "yes"], "unknown --balance 'yes': use none, loss or sampler"),
+                      (["--optimizer", "adam"], "unknown --optimizer 'adam': use adamw or sgd"),
+                      (["--edge-features", "ppf", "--kernel", "basis"],
+                       "edge features 'ppf' need the implicit kernel and normals")):
+        out = tmp_path / "never"
+        r = run("train", "--data", MINI, "--out", out, *args)
+        assert r.exit_code == 2 and msg in r.stderr, (args, r.output)
+        assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
