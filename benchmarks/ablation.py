@@ -37,6 +37,7 @@ VARIANTS = {
     "balance-sampler": ["--balance", "sampler"],
     "ppf": ["--edge-features", "ppf"],
     "ppf+balance-loss": ["--edge-features", "ppf", "--balance", "loss"],
+    "ppf+balance-sampler": ["--edge-features", "ppf", "--balance", "sampler"],
     "sgd": ["--optimizer", "sgd", "--lr", "0.1", "--label-smoothing", "0.2"],
     "wider": ["--widths", "64,128,256"],
 }
