@@ -251,6 +251,18 @@ def table(rows: Iterable[dict], columns: Sequence[tuple[str, str]]) -> str:
     return "\n".join([head, sep] + body)
 
 
+def run_parameters(run: Path) -> int | None:
+    """Parameter count of a pcsym run's model (rebuilt from its best.pt's config); None without one."""
+    ckpt = Path(run) / "best.pt"
+    if not ckpt.exists():
+        return None
+    from pcsym.checkpoint import read_checkpoint
+    from pcsym.config import ModelConfig
+    from pcsym.models.classifier import build_model, count_parameters
+
+    return count_parameters(build_model(ModelConfig.from_dict(read_checkpoint(ckpt)["model_config"])))
+
+
 def write_results(out_dir: Path, name: str, data: dict, markdown: str, quick: bool) -> tuple[Path, Path]:
     """Write ``<name>.json`` and ``<name>.md`` (``<name>_quick.*`` for --quick runs)."""
     out_dir.mkdir(parents=True, exist_ok=True)

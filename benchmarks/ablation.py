@@ -62,17 +62,6 @@ def launch(data: str, variant: str, seed: int, epochs: int, threads: int, run: P
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
-def count_parameters(run: Path) -> int | None:
-    ckpt = run / "best.pt"
-    if not ckpt.exists():
-        return None
-    from pcsym.checkpoint import read_checkpoint
-    from pcsym.config import ModelConfig
-    from pcsym.models.classifier import build_model, count_parameters as count
-
-    return count(build_model(ModelConfig.from_dict(read_checkpoint(ckpt)["model_config"])))
-
-
 def summarise(args, jobs: list[tuple[str, int]]) -> dict:
     rows = []
     for variant, seed in jobs:
@@ -84,7 +73,7 @@ def summarise(args, jobs: list[tuple[str, int]]) -> dict:
         wall = json.loads((run / "ablation_wall.json").read_text()) if (run / "ablation_wall.json").exists() else {}
         rows.append({"variant": variant, "seed": seed, "epochs": len(hist), "best_epoch": int(best["epoch"]),
                      "val_macc": best["val_macc"], "val_oa": best["val_acc"], "last_macc": hist[-1]["val_macc"],
-                     "train_acc": hist[-1]["train_acc"], "params": count_parameters(run),
+                     "train_acc": hist[-1]["train_acc"], "params": C.run_parameters(run),
                      "wall_min": wall.get("seconds", float("nan")) / 60,
                      "train_shapes_per_s": statistics.median(h["shapes_per_second"] for h in hist)})
     base = {r["seed"]: r for r in rows if r["variant"] == "base" and r["epochs"] == args.epochs}

@@ -11,7 +11,7 @@ trained with z rotations on z- and SO(3)-rotated validation clouds, one trained 
 on SO(3)-rotated clouds. No test split is read. Usage:
 
     python benchmarks/peers.py --data ../shared/data/modelnet10_hdf5_1024 [--minutes 60] [--models dgcnn,pointnet]
-        [--train-rotations so3,z] [--threads 2] [--seed 0]
+        [--train-rotations so3,z] [--threads 2] [--seed 0] [--beside "what else ran"]
 
 The pcsym side of the table comes from pcsym runs given with ``--pcsym RUN[,RUN]`` (their metrics.csv:
 best validation mAcc reached within the same training time, and the run's eval rotation).
@@ -173,8 +173,23 @@ def pcsym_rows(runs: str, minutes: float) -> list[dict]:
             rot = f"{cfg['train']['rotate']}/{cfg['train']['eval_rotate']}"
             rows.append({"model": f"pcsym {cfg['model']['group']} ({run.name})", "protocol": rot,
                          "macc": float(best["val_macc"]), "oa": float(best["val_acc"]),
-                         "train_minutes": best["minutes"], "params": None})
+                         "train_minutes": best["minutes"], "params": C.run_parameters(run),
+                         "trained": "", "beside": f"pcsym run {run}"})
     return rows
+
+
+def merge_previous(path: Path, results: list[dict], args) -> list[dict]:
+    """Results of earlier invocations (same data, budget and seed) for models/rotations not rerun now, so
+    the SO(3) and z halves can be trained at different times (each keeps its own environment record)."""
+    import json
+
+    if not path.exists():
+        return results
+    old = json.loads(path.read_text())
+    if (old.get("data"), old.get("minutes"), old.get("seed")) != (args.data, args.minutes, args.seed):
+        return results
+    done = {(r["model"], r["train_rotate"]) for r in results}
+    return [r for r in old.get("results", []) if (r["model"], r["train_rotate"]) not in done] + results
 
 
 def main() -> int:
@@ -186,6 +201,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=1000)
     p.add_argument("--pcsym", default="", help="pcsym run folders to put in the table (comma-separated)")
+    p.add_argument("--beside", default="", help="what shared the machine while these models trained (recorded)")
     args = p.parse_args()
     C.set_threads(args.threads)
     C.quiet_warnings()
@@ -196,20 +212,30 @@ def main() -> int:
     results = []
     for rot in args.train_rotations.split(","):
         for name in args.models.split(","):
-            results.append(train_peer(name, data, args, rot, lambda s: print(s, flush=True)))
+            r = train_peer(name, data, args, rot, lambda s: print(s, flush=True))
+            results.append({**r, "trained": env["date_utc"], "threads": args.threads, "beside": args.beside,
+                            "load_avg_1min_at_start": env.get("load_avg_1min_at_start")})
+    stem = "peers_quick" if args.quick else "peers"
+    out = Path(args.out)
+    results = merge_previous(out / f"{stem}.json", results, args)
     rows = [{"model": r["model"], "protocol": proto, "macc": v["macc"], "oa": v["oa"],
-             "train_minutes": r["train_minutes"], "params": r["params"]}
+             "train_minutes": r["train_minutes"], "params": r["params"], "trained": r.get("trained", ""),
+             "beside": r.get("beside", "")}
             for r in results for proto, v in r["protocols"].items()]
     rows += pcsym_rows(args.pcsym, args.minutes)
     md = "\n\n".join([
         f"# Peers on the same split, augmentation and training budget ({args.minutes:g} min per model)",
         C.env_markdown(env),
         "Validation split of the run (seed " + str(args.seed) + ", 20%), train/eval rotation per protocol; the "
-        "best-validation-mAcc epoch of each model within the budget. Validation, not the official test split.",
+        "best-validation-mAcc epoch of each model within the budget. Validation, not the official test split. "
+        "Rows of earlier invocations with the same data, budget and seed are kept (their date and what ran "
+        "beside them are in the table).",
         C.table(rows, [("model", "model"), ("protocol", "train/eval rotation"), ("macc", "val mAcc"),
-                       ("oa", "val OA"), ("train_minutes", "training min"), ("params", "params")])])
-    data_out = {"benchmark": "peers", "env": env, "minutes": args.minutes, "results": results, "rows": rows}
-    jp, mp = C.write_results(args.out, "peers", data_out, md, args.quick)
+                       ("oa", "val OA"), ("train_minutes", "training min"), ("params", "params"),
+                       ("trained", "trained (UTC)"), ("beside", "sharing the machine")])])
+    data_out = {"benchmark": "peers", "env": env, "data": args.data, "minutes": args.minutes, "seed": args.seed,
+                "results": results, "rows": rows}
+    jp, mp = C.write_results(out, "peers", data_out, md, args.quick)
     print(md)
     print(f"wrote {jp} and {mp}")
     return 0

@@ -45,3 +45,12 @@ def test_peers_quick_run_writes_its_table(sample_dataset, tmp_path, monkeypatch)
     assert protos == {("dgcnn", "z/z"), ("dgcnn", "z/so3"), ("pointnet", "z/z"), ("pointnet", "z/so3")}
     for r in res["rows"]:
         assert 0.0 <= r["macc"] <= 1.0 and r["params"] > 1000
+    # a later invocation (the SO(3) half, trained at another time) adds its rows and keeps the earlier ones
+    monkeypatch.setattr(sys, "argv", ["peers.py", "--quick", "--data", str(sample_dataset), "--minutes", "0.2",
+                                      "--train-rotations", "so3", "--models", "pointnet", "--beside", "a test",
+                                      "--out", str(tmp_path)])
+    assert peers.main() == 0
+    res = json.loads((tmp_path / "peers_quick.json").read_text())
+    assert {(r["model"], r["protocol"]) for r in res["rows"]} == protos | {("pointnet", "so3/so3")}
+    assert [r["beside"] for r in res["rows"] if r["protocol"] == "so3/so3"] == ["a test"]
+    assert "a test" in (tmp_path / "peers_quick.md").read_text()
