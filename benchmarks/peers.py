@@ -5,8 +5,8 @@ wall-clock budget, evaluated with the same protocols.
 Same data: the run's 80/20 split (``pcsym.splits``, seed), the same training clouds and augmentation
 (``PointCloudDataset``: resampled points, jitter, scale, the rotation of the protocol) and the same
 validation clouds (``transforms.eval_dataset``). Inputs: xyz and normals, like pcsym's models. Each
-model trains epoch by epoch until ``--minutes`` of training wall time are spent (validation not
-counted), keeps its best-validation-mAcc epoch, and is then evaluated under each protocol: a model
+model trains epoch by epoch until ``--minutes`` of training time are spent (validation not
+counted; ``--clock cpu`` counts the process's CPU time instead of wall time, for runs that share the machine), keeps its best-validation-mAcc epoch, and is then evaluated under each protocol: a model
 trained with z rotations on z- and SO(3)-rotated validation clouds, one trained with SO(3) rotations
 on SO(3)-rotated clouds. No test split is read. Usage:
 
@@ -20,6 +20,7 @@ best validation mAcc reached within the same training time, and the run's eval r
 from __future__ import annotations
 
 import csv
+import fcntl
 import math
 import sys
 import time
@@ -117,23 +118,26 @@ def train_peer(name, data, args, train_rotate: str, log) -> dict:
     steps_per_epoch = len(train_ds) // 16
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     val_ds = eval_dataset(data, va, 1024, train_rotate, args.seed)
-    spent, history, best, best_state = 0.0, [], -1.0, None
+    clock = time.process_time if args.clock == "cpu" else time.time
+    spent, wall, history, best, best_state = 0.0, 0.0, [], -1.0, None
     epoch = 0
     while spent < budget and epoch < args.max_epochs:
         model.train()
         train_ds.set_epoch(epoch)
-        t0 = time.time()
+        t0, w0 = clock(), time.time()
         for step, (pos, nrm, y) in enumerate(make_loader(train_ds, 16, True, args.seed, epoch, 0, drop_last=True)):
-            lr = 1e-3 * (0.5 * (1 + math.cos(math.pi * min(1.0, spent / budget))) * 0.99 + 0.01)  # cosine in time
+            now = spent + clock() - t0
+            lr = 1e-3 * (0.5 * (1 + math.cos(math.pi * min(1.0, now / budget))) * 0.99 + 0.01)  # cosine in time
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = loss_fn(model(pos, nrm), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if spent + time.time() - t0 >= budget or (args.quick and step >= 3):
+            if spent + clock() - t0 >= budget or (args.quick and step >= 3):
                 break
-        spent += time.time() - t0
+        spent += clock() - t0
+        wall += time.time() - w0
         m = evaluate_model(model, val_ds, batch_size=32)
         history.append({"epoch": epoch + 1, "train_minutes": spent / 60, "val_macc": m["mean_class_accuracy"],
                         "val_oa": m["overall_accuracy"]})
@@ -149,16 +153,16 @@ def train_peer(name, data, args, train_rotate: str, log) -> dict:
         m = evaluate_model(model, eval_dataset(data, va, 1024, rot, args.seed), batch_size=32)
         protocols[f"{train_rotate}/{rot}"] = {"oa": m["overall_accuracy"], "macc": m["mean_class_accuracy"]}
     return {"model": name, "train_rotate": train_rotate, "params": params, "epochs": epoch,
-            "train_minutes": spent / 60, "history": history, "protocols": protocols}
+            "train_minutes": spent / 60, "clock": args.clock, "wall_minutes": wall / 60, "history": history,
+            "protocols": protocols}
 
 
-def pcsym_rows(runs: str, minutes: float) -> list[dict]:
+def pcsym_rows(runs: list[str], minutes: float) -> list[dict]:
     """Best validation mAcc of each pcsym run within ``minutes`` of training (epoch_seconds summed)."""
     import json
 
     rows = []
-    for run in filter(None, runs.split(",")):
-        run = Path(run)
+    for run in map(Path, runs):
         cfg = json.loads((run / "config.json").read_text())
         with (run / "metrics.csv").open() as fh:
             hist = list(csv.DictReader(fh))
@@ -178,24 +182,31 @@ def pcsym_rows(runs: str, minutes: float) -> list[dict]:
     return rows
 
 
-def merge_previous(path: Path, results: list[dict], args) -> list[dict]:
-    """Results of earlier invocations (same data, budget and seed) for models/rotations not rerun now, so
-    the SO(3) and z halves can be trained at different times (each keeps its own environment record)."""
+def merge_previous(path: Path, results: list[dict], args) -> tuple[list[dict], list[str]]:
+    """Results of earlier invocations (same data, budget, clock and seed) for models/rotations not rerun
+    now, so the SO(3) and z halves can be trained at different times (each keeps its own environment
+    record), and the union of the pcsym runs named by all of them."""
     import json
 
+    runs = [r for r in args.pcsym.split(",") if r]
     if not path.exists():
-        return results
+        return results, runs
     old = json.loads(path.read_text())
-    if (old.get("data"), old.get("minutes"), old.get("seed")) != (args.data, args.minutes, args.seed):
-        return results
+    if (old.get("data"), old.get("minutes"), old.get("seed"), old.get("clock", "wall")) != (
+            args.data, args.minutes, args.seed, args.clock):
+        return results, runs
     done = {(r["model"], r["train_rotate"]) for r in results}
-    return [r for r in old.get("results", []) if (r["model"], r["train_rotate"]) not in done] + results
+    kept = [r for r in old.get("results", []) if (r["model"], r["train_rotate"]) not in done]
+    return kept + results, [r for r in old.get("pcsym_runs", []) if r not in runs] + runs
 
 
 def main() -> int:
     p = C.parser(__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True)
-    p.add_argument("--minutes", type=float, default=60.0, help="training wall-clock budget per model and rotation")
+    p.add_argument("--minutes", type=float, default=60.0, help="training budget per model and rotation")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="what the budget counts: wall time, or the process's CPU time (with --threads 1, the wall "
+                        "time of a core of its own, so other jobs may share the machine without shortening it)")
     p.add_argument("--models", default="dgcnn,pointnet")
     p.add_argument("--train-rotations", default="so3,z")
     p.add_argument("--seed", type=int, default=0)
@@ -217,24 +228,32 @@ def main() -> int:
                             "load_avg_1min_at_start": env.get("load_avg_1min_at_start")})
     stem = "peers_quick" if args.quick else "peers"
     out = Path(args.out)
-    results = merge_previous(out / f"{stem}.json", results, args)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / f".{stem}.lock").open("w") as lock:  # invocations running side by side merge one at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return write_table(args, env, *merge_previous(out / f"{stem}.json", results, args), out)
+
+
+def write_table(args, env: dict, results: list[dict], pcsym_runs: list[str], out: Path) -> int:
     rows = [{"model": r["model"], "protocol": proto, "macc": v["macc"], "oa": v["oa"],
-             "train_minutes": r["train_minutes"], "params": r["params"], "trained": r.get("trained", ""),
+             "train_minutes": r["train_minutes"], "wall_minutes": r.get("wall_minutes"), "params": r["params"],
+             "trained": r.get("trained", ""),
              "beside": r.get("beside", "")}
             for r in results for proto, v in r["protocols"].items()]
-    rows += pcsym_rows(args.pcsym, args.minutes)
+    rows += pcsym_rows(pcsym_runs, args.minutes)
     md = "\n\n".join([
-        f"# Peers on the same split, augmentation and training budget ({args.minutes:g} min per model)",
+        f"# Peers on the same split, augmentation and training budget ({args.minutes:g} min of {args.clock} time per model)",
         C.env_markdown(env),
         "Validation split of the run (seed " + str(args.seed) + ", 20%), train/eval rotation per protocol; the "
         "best-validation-mAcc epoch of each model within the budget. Validation, not the official test split. "
         "Rows of earlier invocations with the same data, budget and seed are kept (their date and what ran "
         "beside them are in the table).",
         C.table(rows, [("model", "model"), ("protocol", "train/eval rotation"), ("macc", "val mAcc"),
-                       ("oa", "val OA"), ("train_minutes", "training min"), ("params", "params"),
+                       ("oa", "val OA"), ("train_minutes", f"training min ({args.clock})"),
+                       ("wall_minutes", "wall min"), ("params", "params"),
                        ("trained", "trained (UTC)"), ("beside", "sharing the machine")])])
     data_out = {"benchmark": "peers", "env": env, "data": args.data, "minutes": args.minutes, "seed": args.seed,
-                "results": results, "rows": rows}
+                "clock": args.clock, "pcsym_runs": pcsym_runs, "results": results, "rows": rows}
     jp, mp = C.write_results(out, "peers", data_out, md, args.quick)
     print(md)
     print(f"wrote {jp} and {mp}")

@@ -48,6 +48,7 @@ def test_peers_quick_run_writes_its_table(sample_dataset, tmp_path, monkeypatch)
     # a later invocation (the SO(3) half, trained at another time) adds its rows and keeps the earlier ones
     monkeypatch.setattr(sys, "argv", ["peers.py", "--quick", "--data", str(sample_dataset), "--minutes", "0.2",
                                       "--train-rotations", "so3", "--models", "pointnet", "--beside", "a test",
+                                      "--clock", "wall",
                                       "--out", str(tmp_path)])
     assert peers.main() == 0
     res = json.loads((tmp_path / "peers_quick.json").read_text())
