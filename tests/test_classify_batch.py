@@ -39,7 +39,8 @@ def test_out_writes_one_line_per_input_and_exit_2_for_a_failure(folder, tmp_path
     bad = [row for row in rows if not row["ok"]]
     assert len(bad) == 1 and bad[0]["file"].endswith("broken.off") and "broken.off" in bad[0]["error"]
     bed = next(row for row in rows if row["file"].endswith("bed_0001.off"))
-    assert bed["top"][0] == {"class": "bed", "probability": 0.975}
+    single = json.loads(runner.invoke(app, ["classify", str(folder / "bed_0001.off"), "--json"]).stdout)
+    assert bed["top"][0]["class"] == "bed" and bed["top"] == single["results"][0]["top"]  # same as one by one
     # several inputs: one compact row each, not one table each
     assert r.stdout.count("┏") == 1 and "runner-up" in r.stdout and "failed" in r.stdout
     # an existing results file is never overwritten by accident
