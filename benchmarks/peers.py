@@ -5,13 +5,14 @@ wall-clock budget, evaluated with the same protocols.
 Same data: the run's 80/20 split (``pcsym.splits``, seed), the same training clouds and augmentation
 (``PointCloudDataset``: resampled points, jitter, scale, the rotation of the protocol) and the same
 validation clouds (``transforms.eval_dataset``). Inputs: xyz and normals, like pcsym's models. Each
-model trains epoch by epoch until ``--minutes`` of training time are spent (validation not
-counted; ``--clock cpu`` counts the process's CPU time instead of wall time, for runs that share the machine), keeps its best-validation-mAcc epoch, and is then evaluated under each protocol: a model
-trained with z rotations on z- and SO(3)-rotated validation clouds, one trained with SO(3) rotations
+model trains epoch by epoch until ``--minutes`` of training time are spent (validation not counted;
+``--clock cpu`` counts the process's CPU time instead of wall time, for runs that share the machine),
+keeps its best-validation-mAcc epoch, and is then evaluated under each protocol: a model trained with z
+rotations on z- and SO(3)-rotated validation clouds, one trained with SO(3) rotations
 on SO(3)-rotated clouds. No test split is read. Usage:
 
     python benchmarks/peers.py --data ../shared/data/modelnet10_hdf5_1024 [--minutes 60] [--models dgcnn,pointnet]
-        [--train-rotations so3,z] [--threads 2] [--seed 0] [--beside "what else ran"]
+        [--train-rotations so3,z] [--threads 2] [--seed 0] [--clock wall|cpu] [--beside "what else ran"]
 
 The pcsym side of the table comes from pcsym runs given with ``--pcsym RUN[,RUN]`` (their metrics.csv:
 best validation mAcc reached within the same training time, and the run's eval rotation).
@@ -242,7 +243,8 @@ def write_table(args, env: dict, results: list[dict], pcsym_runs: list[str], out
             for r in results for proto, v in r["protocols"].items()]
     rows += pcsym_rows(pcsym_runs, args.minutes)
     md = "\n\n".join([
-        f"# Peers on the same split, augmentation and training budget ({args.minutes:g} min of {args.clock} time per model)",
+        f"# Peers on the same split, augmentation and training budget "
+        f"({args.minutes:g} min of {args.clock} time per model)",
         C.env_markdown(env),
         "Validation split of the run (seed " + str(args.seed) + ", 20%), train/eval rotation per protocol; the "
         "best-validation-mAcc epoch of each model within the budget. Validation, not the official test split. "
