@@ -38,6 +38,7 @@ VARIANTS = {
     "ppf": ["--edge-features", "ppf"],
     "ppf+balance-loss": ["--edge-features", "ppf", "--balance", "loss"],
     "ppf+balance-sampler": ["--edge-features", "ppf", "--balance", "sampler"],
+    "ppf+balance-sampler+random-fps": ["--edge-features", "ppf", "--balance", "sampler", "--sampling", "random-fps"],
     "sgd": ["--optimizer", "sgd", "--lr", "0.1", "--label-smoothing", "0.2"],
     "wider": ["--widths", "64,128,256"],
 }

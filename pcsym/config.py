@@ -24,7 +24,7 @@ from .errors import PcsymError
 
 # The allowed values of every enumerated setting (the CLI, the configs and the data layer use these).
 KERNELS = ("implicit", "basis")  # == models.layers.KERNELS' keys (a test keeps them equal)
-SAMPLINGS = ("random", "fps")
+SAMPLINGS = ("random", "fps", "random-fps")  # see pcsym.graph.sampling_order
 ROTATIONS = ("none", "z", "so3")
 SCHEDULES = ("cosine", "step")
 UP_AXES = ("y", "z")
@@ -116,7 +116,7 @@ class ModelConfig(_Config):
     n_radial: int = 4
     use_normals: bool = True
     use_positions: bool = True  # centred positions as an input vector field (global shape context)
-    sampling: str = "random"  # random | fps
+    sampling: str = "random"  # random | fps | random-fps (see SAMPLINGS)
     head_dims: int = 128
     dropout: float = 0.3
     edge_features: str = "none"  # none | ppf (see EDGE_FEATURES)
@@ -124,6 +124,14 @@ class ModelConfig(_Config):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def layer_points(self, n: int | None = None) -> list[int]:
+        """Points kept by each steerable layer (the last: the invariant layer) for ``n`` input points."""
+        sizes, n = [], self.points if n is None else n
+        for s in tuple(self.strides) + (self.final_stride,):
+            n = max(1, n // s)
+            sizes.append(n)
+        return sizes
 
     @classmethod
     def parse(cls, name: str, value):

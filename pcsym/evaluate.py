@@ -26,12 +26,12 @@ from .files import atomic_write_bytes
 @torch.no_grad()
 def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1):
     """Class probabilities averaged over ``votes`` copies: copy v uses the dataset's augmentation of
-    epoch v and, for randomly downsampling models, the v-th seeded downsampling order."""
-    from .graph import vote_order
+    epoch v and, for randomly downsampling models, the v-th seeded downsampling order. Models without
+    a pcsym config (the benchmarks' peers) are called as ``model(pos, normals)``."""
     from .train import make_loader
 
     model.eval()
-    vary_order = getattr(getattr(model, "cfg", None), "sampling", None) == "random"
+    has_votes = getattr(getattr(model, "cfg", None), "sampling", None) is not None
     total = None
     labels = None
     for v in range(max(1, votes)):
@@ -39,8 +39,8 @@ def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1):
         outs, ys = [], []
         for pos, nrm, y in make_loader(ds, batch_size, False, 0, v, 0):
             pos, nrm = pos.to(device), nrm.to(device)
-            order = vote_order(v, pos.shape[0], pos.shape[1], pos.device) if vary_order else None
-            outs.append(torch.softmax(model(pos, nrm, order=order).float(), dim=-1).cpu())
+            logits = model(pos, nrm, vote=v) if has_votes else model(pos, nrm)
+            outs.append(torch.softmax(logits.float(), dim=-1).cpu())
             ys.append(y)
         probs = torch.cat(outs)
         total = probs if total is None else total + probs

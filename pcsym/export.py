@@ -38,12 +38,12 @@ class OrderedNet(nn.Module):
         return self.model.forward_ordered(pos, self.model.input_features(normals, pos), normals=normals)
 
 
-def prepare_inputs(pos: torch.Tensor, normals: torch.Tensor, vote: int = 0):
-    """Put (B, N, 3) clouds in the model's eval-mode sampling order (seeded random order; another
-    vote's order for test-time voting)."""
-    from .graph import take, vote_order
+def prepare_inputs(pos: torch.Tensor, normals: torch.Tensor, cfg, vote: int = 0):
+    """Put (B, N, 3) clouds in the eval-mode sampling order of a model of config ``cfg``
+    (:func:`pcsym.graph.sampling_order`; another vote's order for test-time voting)."""
+    from .graph import sampling_order, take
 
-    order = vote_order(vote, pos.shape[0], pos.shape[1])
+    order = sampling_order(pos, cfg.sampling, cfg.layer_points(pos.shape[1]), vote)
     return take(pos, order), take(normals, order)
 
 
@@ -78,8 +78,6 @@ def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_thre
     check_choice(fmt, EXPORT_FORMATS, "export format")
     if model.cfg.kernel != "implicit":
         raise PcsymError("export supports implicit-kernel models (escnn's R3PointConv basis is not traceable)")
-    if model.cfg.sampling != "random":
-        raise PcsymError("export supports random-sampling models (the farthest-point order is computed per cloud)")
     model = freeze(model.float().eval())
     net = OrderedNet(model).eval()
     pos, nrm = _example(model)
@@ -118,7 +116,7 @@ def numpy_arrays(model, unknown_threshold: float | None = None) -> dict:
     from .graph import vote_order
 
     arrays = {"orders": torch.cat([vote_order(v, 1, model.cfg.points) for v in range(runtime.VOTE_ORDERS)]),
-              "sizes": torch.tensor(model.layer_points(model.cfg.points))}
+              "sizes": torch.tensor(model.cfg.layer_points())}
 
     def linear(name, w, b):
         arrays[name + ".w"] = w
@@ -172,4 +170,4 @@ class ScriptedClassifier:
 
     def __call__(self, pos: torch.Tensor, normals: torch.Tensor, vote: int = 0) -> torch.Tensor:
         """Logits; ``vote`` picks another seeded downsampling order (test-time votes)."""
-        return self.net(*prepare_inputs(pos.float(), normals.float(), vote))
+        return self.net(*prepare_inputs(pos.float(), normals.float(), self.cfg, vote))

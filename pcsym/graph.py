@@ -1,9 +1,10 @@
 """Graph operations on batched point clouds in plain torch (no compiled extensions).
 
 * :func:`knn` — k nearest neighbours in cache-sized blocks: memory bounded, never O(N²) for large N.
-* :func:`random_order` / :func:`fps_order` — point orders whose prefixes are the downsampled sets
-  (random sampling, farthest-point sampling). Every layer of a network takes a prefix of one order,
-  so downsampling uses identical indices for a cloud and its rotated copy.
+* :func:`sampling_order` (from :func:`random_order` / :func:`fps_order`) — point orders whose prefixes
+  are the downsampled sets (random, farthest-point, or random then farthest-point sampling). Every layer
+  of a network takes a prefix of one order, so downsampling uses identical indices for a cloud and its
+  rotated copy.
 * :func:`estimate_normals` — PCA normals oriented away from the centroid (O(3)-equivariant).
 """
 
@@ -80,21 +81,54 @@ def vote_order(vote: int, b: int, n: int, device=None) -> torch.Tensor:
 def fps_order(pos: torch.Tensor, m: int | None = None) -> torch.Tensor:
     """Farthest-point-sampling order (B, m) of pos (B, N, 3); prefixes are FPS subsets.
 
-    Starts from the point farthest from the centroid, so the order is equivariant to isometries
-    fixing the centroid (up to exact ties).
+    Starts from the point farthest from the centroid (computed in float64), so the order is
+    equivariant to isometries fixing the centroid (up to exact ties). Squared distances are spelled
+    component by component, exactly as :func:`pcsym.runtime.fps_order`, so both pick the same points.
     """
     b, n, _ = pos.shape
     m = n if m is None else m
-    centred = pos - pos.mean(1, keepdim=True)
+    centred = (pos.double() - pos.double().mean(1, keepdim=True))
     cur = centred.pow(2).sum(-1).argmax(1)  # (B,)
     order = torch.empty(b, m, dtype=torch.long, device=pos.device)
     dist = torch.full((b, n), float("inf"), dtype=pos.dtype, device=pos.device)
     ar = torch.arange(b, device=pos.device)
+    x, y, z = pos.unbind(-1)
     for i in range(m):
         order[:, i] = cur
-        d = (pos - pos[ar, cur][:, None]).pow(2).sum(-1)
+        c = pos[ar, cur]
+        d = (x - c[:, 0:1]).square() + (y - c[:, 1:2]).square() + (z - c[:, 2:3]).square()
         dist = torch.minimum(dist, d)
         cur = dist.argmax(1)
+    return order
+
+
+def complete_order(first: torch.Tensor, n: int) -> torch.Tensor:
+    """A permutation (B, n) of 0..n-1 that starts with ``first`` (B, m, distinct indices) and goes on
+    with the other indices in increasing order."""
+    b, m = first.shape
+    key = torch.arange(m, m + n, device=first.device).expand(b, n).clone()
+    key.scatter_(1, first, torch.arange(m, device=first.device).expand(b, m))
+    return key.argsort(1)
+
+
+def sampling_order(pos: torch.Tensor, sampling: str, sizes: list[int], vote: int | None = None) -> torch.Tensor:
+    """The point order (B, N) of a model's downsampling scheme; layer l keeps its first ``sizes[l]`` points.
+
+    * ``random``: a uniform random permutation (the paper's random sampling): a fresh one when
+      ``vote`` is None (training), else the seeded order of that test-time vote (0 = eval mode);
+    * ``fps``: farthest-point sampling at every layer (one order per cloud; votes change nothing);
+    * ``random-fps``: layer 1 keeps a random subset (as ``random``) and every deeper layer a
+      farthest-point sample of it, so the few points of the deep layers cover the shape evenly.
+    Only the first ``sizes[0]`` positions matter: layer 1's neighbours come from the whole cloud.
+    """
+    b, n, _ = pos.shape
+    if sampling == "fps":
+        return complete_order(fps_order(pos, min(n, sizes[0])), n)
+    order = random_order(b, n, device=pos.device) if vote is None else vote_order(vote, b, n, pos.device)
+    if sampling == "random-fps" and len(sizes) > 1:
+        head = order[:, : sizes[0]]
+        first = fps_order(take(pos, head), sizes[1])  # indices into head
+        order = torch.cat([torch.gather(head, 1, complete_order(first, head.shape[1])), order[:, sizes[0]:]], 1)
     return order
 
 

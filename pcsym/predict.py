@@ -36,7 +36,7 @@ class Classifier:
 
     def probabilities(self, points: np.ndarray, normals: np.ndarray, votes: int = 1) -> np.ndarray:
         """Class probabilities (C,) of one cloud (N, 3) with its normals, averaged over ``votes``
-        seeded downsampling orders (vote v uses :func:`pcsym.graph.vote_order` (v); models that
+        seeded downsampling orders (vote v: :func:`pcsym.graph.sampling_order` of vote v; models that
         sample farthest points have one order per cloud, so one vote)."""
         from .runtime import softmax
 
@@ -46,28 +46,28 @@ class Classifier:
         return np.mean([softmax(self._logits(pts, nrm, v))[0] for v in range(n)], axis=0)
 
 
-def _torch_logits(net, scripted: bool, random_order: bool):
+def _torch_logits(net):
+    """logits(pts, nrm, vote) of a TorchScript export or a checkpoint's model (both take ``vote``)."""
     import torch
 
-    from .graph import vote_order
-
     def logits(pts, nrm, vote):
-        p, n = torch.as_tensor(pts), torch.as_tensor(nrm)
         with torch.no_grad():
-            if scripted:
-                out = net(p, n, vote=vote)
-            else:  # a checkpoint's model; farthest-point models compute their own order
-                out = net(p, n, order=vote_order(vote, 1, p.shape[1]) if random_order else None)
-        return out.float().numpy()
+            return net(torch.as_tensor(pts), torch.as_tensor(nrm), vote=vote).float().numpy()
 
     return logits
+
+
+def max_votes(cfg) -> int:
+    """Distinct test-time votes of a model: the seeded random orders, or 1 for farthest-point sampling."""
+    from .runtime import VOTE_ORDERS
+
+    return 1 if cfg.sampling == "fps" else VOTE_ORDERS
 
 
 def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classifier:
     """A shipped model name (``so3``, ``o2``), a numpy export, a TorchScript export, a checkpoint
     or a run folder, loaded for inference."""
     from .checkpoint import PRETRAINED, resolve_checkpoint
-    from .runtime import VOTE_ORDERS
 
     p = resolve_checkpoint(name_or_path)
     fast = p.with_suffix(".npz") if str(name_or_path) in PRETRAINED else p
@@ -75,7 +75,8 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
         from .runtime import NumpyClassifier
 
         net = NumpyClassifier(fast)
-        return Classifier(net.cfg, lambda pts, nrm, vote: net(pts, nrm, vote=vote), VOTE_ORDERS, net.unknown_threshold)
+        return Classifier(net.cfg, lambda pts, nrm, vote: net(pts, nrm, vote=vote), max_votes(net.cfg),
+                          net.unknown_threshold)
     import torch
 
     if threads:
@@ -84,13 +85,11 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
         from .export import ScriptedClassifier
 
         net = ScriptedClassifier(p)
-        return Classifier(net.cfg, _torch_logits(net, True, True), VOTE_ORDERS, net.unknown_threshold)
+        return Classifier(net.cfg, _torch_logits(net), max_votes(net.cfg), net.unknown_threshold)
     from .checkpoint import load_model
 
     model, ckpt = load_model(p)
-    random_order = model.cfg.sampling == "random"
-    return Classifier(model.cfg, _torch_logits(model, False, random_order), VOTE_ORDERS if random_order else 1,
-                      ckpt.get("unknown_threshold"))
+    return Classifier(model.cfg, _torch_logits(model), max_votes(model.cfg), ckpt.get("unknown_threshold"))
 
 
 def read_input(path: str | os.PathLike, points: int, seed: int = 0, max_vertices: int = 2_000_000,

@@ -49,6 +49,46 @@ def knn(query: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def fps_order(pos: np.ndarray, m: int) -> np.ndarray:
+    """Farthest-point order (B, m) of pos (B, N, 3): :func:`pcsym.graph.fps_order`, spelled the same way."""
+    b, n, _ = pos.shape
+    p64 = pos.astype(np.float64)
+    cur = ((p64 - p64.mean(1, keepdims=True)) ** 2).sum(-1).argmax(1)
+    order = np.empty((b, m), dtype=np.int64)
+    dist = np.full((b, n), np.inf, dtype=pos.dtype)
+    ar = np.arange(b)
+    x, y, z = pos[..., 0], pos[..., 1], pos[..., 2]
+    for i in range(m):
+        order[:, i] = cur
+        c = pos[ar, cur]
+        d = np.square(x - c[:, 0:1]) + np.square(y - c[:, 1:2]) + np.square(z - c[:, 2:3])
+        dist = np.minimum(dist, d)
+        cur = dist.argmax(1)
+    return order
+
+
+def complete_order(first: np.ndarray, n: int) -> np.ndarray:
+    """:func:`pcsym.graph.complete_order`: ``first`` (B, m), then the other indices of 0..n-1 in order."""
+    b, m = first.shape
+    key = np.broadcast_to(np.arange(m, m + n), (b, n)).copy()
+    np.put_along_axis(key, first, np.broadcast_to(np.arange(m), (b, m)), axis=1)
+    return key.argsort(1, kind="stable")
+
+
+def sampling_order(pos: np.ndarray, sampling: str, sizes, seeded: np.ndarray) -> np.ndarray:
+    """:func:`pcsym.graph.sampling_order` in eval mode, given the vote's seeded random order (N,)."""
+    b, n, _ = pos.shape
+    if sampling == "fps":
+        return complete_order(fps_order(pos, min(n, int(sizes[0]))), n)
+    order = np.broadcast_to(seeded, (b, n))
+    if sampling == "random-fps" and len(sizes) > 1:
+        head = order[:, : int(sizes[0])]
+        first = fps_order(np.take_along_axis(pos, head[..., None], axis=1), int(sizes[1]))
+        order = np.concatenate([np.take_along_axis(head, complete_order(first, head.shape[1]), 1),
+                                order[:, int(sizes[0]):]], 1)
+    return order
+
+
 def gather(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """x (B, N, C), idx (B, M, k) -> (B, M, k, C)."""
     return x[np.arange(x.shape[0])[:, None, None], idx]
@@ -138,7 +178,8 @@ class NumpyClassifier:
         feats = [pos - pos.mean(1, keepdims=True)] if self.cfg.use_positions else []
         feats += [normals] if self.cfg.use_normals else []
         feat = np.concatenate(feats + [np.ones_like(pos[..., :1])], axis=-1)
-        pos, feat, normals = pos[:, orders[vote]], feat[:, orders[vote]], normals[:, orders[vote]]
+        order = sampling_order(pos, self.cfg.sampling, self.a["sizes"], orders[vote])[..., None]
+        pos, feat, normals = (np.take_along_axis(x, order, axis=1) for x in (pos, feat, normals))
         for i, n in enumerate(self.a["sizes"]):
             pos, feat = self._block(i, pos, feat, int(n), normals)
             normals = normals[:, : int(n)]

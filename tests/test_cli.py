@@ -256,7 +256,7 @@ def test_export_torchscript_onnx_and_numpy_give_the_same_logits(tiny_run, tmp_pa
     assert torch.allclose(ScriptedClassifier(tmp_path / "m.ts")(p, n), ref, atol=1e-5)
     import onnxruntime as ort
 
-    pp, nn_ = prepare_inputs(p, n)
+    pp, nn_ = prepare_inputs(p, n, model.cfg)
     out = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"pos": pp.numpy(), "normals": nn_.numpy()})[0]
     assert np.abs(out - ref.numpy()).max() < 1e-4
     from pcsym.runtime import NumpyClassifier

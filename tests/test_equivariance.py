@@ -222,3 +222,39 @@ def test_edge_features_need_the_implicit_kernel_and_normals():
             ModelConfig(edge_features="ppf", class_names=["a"], **bad).validate()
     with pytest.raises(PcsymError, match="unknown edge features 'pp'"):
         ModelConfig(edge_features="pp", class_names=["a"]).validate()
+
+
+@pytest.mark.parametrize("sampling", ["random-fps", "fps"])
+def test_farthest_point_sampling_models_are_invariant_end_to_end_and_export(sampling, tmp_path):
+    """With farthest-point sampling the downsampled subsets depend on the coordinates, so the
+    invariance check here lets each rotated copy choose its own order (no shared indices): the
+    logits still agree to float64 rounding. The numpy runtime computes the same orders and logits."""
+    from scipy.spatial.transform import Rotation
+
+    from pcsym.export import export_model
+    from pcsym.runtime import NumpyClassifier
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(group="so3", points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16,
+                                    edge_features="ppf", sampling=sampling, class_names=[str(i) for i in range(5)]))
+    model = model.double().eval()
+    p, n = (x[None] for x in _cloud())
+    with torch.no_grad():
+        ref = model(p, n)
+        for seed in range(3):
+            R = torch.tensor(Rotation.random(random_state=seed).as_matrix())
+            out = model(p @ R.T, n @ R.T)
+            assert (out - ref).abs().max() < 1e-9 * max(1.0, float(ref.abs().max()))
+        votes = [model(p, n, vote=v) for v in (1, 2)]
+    if sampling == "random-fps":  # the votes' random subsets differ
+        assert (votes[0] - votes[1]).abs().max() > 1e-6
+    else:
+        assert torch.equal(votes[0], votes[1])
+    model.float()
+    net = NumpyClassifier(export_model(model, tmp_path / "m.npz", "numpy"))
+    assert net.cfg.sampling == sampling
+    pf, nf = p.float(), n.float()
+    for v in (0, 2):
+        with torch.no_grad():
+            want = model(pf, nf, vote=v).numpy()
+        assert np.abs(net(pf.numpy(), nf.numpy(), vote=v) - want).max() < 1e-5 * max(1.0, np.abs(want).max())

@@ -75,3 +75,33 @@ def test_estimated_normals_on_a_sphere_point_outward_and_rotate_with_it():
     R = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))[0].float()
     n_rot = estimate_normals(p @ R.T)
     assert torch.allclose(n_rot, n @ R.T, atol=1e-4)
+
+
+def test_sampling_orders_keep_their_promises():
+    """random-fps: layer 1 keeps the random order's subset, deeper layers a farthest-point sample of it;
+    fps: the farthest-point prefix; every order is a permutation. The numpy runtime computes the same."""
+    import numpy as np
+
+    from pcsym import runtime
+    from pcsym.graph import sampling_order, vote_order
+
+    torch.manual_seed(0)
+    p = torch.rand(3, 256, 3)
+    sizes = [128, 32, 8]
+    for sampling in ("random", "fps", "random-fps"):
+        for vote in (0, 3):
+            order = sampling_order(p, sampling, sizes, vote)
+            assert torch.equal(order.sort(1).values, torch.arange(256).expand(3, 256))
+            one = sampling_order(p[:1], sampling, sizes, vote)  # exports hold one seeded order per vote
+            seeded = vote_order(vote, 1, 256)[0].numpy()
+            np.testing.assert_array_equal(runtime.sampling_order(p[:1].numpy(), sampling, sizes, seeded), one.numpy())
+    rnd = vote_order(0, 3, 256)
+    mixed = sampling_order(p, "random-fps", sizes, 0)
+    assert torch.equal(mixed[:, 128:], rnd[:, 128:])
+    assert torch.equal(mixed[:, :128].sort(1).values, rnd[:, :128].sort(1).values)
+    head = take(p, rnd[:, :128])
+    assert torch.equal(take(p, mixed[:, :32]), take(head, fps_order(head, 32)))
+    assert torch.equal(sampling_order(p, "fps", sizes)[:, :128], fps_order(p, 128))
+    # training draws a fresh random subset each time; eval-mode orders are seeded
+    assert not torch.equal(sampling_order(p, "random-fps", sizes), sampling_order(p, "random-fps", sizes))
+    assert torch.equal(mixed, sampling_order(p, "random-fps", sizes, 0))

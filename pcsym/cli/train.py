@@ -38,7 +38,7 @@ def train(
     seed: int = typer.Option(_T.seed, "--seed"),
     rotate: str = typer.Option(_T.rotate, "--rotate", help="Training augmentation: none, z or so3."),
     widths: str = typer.Option(_csv(_M.widths), "--widths", help="Approx. feature dims of the steerable layers."),
-    sampling: str = typer.Option(_M.sampling, "--sampling", help="Downsampling: random or fps."),
+    sampling: str = typer.Option(_M.sampling, "--sampling", help="Downsampling: random, fps, or random-fps (random first layer, farthest-point deeper layers)."),
     max_freq: Optional[int] = typer.Option(_M.max_freq, "--max-freq",
                                            help="Band limit of hidden fields of continuous groups "
                                                 "(default: the group's, see `pcsym groups`)."),

@@ -1,7 +1,7 @@
 """The equivariant point-cloud classifier: steerable conv blocks -> invariant layer -> pooling -> MLP.
 
-Downsampling uses one point *order* per cloud (random permutation, or farthest-point order);
-layer l keeps the first N_l points of it and convolves over the k nearest of the previous
+Downsampling uses one point *order* per cloud (:func:`pcsym.graph.sampling_order`: random,
+farthest-point, or random then farthest-point); layer l keeps the first N_l points of it and convolves over the k nearest of the previous
 layer's points. A cloud and its transformed copy therefore use identical indices.
 """
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..graph import eval_order, fps_order, gather, knn, random_order, take
+from ..graph import gather, knn, sampling_order, take
 from ..groups import Group, resolve
 from .layers import KERNELS, EquivBatchNorm, FieldNonlinearity, channel_types, channels_for
 
@@ -77,19 +77,10 @@ class EquivariantClassifier(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.head = make_head(cfg.invariant_dims, cfg.head_dims, cfg.num_classes, cfg.dropout)
 
-    def layer_points(self, n: int) -> list[int]:
-        sizes = []
-        for s in tuple(self.cfg.strides) + (self.cfg.final_stride,):
-            n = max(1, n // s)
-            sizes.append(n)
-        return sizes
-
-    def point_order(self, pos: torch.Tensor) -> torch.Tensor:
-        if self.cfg.sampling == "fps":
-            return fps_order(pos)
-        if self.training:
-            return random_order(pos.shape[0], pos.shape[1], device=pos.device)
-        return eval_order(pos.shape[0], pos.shape[1], device=pos.device)  # seeded: deterministic predictions
+    def point_order(self, pos: torch.Tensor, vote: int = 0) -> torch.Tensor:
+        """The sampling order: a fresh random one in training; in eval mode the seeded order of test-time
+        vote ``vote`` (0: deterministic predictions, the same as the exports')."""
+        return sampling_order(pos, self.cfg.sampling, self.cfg.layer_points(pos.shape[1]), None if self.training else vote)
 
     def input_features(self, normals: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
         """Per-point input fields: [centred position] [normal] constant, matching ``self.in_reps``.
@@ -110,7 +101,7 @@ class EquivariantClassifier(nn.Module):
         """Core network on points already in sampling order. Returns logits (and layer outputs).
         ``normals`` (in the same order) are needed by models with edge features."""
         outs = []
-        sizes = self.layer_points(pos.shape[1])
+        sizes = self.cfg.layer_points(pos.shape[1])
         if self.cfg.edge_features == "none":
             normals = None
         elif normals is None:
@@ -126,15 +117,16 @@ class EquivariantClassifier(nn.Module):
         return (logits, outs) if return_features else logits
 
     def forward(self, pos: torch.Tensor, normals: torch.Tensor | None = None, order: torch.Tensor | None = None,
-                return_features: bool = False):
-        """pos (B, N, 3), normals (B, N, 3) or None -> logits (B, classes)."""
+                return_features: bool = False, vote: int = 0):
+        """pos (B, N, 3), normals (B, N, 3) or None -> logits (B, classes). ``order``: the sampling
+        order (default :meth:`point_order` of ``vote``)."""
         if normals is None and self.cfg.use_normals:
             from ..graph import estimate_normals
 
             normals = estimate_normals(pos)
         feat = self.input_features(normals, pos)
         if order is None:
-            order = self.point_order(pos)
+            order = self.point_order(pos, vote)
         edge_normals = take(normals, order) if self.cfg.edge_features != "none" else None
         return self.forward_ordered(take(pos, order), take(feat, order), return_features, edge_normals)
 
