@@ -91,13 +91,13 @@ def fps_order(pos: torch.Tensor, m: int | None = None) -> torch.Tensor:
     cur = centred.pow(2).sum(-1).argmax(1)  # (B,)
     order = torch.empty(b, m, dtype=torch.long, device=pos.device)
     dist = torch.full((b, n), float("inf"), dtype=pos.dtype, device=pos.device)
-    ar = torch.arange(b, device=pos.device)
-    x, y, z = pos.unbind(-1)
+    pt = pos.transpose(1, 2).contiguous()  # (B, 3, N): one subtraction and one square per step
     for i in range(m):
         order[:, i] = cur
-        c = pos[ar, cur]
-        d = (x - c[:, 0:1]).square() + (y - c[:, 1:2]).square() + (z - c[:, 2:3]).square()
-        dist = torch.minimum(dist, d)
+        s = (pt - torch.gather(pt, 2, cur.view(b, 1, 1).expand(b, 3, 1))).square_()
+        d = s[:, 0] + s[:, 1]
+        d += s[:, 2]
+        torch.minimum(dist, d, out=dist)
         cur = dist.argmax(1)
     return order
 
