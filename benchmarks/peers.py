@@ -208,7 +208,8 @@ def main() -> int:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="what the budget counts: wall time, or the process's CPU time (with --threads 1, the wall "
                         "time of a core of its own, so other jobs may share the machine without shortening it)")
-    p.add_argument("--models", default="dgcnn,pointnet")
+    p.add_argument("--models", default="dgcnn,pointnet",
+                   help="peers to train ('' for none: only (re)tabulate the --pcsym runs beside the earlier rows)")
     p.add_argument("--train-rotations", default="so3,z")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=1000)
@@ -223,7 +224,7 @@ def main() -> int:
     data = load_dataset(args.data, points=1024)
     results = []
     for rot in args.train_rotations.split(","):
-        for name in args.models.split(","):
+        for name in filter(None, args.models.split(",")):
             r = train_peer(name, data, args, rot, lambda s: print(s, flush=True))
             results.append({**r, "trained": env["date_utc"], "threads": args.threads, "beside": args.beside,
                             "load_avg_1min_at_start": env.get("load_avg_1min_at_start")})

@@ -117,23 +117,25 @@ def evaluate_model(model, ds, batch_size: int = 32, device="cpu", votes: int = 1
 
 def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | None = None, rotate: str = "none",
                         votes: int = 1, prior: str | None = None, batch_size: int = 32, device: str = "cpu",
-                        up_axis: str | None = None, fmt: str | None = None) -> dict:
+                        up_axis: str | None = None, fmt: str | None = None, sampling: str | None = None) -> dict:
     """Load ``checkpoint`` and score it on ``split`` of ``data`` (default: ``test`` when the dataset
-    has one, else ``val``). ``val``/``train`` are the run's own split: its seed and validation
+    has one, else ``val``), downsampling with ``sampling`` (default: the model's own scheme). ``val``/``train`` are the run's own split: its seed and validation
     fraction come from the checkpoint (the defaults, seed 0 and 0.2, for checkpoints that predate
     storing them)."""
     from .checkpoint import load_model, train_config_of
-    from .config import ROTATIONS, TrainConfig, check_choice
+    from .config import ROTATIONS, SAMPLINGS, TrainConfig, check_choice
     from .data import load_dataset
     from .splits import SPLITS, default_split, split_indices
     from .transforms import eval_dataset
 
     check_choice(rotate, ROTATIONS, "--rotate")
     check_choice(split, SPLITS, "--split")
+    check_choice(sampling, SAMPLINGS, "--sampling")
     if votes < 1:
         raise PcsymError("--votes must be at least 1")
     model, ckpt = load_model(checkpoint, device)
     cfg = model.cfg
+    cfg.sampling = sampling or cfg.sampling
     ds_all = load_dataset(data, points=cfg.points, up_axis=up_axis, fmt=fmt)
     if list(ds_all.class_names) != list(cfg.class_names):
         raise PcsymError(f"dataset classes ({len(ds_all.class_names)}) differ from the model's "
@@ -144,7 +146,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     ds = eval_dataset(ds_all, idx, cfg.points, rotate, run.seed)
     m = evaluate_model(model, ds, batch_size=batch_size, device=device, votes=votes,
                        prior=None if prior is None else read_prior(prior, cfg.class_names))
-    m.update({"checkpoint": str(checkpoint), "rotate": rotate, "split": split, "votes": votes,
+    m.update({"checkpoint": str(checkpoint), "rotate": rotate, "split": split, "votes": votes, "sampling": cfg.sampling,
               "split_seed": run.seed, "val_fraction": run.val_fraction})
     if prior is not None:
         m["prior"] = str(prior)

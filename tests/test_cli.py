@@ -125,6 +125,18 @@ def test_evaluate_bad_rotate_flag(tiny_run):
     assert r.exit_code == 2 and "unknown --rotate 'x'" in r.stderr
 
 
+def test_evaluate_with_another_downsampling(tiny_run, sample_dataset):
+    """--sampling scores the same weights with another downsampling scheme (and says which)."""
+    own = json.loads(run("evaluate", tiny_run, "--data", sample_dataset, "--json").stdout)
+    r = run("evaluate", tiny_run, "--data", sample_dataset, "--json", "--sampling", "random-fps")
+    assert r.exit_code == 0, r.output
+    other = json.loads(r.stdout)
+    assert (own["sampling"], other["sampling"]) == ("random", "random-fps") and other["n"] == own["n"]
+    r = run("evaluate", tiny_run, "--data", MINI, "--sampling", "fsp")
+    assert r.exit_code == 2 and "unknown --sampling 'fsp': use random, fps or random-fps" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_classify_with_checkpoint(tiny_run, sample_mesh):
     r = run("classify", sample_mesh, "--model", tiny_run / "best.pt", "--top-k", "3", "--json")
     assert r.exit_code == 0, r.output

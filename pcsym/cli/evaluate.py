@@ -24,6 +24,9 @@ def evaluate(
                                              "default otherwise), train or all."),
     rotate: str = typer.Option("none", "--rotate", help="Test-time rotation: none, z or so3."),
     votes: int = typer.Option(1, "--votes", help="Average predictions over N augmented copies."),
+    sampling: Optional[str] = typer.Option(None, "--sampling",
+                                           help="Downsample with random, fps or random-fps instead of the model's "
+                                                "own scheme (the weights do not depend on it)."),
     prior: Optional[str] = typer.Option(None, "--prior",
                                         help="Also report the accuracy re-weighted to a class prior: 'balanced' or a "
                                              "file of class weights (JSON or 'class weight' lines)."),
@@ -41,7 +44,7 @@ def evaluate(
         check_up_axis(up_axis)
         dev = setup_torch(threads, device)
         m = evaluate_checkpoint(checkpoint, data, split=split, rotate=rotate, votes=votes, prior=prior,
-                                batch_size=batch_size, device=dev, up_axis=up_axis, fmt=fmt)
+                                batch_size=batch_size, device=dev, up_axis=up_axis, fmt=fmt, sampling=sampling)
         if out:
             write_eval_outputs(out, m)
         if as_json:
@@ -60,7 +63,7 @@ def _print_eval(m: dict):
              if "prior_weighted_accuracy" in m else "")
     con.print(f"[bold]overall accuracy[/] {m['overall_accuracy']:.4f}   [bold]mean class accuracy[/] "
               f"{m['mean_class_accuracy']:.4f}{prior}   (n={m['n']}, split={m['split']}, rotate={m['rotate']}, "
-              f"votes={m['votes']})")
+              f"votes={m['votes']}, sampling={m['sampling']})")
     t = Table(title="per-class accuracy")
     t.add_column("class")
     t.add_column("accuracy", justify="right")
