@@ -3,7 +3,8 @@
 Importing torch takes 2-3 s on a small CPU, longer than classifying a mesh; this runtime needs only
 numpy, so ``pcsym classify`` with a shipped model starts in well under a second. The file holds the
 network as plain arrays — the equivariant weights already expanded, batch norms folded to per-channel
-affine maps, the eval-mode point orders — and a JSON copy of the model config. It is loaded with
+affine maps, the seeded random point orders of the votes (farthest-point steps are computed per cloud,
+exactly as :func:`pcsym.graph.sampling_order`) — and a JSON copy of the model config. It is loaded with
 ``allow_pickle=False``: nothing in it is executed. The forward pass mirrors
 :class:`pcsym.models.classifier.EquivariantClassifier` in eval mode; tests pin equal logits.
 """
