@@ -284,13 +284,14 @@ class Trainer:
         seed_all(tcfg.seed * 1000 + epoch)
         self.train_ds.set_epoch(epoch)
         self._train_mode()
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         tot, correct, loss_sum, skip = 0, 0, 0.0, 0
         partial = state.partial
         if partial is not None and int(partial["epoch"]) == epoch:
             skip = int(partial["step"])
             tot, correct, loss_sum = int(partial["tot"]), int(partial["correct"]), float(partial["loss_sum"])
             t0 -= float(partial.get("seconds", 0.0))  # the epoch's time before the interruption
+            c0 -= float(partial.get("cpu_seconds", 0.0))
         loader = make_loader(self.train_ds, tcfg.batch_size, True, tcfg.seed, epoch, tcfg.workers, drop_last=True,
                              world=self.world, balanced=tcfg.balance == "sampler")
         for step, (pos, nrm, y) in enumerate(loader):
@@ -304,7 +305,8 @@ class Trainer:
             if self.world.any(self.stop):  # save the exact mid-epoch state: resuming replays the rest identically
                 rng = self.world.gather(torch.get_rng_state())  # every process's own random state
                 state.partial = {"epoch": epoch, "step": step, "tot": tot, "correct": correct, "loss_sum": loss_sum,
-                                 "rng_state": rng[0], "rng_states": rng, "seconds": time.time() - t0}
+                                 "rng_state": rng[0], "rng_states": rng, "seconds": time.time() - t0,
+                                 "cpu_seconds": time.process_time() - c0}
                 self._save_last(state)
                 raise TrainingInterrupted()
             pos, nrm, y = pos.to(self.device), nrm.to(self.device), y.to(self.device)
@@ -321,14 +323,15 @@ class Trainer:
         recalibrate_norms(model, self.train_ds, min(tcfg.bn_batches, self.steps_per_epoch), tcfg.batch_size,
                           tcfg.seed, epoch, tcfg.workers, self.device, frozen=model.blocks if tcfg.freeze_trunk else None,
                           world=self.world)
-        train_time = time.time() - t0
+        train_time, cpu_time = time.time() - t0, time.process_time() - c0
         val = evaluate_model(model, self.val_ds, batch_size=max(tcfg.batch_size, 32), device=self.device,
                              world=self.world)
         return {"epoch": epoch + 1, "train_loss": round(loss_sum / max(tot, 1), 5),
                 "train_acc": round(correct / max(tot, 1), 5), "val_acc": round(val["overall_accuracy"], 5),
                 "val_macc": round(val["mean_class_accuracy"], 5), "unknown_threshold": round(val["unknown_threshold"], 5),
                 "lr": self.optimizer.param_groups[0]["lr"],
-                "epoch_seconds": round(train_time, 2), "shapes_per_second": round(tot / max(train_time, 1e-9), 2)}
+                "epoch_seconds": round(train_time, 2), "shapes_per_second": round(tot / max(train_time, 1e-9), 2),
+                "cpu_seconds": round(cpu_time, 2)}  # this process's CPU time (all its threads), same interval
 
     def world_sum(self, *values: float) -> tuple:
         """The per-step counts summed over the processes of a torchrun job."""

@@ -1,5 +1,6 @@
 """The commands as a user runs them: exit codes, messages, files written."""
 
+import csv
 import json
 import os
 import pickle
@@ -76,6 +77,8 @@ def test_train_writes_checkpoints_metrics_and_config(tiny_run):
         p.name for p in tiny_run.iterdir()}
     lines = (tiny_run / "metrics.csv").read_text().strip().splitlines()
     assert lines[0].startswith("epoch,train_loss,train_acc,val_acc") and len(lines) == 3
+    rows = list(csv.DictReader(lines))
+    assert all(0 < float(r["cpu_seconds"]) and 0 < float(r["epoch_seconds"]) for r in rows)
     ckpt = torch.load(tiny_run / "last.pt", weights_only=True)  # loads without executing anything
     assert ckpt["model_config"]["group"] == "so3" and ckpt["model_config"]["points"] == 256
     assert ckpt["model_config"]["class_names"][0] == "bathtub"

@@ -55,3 +55,24 @@ def test_peers_quick_run_writes_its_table(sample_dataset, tmp_path, monkeypatch)
     assert {(r["model"], r["protocol"]) for r in res["rows"]} == protos | {("pointnet", "so3/so3")}
     assert [r["beside"] for r in res["rows"] if r["protocol"] == "so3/so3"] == ["a test"]
     assert "a test" in (tmp_path / "peers_quick.md").read_text()
+
+
+def test_pcsym_rows_count_cpu_time_where_the_run_recorded_it(tmp_path):
+    """With --clock cpu a pcsym run's budget is its epochs' CPU time (cpu_seconds); runs that predate
+    that column fall back to wall time, and the row says which it used."""
+    import csv
+
+    peers = _load()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": {"group": "so3"}, "train": {"rotate": "so3", "eval_rotate": "so3"}}))
+    epochs = [(60, 30, 0.5), (60, 30, 0.6), (60, 30, 0.7), (60, 30, 0.65)]  # wall s, cpu s, val mAcc
+    with (run / "metrics.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["epoch", "val_acc", "val_macc", "epoch_seconds", "cpu_seconds"])
+        for i, (wall, cpu, macc) in enumerate(epochs):
+            w.writerow([i + 1, macc, macc, wall, cpu])
+    wall = peers.pcsym_rows([str(run)], 2.5, "wall")[0]
+    cpu = peers.pcsym_rows([str(run)], 2.5, "cpu")[0]
+    assert (wall["macc"], wall["train_minutes"]) == (0.6, 2.0) and "wall time" in wall["beside"]
+    assert (cpu["macc"], cpu["train_minutes"]) == (0.7, 1.5) and "CPU time" in cpu["beside"]
