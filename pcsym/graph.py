@@ -91,6 +91,7 @@ def fps_order(pos: torch.Tensor, m: int | None = None) -> torch.Tensor:
     cur = centred.pow(2).sum(-1).argmax(1)  # (B,)
     order = torch.empty(b, m, dtype=torch.long, device=pos.device)
     dist = torch.full((b, n), float("inf"), dtype=pos.dtype, device=pos.device)
+    ar = torch.arange(b, device=pos.device)
     pt = pos.transpose(1, 2).contiguous()  # (B, 3, N): one subtraction and one square per step
     for i in range(m):
         order[:, i] = cur
@@ -98,6 +99,7 @@ def fps_order(pos: torch.Tensor, m: int | None = None) -> torch.Tensor:
         d = s[:, 0] + s[:, 1]
         d += s[:, 2]
         torch.minimum(dist, d, out=dist)
+        dist[ar, cur] = -1.0  # never picked twice, even where duplicate points leave only zero distances
         cur = dist.argmax(1)
     return order
 

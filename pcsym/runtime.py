@@ -64,6 +64,7 @@ def fps_order(pos: np.ndarray, m: int) -> np.ndarray:
         c = pos[ar, cur]
         d = np.square(x - c[:, 0:1]) + np.square(y - c[:, 1:2]) + np.square(z - c[:, 2:3])
         dist = np.minimum(dist, d)
+        dist[ar, cur] = -1.0  # never picked twice (duplicate points)
         cur = dist.argmax(1)
     return order
 

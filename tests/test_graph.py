@@ -105,3 +105,23 @@ def test_sampling_orders_keep_their_promises():
     # training draws a fresh random subset each time; eval-mode orders are seeded
     assert not torch.equal(sampling_order(p, "random-fps", sizes), sampling_order(p, "random-fps", sizes))
     assert torch.equal(mixed, sampling_order(p, "random-fps", sizes, 0))
+
+
+def test_fps_never_picks_a_point_twice_in_a_cloud_of_duplicates():
+    """A cloud with fewer distinct points than FPS must pick (duplicated vertices, a tiny mesh): every
+    pick is a different index, the orders stay permutations, and the numpy runtime agrees."""
+    import numpy as np
+
+    from pcsym import runtime
+    from pcsym.graph import sampling_order, vote_order
+
+    torch.manual_seed(0)
+    p = torch.rand(1, 12, 3).repeat(1, 16, 1)  # 192 points, 12 distinct
+    first = fps_order(p, 64)
+    assert len(set(first[0].tolist())) == 64
+    np.testing.assert_array_equal(runtime.fps_order(p.numpy(), 64), first.numpy())
+    for sampling in ("fps", "random-fps"):
+        order = sampling_order(p, sampling, [96, 24, 6], 0)
+        assert torch.equal(order.sort(1).values, torch.arange(192)[None])
+        seeded = vote_order(0, 1, 192)[0].numpy()
+        np.testing.assert_array_equal(runtime.sampling_order(p.numpy(), sampling, [96, 24, 6], seeded), order.numpy())
