@@ -119,9 +119,9 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
                         votes: int = 1, prior: str | None = None, batch_size: int = 32, device: str = "cpu",
                         up_axis: str | None = None, fmt: str | None = None, sampling: str | None = None) -> dict:
     """Load ``checkpoint`` and score it on ``split`` of ``data`` (default: ``test`` when the dataset
-    has one, else ``val``), downsampling with ``sampling`` (default: the model's own scheme). ``val``/``train`` are the run's own split: its seed and validation
-    fraction come from the checkpoint (the defaults, seed 0 and 0.2, for checkpoints that predate
-    storing them)."""
+    has one, else ``val``), downsampling with ``sampling`` (default: the model's own scheme).
+    ``val``/``train`` are the run's own split: its seed and validation fraction come from the
+    checkpoint (the defaults, seed 0 and 0.2, for checkpoints that predate storing them)."""
     from .checkpoint import load_model, train_config_of
     from .config import ROTATIONS, SAMPLINGS, TrainConfig, check_choice
     from .data import load_dataset
@@ -146,8 +146,8 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     ds = eval_dataset(ds_all, idx, cfg.points, rotate, run.seed)
     m = evaluate_model(model, ds, batch_size=batch_size, device=device, votes=votes,
                        prior=None if prior is None else read_prior(prior, cfg.class_names))
-    m.update({"checkpoint": str(checkpoint), "rotate": rotate, "split": split, "votes": votes, "sampling": cfg.sampling,
-              "split_seed": run.seed, "val_fraction": run.val_fraction})
+    m.update({"checkpoint": str(checkpoint), "rotate": rotate, "split": split, "votes": votes,
+              "sampling": cfg.sampling, "split_seed": run.seed, "val_fraction": run.val_fraction})
     if prior is not None:
         m["prior"] = str(prior)
     return m
