@@ -87,7 +87,8 @@ def fps_order(pos: torch.Tensor, m: int | None = None) -> torch.Tensor:
     """
     b, n, _ = pos.shape
     m = n if m is None else m
-    centred = (pos.double() - pos.double().mean(1, keepdim=True))
+    p64 = pos.double()
+    centred = p64 - p64.mean(1, keepdim=True)
     cur = centred.pow(2).sum(-1).argmax(1)  # (B,)
     order = torch.empty(b, m, dtype=torch.long, device=pos.device)
     dist = torch.full((b, n), float("inf"), dtype=pos.dtype, device=pos.device)

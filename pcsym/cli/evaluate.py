@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from ..config import SAMPLINGS
 from .common import app, check_up_axis, console, format_option, json_option, run, setup_torch, up_axis_option
 
 
@@ -25,7 +26,7 @@ def evaluate(
     rotate: str = typer.Option("none", "--rotate", help="Test-time rotation: none, z or so3."),
     votes: int = typer.Option(1, "--votes", help="Average predictions over N augmented copies."),
     sampling: Optional[str] = typer.Option(None, "--sampling",
-                                           help="Downsample with random, fps or random-fps instead of the model's "
+                                           help=f"Downsample with {', '.join(SAMPLINGS)} instead of the model's "
                                                 "own scheme (the weights do not depend on it)."),
     prior: Optional[str] = typer.Option(None, "--prior",
                                         help="Also report the accuracy re-weighted to a class prior: 'balanced' or a "

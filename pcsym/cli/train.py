@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from ..config import BALANCES, EDGE_FEATURES, OPTIMIZERS, SELECT_METRICS, ModelConfig, TrainConfig
+from ..config import BALANCES, EDGE_FEATURES, OPTIMIZERS, SAMPLINGS, SELECT_METRICS, ModelConfig, TrainConfig
 from ..errors import PcsymError
 from .common import app, console, format_option, options, run, setup_torch, up_axis_option
 
@@ -38,7 +38,9 @@ def train(
     seed: int = typer.Option(_T.seed, "--seed"),
     rotate: str = typer.Option(_T.rotate, "--rotate", help="Training augmentation: none, z or so3."),
     widths: str = typer.Option(_csv(_M.widths), "--widths", help="Approx. feature dims of the steerable layers."),
-    sampling: str = typer.Option(_M.sampling, "--sampling", help="Downsampling: random, fps, or random-fps (random first layer, farthest-point deeper layers)."),
+    sampling: str = typer.Option(_M.sampling, "--sampling",
+                                 help=f"Downsampling: {', '.join(SAMPLINGS)} (random-fps: random first layer, "
+                                      "farthest-point deeper layers)."),
     max_freq: Optional[int] = typer.Option(_M.max_freq, "--max-freq",
                                            help="Band limit of hidden fields of continuous groups "
                                                 "(default: the group's, see `pcsym groups`)."),

@@ -1,8 +1,9 @@
 """The equivariant point-cloud classifier: steerable conv blocks -> invariant layer -> pooling -> MLP.
 
 Downsampling uses one point *order* per cloud (:func:`pcsym.graph.sampling_order`: random,
-farthest-point, or random then farthest-point); layer l keeps the first N_l points of it and convolves over the k nearest of the previous
-layer's points. A cloud and its transformed copy therefore use identical indices.
+farthest-point, or random then farthest-point); layer l keeps the first N_l points of it and
+convolves over the k nearest of the previous layer's points. A cloud and its transformed copy
+therefore use identical indices.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class EquivariantClassifier(nn.Module):
     def point_order(self, pos: torch.Tensor, vote: int = 0) -> torch.Tensor:
         """The sampling order: a fresh random one in training; in eval mode the seeded order of test-time
         vote ``vote`` (0: deterministic predictions, the same as the exports')."""
-        return sampling_order(pos, self.cfg.sampling, self.cfg.layer_points(pos.shape[1]), None if self.training else vote)
+        sizes = self.cfg.layer_points(pos.shape[1])
+        return sampling_order(pos, self.cfg.sampling, sizes, None if self.training else vote)
 
     def input_features(self, normals: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
         """Per-point input fields: [centred position] [normal] constant, matching ``self.in_reps``.
