@@ -116,6 +116,9 @@ class ModelConfig(_Config):
     n_radial: int = 4
     use_normals: bool = True
     use_positions: bool = True  # centred positions as an input vector field (global shape context)
+    #: where the training normals came from: 0 = the data's own (mesh faces, files); P > 0 = PCA
+    #: estimates in clouds of P points (the h5 releases have none). Inference makes its normals alike.
+    estimated_normals: int = 0
     sampling: str = "random"  # random | fps | random-fps (see SAMPLINGS)
     head_dims: int = 128
     dropout: float = 0.3
@@ -156,8 +159,8 @@ class ModelConfig(_Config):
             raise PcsymError(f"edge features '{self.edge_features}' need the implicit kernel and normals")
         if len(self.widths) != len(self.strides):
             raise PcsymError("widths and strides must have the same length")
-        if self.k < 1:
-            raise PcsymError("k must be at least 1")
+        if self.k < 1 or self.estimated_normals < 0:
+            raise PcsymError("k must be at least 1 and estimated_normals at least 0")
         n = self.points
         for s in tuple(self.strides) + (self.final_stride,):
             n //= s

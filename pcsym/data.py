@@ -45,11 +45,12 @@ from .transforms import to_z_up
 
 FORMATS = DATA_FORMATS
 log = logging.getLogger("pcsym")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: records whether the normals were estimated
 #: At least this many points per shape are cached (when available) so training can resample.
 MIN_CACHED_POINTS = 2048
 _NORMAL_BATCH = 64
-_CACHE_KEYS = ("points", "normals", "labels", "class_names", "split", "source_format", "up_axis", "cache_version")
+_CACHE_KEYS = ("points", "normals", "labels", "class_names", "split", "source_format", "up_axis", "cache_version",
+               "normals_estimated")
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stage is ``"read"`` (shapes read) or ``"normals"`` (shapes
@@ -73,6 +74,13 @@ class PointCloudData:
     up_axis: str = "z"
     path: Path | None = None
     fingerprint: str = ""  # of the source files (folder layout; "" for the public releases)
+    normals_estimated: bool = False  # PCA estimates (for most shapes), not the source's own normals
+
+    @property
+    def estimated_normals(self) -> int:
+        """What a model trained on this data records (:attr:`pcsym.config.ModelConfig.estimated_normals`):
+        the cloud size the normals were estimated in, or 0 for the source's own normals."""
+        return int(self.points.shape[1]) if self.normals_estimated else 0
 
     @property
     def num_classes(self) -> int:
@@ -376,6 +384,7 @@ def prepare(
     ==================  ==========================================================================
     ``points``          float32 (S, P, 3), each cloud centred at its centroid, max norm 1, z-up
     ``normals``         float32 (S, P, 3), unit; given by the source or estimated (PCA, outward)
+    ``normals_estimated`` bool scalar, whether (most of) the normals were estimated
     ``labels``          int64 (S,), index into ``class_names``
     ``class_names``     str (C,), the dataset's class list (line index = label)
     ``split``           str (S,), ``"train"`` / ``"test"`` (the official split)
@@ -470,7 +479,24 @@ def _build_arrays(source: _Source, keep: int, up_axis: str, seed: int, progress:
         "points_per_shape": np.array(keep),
         "cache_version": np.array(CACHE_VERSION),
         "fingerprint": np.array(source.fingerprint or ""),
+        "normals_estimated": np.array(bool(missing.mean() > 0.5)),
     }
+
+
+def with_estimated_normals(data: PointCloudData, points: int, seed: int = 0,
+                           progress: Progress | None = None) -> PointCloudData:
+    """``data`` as a model trained on estimated normals saw its clouds: a seeded random subset of
+    ``points`` points per shape (all of them when there are fewer), with PCA normals estimated in
+    it. A copy; the cache is untouched."""
+    import dataclasses
+
+    pts = data.points
+    if 0 < points < pts.shape[1]:
+        keep = np.random.default_rng(seed).random((len(pts), pts.shape[1])).argsort(1)[:, :points]
+        pts = np.take_along_axis(pts, keep[..., None], axis=1)
+    normals = np.empty_like(pts)
+    _estimate_missing_normals(pts, normals, np.ones(len(pts), bool), progress)
+    return dataclasses.replace(data, points=pts, normals=normals, normals_estimated=True)
 
 
 def _estimate_missing_normals(points: np.ndarray, normals: np.ndarray, missing: np.ndarray, progress: Progress | None) -> None:
@@ -480,8 +506,7 @@ def _estimate_missing_normals(points: np.ndarray, normals: np.ndarray, missing: 
     todo = np.flatnonzero(missing)
     for s in range(0, len(todo), _NORMAL_BATCH):
         batch = todo[s : s + _NORMAL_BATCH]
-        with torch.no_grad():
-            normals[batch] = estimate_normals(torch.from_numpy(points[batch])).numpy()
+        normals[batch] = estimate_normals(torch.from_numpy(points[batch])).numpy()
         if progress:
             progress("normals", min(s + _NORMAL_BATCH, len(todo)), len(todo))
 
@@ -511,6 +536,7 @@ def _read_cache(path: Path) -> PointCloudData:
                 up_axis=str(z["up_axis"]),
                 path=path,
                 fingerprint=str(z["fingerprint"]) if "fingerprint" in z.files else "",
+                normals_estimated=bool(z["normals_estimated"]),
             )
     except PcsymError:
         raise

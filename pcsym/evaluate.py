@@ -119,12 +119,13 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
                         votes: int = 1, prior: str | None = None, batch_size: int = 32, device: str = "cpu",
                         up_axis: str | None = None, fmt: str | None = None, sampling: str | None = None) -> dict:
     """Load ``checkpoint`` and score it on ``split`` of ``data`` (default: ``test`` when the dataset
-    has one, else ``val``), downsampling with ``sampling`` (default: the model's own scheme).
+    has one, else ``val``), downsampling with ``sampling`` (default: the model's own scheme). A model
+    trained on estimated normals gets estimated normals even where the data has its own.
     ``val``/``train`` are the run's own split: its seed and validation fraction come from the
     checkpoint (the defaults, seed 0 and 0.2, for checkpoints that predate storing them)."""
     from .checkpoint import load_model, train_config_of
     from .config import ROTATIONS, SAMPLINGS, TrainConfig, check_choice
-    from .data import load_dataset
+    from .data import load_dataset, with_estimated_normals
     from .splits import SPLITS, default_split, split_indices
     from .transforms import eval_dataset
 
@@ -141,6 +142,8 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
         raise PcsymError(f"dataset classes ({len(ds_all.class_names)}) differ from the model's "
                          f"({len(cfg.class_names)})", path=data)
     run = train_config_of(ckpt) or TrainConfig()
+    if cfg.estimated_normals and not ds_all.normals_estimated:  # the data's own normals: estimate as in training
+        ds_all = with_estimated_normals(ds_all, cfg.estimated_normals, run.seed)
     split = split or default_split(ds_all)
     idx = split_indices(ds_all, split, run.val_fraction, run.seed)
     ds = eval_dataset(ds_all, idx, cfg.points, rotate, run.seed)

@@ -140,24 +140,13 @@ def take(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, order[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def estimate_normals(pos: torch.Tensor, k: int = 16) -> torch.Tensor:
-    """Unit normals (B, N, 3) by PCA over k neighbours, oriented away from the centroid.
+def estimate_normals(pos: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """Unit normals (B, N, 3) or (N, 3) of ``pos``: :func:`pcsym.runtime.estimate_normals` (PCA over k
+    neighbours, oriented away from the centroid; equivariant to O(3)) with the neighbours found by
+    :func:`knn`. Not differentiable."""
+    from .runtime import NORMAL_K, estimate_normals as estimate
 
-    The smallest-eigenvalue eigenvector of the local covariance is equivariant to O(3) up to sign;
-    orienting it to point away from the cloud centroid fixes the sign equivariantly.
-    """
-    squeeze = pos.dim() == 2
-    if squeeze:
-        pos = pos[None]
-    k = min(k, pos.shape[1])
-    idx = knn(pos, pos, k)
-    nb = gather(pos, idx)  # (B, N, k, 3)
-    centred = nb - nb.mean(2, keepdim=True)
-    cov = centred.transpose(-1, -2) @ centred  # (B, N, 3, 3)
-    _, vecs = torch.linalg.eigh(cov.double())
-    normal = vecs[..., 0].to(pos.dtype)
-    outward = pos - pos.mean(1, keepdim=True)
-    sign = torch.where((normal * outward).sum(-1, keepdim=True) < 0, -1.0, 1.0).to(pos.dtype)
-    normal = normal * sign
-    normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return normal[0] if squeeze else normal
+    batch = pos.detach().float()[None] if pos.dim() == 2 else pos.detach().float()
+    idx = knn(batch, batch, min(NORMAL_K if k is None else k, batch.shape[1]))
+    n = torch.from_numpy(estimate(batch.cpu().numpy(), neighbours=idx.cpu().numpy())).to(pos.device, pos.dtype)
+    return n[0] if pos.dim() == 2 else n

@@ -141,7 +141,7 @@ def sample_surface(
     Triangles are chosen with probability proportional to their area and points are uniform
     inside each triangle (barycentric coordinates via the square-root trick). The normal of a
     point is the unit normal of its triangle, flipped if needed so that it points away from the
-    mesh's (area-weighted) surface centroid, the convention of :func:`pcsym.graph.estimate_normals`.
+    mesh's (area-weighted) surface centroid, the convention of :func:`pcsym.runtime.estimate_normals`.
     Returns float32 arrays (n, 3), (n, 3).
     """
     v = np.asarray(vertices, dtype=np.float64)
@@ -191,7 +191,7 @@ def load_cloud(
 
     Meshes are sampled with :func:`sample_surface`. Point clouds are subsampled (without
     replacement when they have enough points, else with replacement) and keep their own normals
-    when the file has valid ones, else get :func:`pcsym.graph.estimate_normals`. ``rng`` defaults
+    when the file has valid ones, else get :func:`pcsym.runtime.estimate_normals`. ``rng`` defaults
     to a fixed seed so classifying the same file twice gives the same cloud.
     Returns float32 (n_points, 3), (n_points, 3), both finite.
     """
@@ -218,18 +218,16 @@ def subsample_cloud(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` points of a cloud (without replacement if it has at least ``n``) and their normals.
 
-    Missing normals are estimated on the chosen points with :func:`pcsym.graph.estimate_normals`.
+    Missing normals are estimated on the chosen points with :func:`pcsym.runtime.estimate_normals`.
     Returns float32 (n, 3), (n, 3).
     """
     idx = rng.choice(len(points), n, replace=len(points) < n)
     pts = np.asarray(points, dtype=np.float32)[idx]
     if normals is not None:
         return pts, np.asarray(normals, dtype=np.float32)[idx]
-    import torch
+    from .runtime import estimate_normals
 
-    from .graph import estimate_normals
-
-    return pts, estimate_normals(torch.from_numpy(pts)).numpy().astype(np.float32)
+    return pts, estimate_normals(pts)
 
 
 def read_point_table(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray:

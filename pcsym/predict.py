@@ -93,14 +93,21 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
 
 
 def read_input(path: str | os.PathLike, points: int, seed: int = 0, max_vertices: int = 2_000_000,
-               up_axis: str | None = None):
+               up_axis: str | None = None, estimated_normals: int = 0):
     """A file's cloud as the model takes it: ``points`` seeded surface samples (or cloud points) with
-    normals, in pcsym's z-up convention. Raises PcsymError for a file that cannot be used."""
+    normals, in pcsym's z-up convention. For a model trained on estimated normals
+    (``estimated_normals`` = P > 0, :attr:`pcsym.config.ModelConfig.estimated_normals`) the normals are
+    PCA estimates in a cloud of max(P, points) samples, of which the first ``points`` are kept, as in
+    training. Raises PcsymError for a file that cannot be used."""
     from .meshes import load_cloud
+    from .runtime import estimate_normals
     from .transforms import to_z_up
 
-    pts, nrm = load_cloud(path, n_points=points, rng=np.random.default_rng(seed), max_vertices=max_vertices)
-    return to_z_up(pts, nrm, up_axis)
+    n = max(points, estimated_normals)
+    pts, nrm = load_cloud(path, n_points=n, rng=np.random.default_rng(seed), max_vertices=max_vertices)
+    if estimated_normals:
+        nrm = estimate_normals(pts)
+    return to_z_up(pts[:points], nrm[:points], up_axis)
 
 
 def _read_safely(args) -> tuple:
@@ -134,7 +141,7 @@ def classify_files(clf: Classifier, files, top_k: int = 5, votes: int = 1, seed:
                    max_vertices: int = 2_000_000, up_axis: str | None = None, workers: int = 0, unknown: bool = True):
     """Yield :func:`classify_file`'s result for each file, in order, as soon as it is known. With
     ``workers`` > 0 the files are read and sampled in that many processes (the model runs here)."""
-    jobs = [(f, clf.cfg.points, seed, max_vertices, up_axis) for f in files]
+    jobs = [(f, clf.cfg.points, seed, max_vertices, up_axis, clf.cfg.estimated_normals) for f in files]
     if workers > 0 and len(jobs) > 1:
         from concurrent.futures import ProcessPoolExecutor
 

@@ -50,6 +50,34 @@ def knn(query: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+#: neighbours of the PCA normal estimate (training caches, classify, models fed no normals)
+NORMAL_K = 16
+
+
+def estimate_normals(pos: np.ndarray, k: int = NORMAL_K, neighbours: np.ndarray | None = None) -> np.ndarray:
+    """Unit normals of clouds (B, N, 3) or one cloud (N, 3), float32: PCA over the k nearest points
+    (the smallest-eigenvalue eigenvector of their covariance, in float64), oriented away from the
+    cloud's centroid. Both steps commute with rotations and reflections, so the normals do too.
+    ``neighbours`` (B, N, k): the kNN indices when already known (:func:`pcsym.graph.estimate_normals`
+    passes torch's, which is faster on big datasets); the one implementation of the estimate."""
+    pos = np.asarray(pos, dtype=np.float32)
+    single = pos.ndim == 2
+    pos = pos[None] if single else pos
+    if pos.ndim != 3 or pos.shape[-1] != 3 or pos.shape[1] == 0:
+        raise PcsymError(f"normals need (B, N, 3) or (N, 3) points, got {pos.shape}")
+    if neighbours is None:
+        neighbours = knn(pos, pos, min(k, pos.shape[1]))
+    nb = gather(pos, neighbours.reshape(pos.shape[0], pos.shape[1], -1)).astype(np.float64)  # (B, N, k, 3)
+    centred = nb - nb.mean(2, keepdims=True)
+    _, vecs = np.linalg.eigh(centred.transpose(0, 1, 3, 2) @ centred)
+    normal = vecs[..., 0]
+    outward = pos - pos.astype(np.float64).mean(1, keepdims=True)
+    normal *= np.where((normal * outward).sum(-1, keepdims=True) < 0, -1.0, 1.0)
+    normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
+    normal = normal.astype(np.float32)
+    return normal[0] if single else normal
+
+
 def fps_order(pos: np.ndarray, m: int) -> np.ndarray:
     """Farthest-point order (B, m) of pos (B, N, 3): :func:`pcsym.graph.fps_order`, spelled the same way."""
     b, n, _ = pos.shape

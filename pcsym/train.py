@@ -228,6 +228,7 @@ class Trainer:
         tr_idx = split_indices(data, "train", tcfg.val_fraction, tcfg.seed)
         va_idx = split_indices(data, "val", tcfg.val_fraction, tcfg.seed)
         mcfg.class_names = [str(c) for c in data.class_names]
+        mcfg.estimated_normals = data.estimated_normals  # inference makes its normals alike
         if len(tr_idx) < 2:
             raise PcsymError(f"the dataset has only {len(tr_idx)} training shapes", path=tcfg.data)
         self.train_ds = PointCloudDataset(

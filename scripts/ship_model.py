@@ -3,7 +3,8 @@ which `pcsym classify` runs without importing torch).
 
 Usage: python scripts/ship_model.py RUN_DIR_OR_CKPT NAME   e.g.  python scripts/ship_model.py runs/o2 o2
 Only for checkpoints you trained yourself: it loads with weights_only=False to convert checkpoints
-written before numpy scalars were sanitised, then re-saves a weights_only-safe file.
+written before numpy scalars were sanitised, then re-saves a weights_only-safe file. A checkpoint
+written before models recorded ``estimated_normals`` gets it from its training data (which must exist).
 """
 import sys
 from pathlib import Path
@@ -18,6 +19,12 @@ run, name = Path(sys.argv[1]), sys.argv[2]
 src = run / "best.pt" if run.is_dir() else run
 ckpt = torch.load(src, map_location="cpu", weights_only=False)
 ckpt = _state_to_plain(ckpt)
+if "estimated_normals" not in ckpt["model_config"]:  # trained before the field existed: ask its training data
+    from pcsym.data import load_dataset
+
+    tc, mc = ckpt["train_config"], ckpt["model_config"]
+    data = load_dataset(tc["data"], points=mc["points"], up_axis=tc.get("up_axis"), fmt=tc.get("data_format"))
+    mc["estimated_normals"] = data.estimated_normals
 dest = Path("pcsym/pretrained") / f"{name}.pt"
 tmp = dest.with_name(f"{name}.shipping.pt")
 torch.save(ckpt, tmp)  # plain again; now rebuild through the normal loader

@@ -155,10 +155,13 @@ def test_classify_shipped_model_out_of_the_box(sample_mesh):
     assert "probability" in r.stdout and "bed" in r.stdout
 
 
-def test_classify_shipped_model_runs_without_torch_and_matches_its_checkpoint(sample_mesh):
-    """The shipped models' numpy exports give classify its fast cold start (no torch, no escnn);
-    the answer must be the one the checkpoint itself gives."""
+def test_classify_shipped_model_runs_without_torch_and_matches_its_checkpoint(sample_mesh, tmp_path):
+    """The shipped models' numpy exports give classify its fast cold start (no torch, no escnn), for
+    meshes and for clouds without normals (estimated in numpy); the answer must be the checkpoint's."""
+    import numpy as np
+
     from pcsym.checkpoint import resolve_checkpoint
+    from pcsym.meshes import load_cloud
 
     code = ("import sys\nfrom pcsym.cli import main\n"
             "sys.argv = ['pcsym', 'classify', sys.argv[1], '--json', '--votes', '3']\n"
@@ -167,6 +170,10 @@ def test_classify_shipped_model_runs_without_torch_and_matches_its_checkpoint(sa
     proc = subprocess.run([sys.executable, "-c", code, str(sample_mesh)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     fast = json.loads(proc.stdout)["results"][0]["top"]
+    np.savetxt(tmp_path / "bed.xyz", load_cloud(sample_mesh, 3000)[0])  # a bare cloud: normals estimated
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "bed.xyz")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["results"][0]["top"][0]["class"] == "bed", proc.stderr
     r = run("classify", sample_mesh, "--model", resolve_checkpoint("so3"), "--json", "--votes", "3")  # via escnn
     slow = json.loads(r.stdout)["results"][0]["top"]
     assert [t["class"] for t in fast] == [t["class"] for t in slow] and fast[0]["class"] == "bed"

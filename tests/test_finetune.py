@@ -40,6 +40,8 @@ def test_fine_tune_loads_the_trunk_and_rebuilds_the_head(tmp_path, sample_datase
     new = torch.load(ft / "last.pt", weights_only=True)
     assert new["model_config"]["group"] == "m" and new["model_config"]["widths"] == [8, 16]
     assert new["model_config"]["class_names"] == ["bed", "teapot", "tub"]
+    # normals follow each run's data: PCA estimates in the sample's 1024-point h5 clouds, the meshes' own
+    assert old["model_config"]["estimated_normals"] == 1024 and new["model_config"]["estimated_normals"] == 0
     assert new["state_dict"]["head.out.weight"].shape[0] == 3
     trunk = [k for k in old["state_dict"] if k.startswith("blocks.")]
     assert trunk and all(torch.equal(old["state_dict"][k], new["state_dict"][k]) for k in trunk)  # frozen

@@ -77,6 +77,24 @@ def test_estimated_normals_on_a_sphere_point_outward_and_rotate_with_it():
     assert torch.allclose(n_rot, n @ R.T, atol=1e-4)
 
 
+def test_normals_are_one_estimate_in_numpy_and_torch_and_commute_with_reflections():
+    """The torch-free runtime's estimate (classify) is the one the training caches use; an improper
+    orthogonal map (a rotation times the inversion) carries the normals along."""
+    import numpy as np
+
+    from pcsym import runtime
+
+    rng = np.random.default_rng(0)
+    p = (rng.normal(size=(3, 400, 3)) * [1.0, 0.6, 0.3]).astype(np.float32)  # ellipsoidal blobs
+    n = runtime.estimate_normals(p)
+    np.testing.assert_allclose(n, estimate_normals(torch.from_numpy(p)).numpy(), atol=1e-6)
+    np.testing.assert_allclose(runtime.estimate_normals(p[1]), n[1], atol=1e-6)  # one cloud, (N, 3)
+    q = -np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    q *= np.sign(np.linalg.det(q)) * -1  # det -1
+    moved = runtime.estimate_normals((p @ q.T).astype(np.float32))
+    assert np.abs((moved - n @ q.T)).max() < 1e-4
+
+
 def test_sampling_orders_keep_their_promises():
     """random-fps: layer 1 keeps the random order's subset, deeper layers a farthest-point sample of it;
     fps: the farthest-point prefix; every order is a permutation. The numpy runtime computes the same."""

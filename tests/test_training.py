@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from pcsym.config import ModelConfig
 from pcsym.config import TrainConfig
@@ -45,6 +46,8 @@ def test_short_training_beats_chance_clearly(sample_dataset, tmp_path):
     accs = [h["val_acc"] for h in summary["history"]]
     assert summary["best_val_acc"] >= 0.35, accs
     assert summary["history"][-1]["train_loss"] < summary["history"][0]["train_loss"]
+    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model_config"]
+    assert saved["estimated_normals"] == 1024  # the sample's h5 clouds have no normals: PCA in 1024 points
 
 
 def test_norm_recalibration_averages_batch_statistics_and_leaves_rng_alone():
