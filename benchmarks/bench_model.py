@@ -18,9 +18,11 @@ Every configuration runs in a fresh Python process (honest peak-memory figures).
    breakdown of one step (op categories, forward time per layer part) for both trees.
 
    ``--epoch-data DIR`` also times one full epoch of each recipe with ``pcsym train`` (the issue's measurement).
+   ``--levers`` also times, on this tree, what the shipped models' levers (ppf edge features, random-fps
+   sampling) cost per step over the plain recipes.
 
     python benchmarks/bench_model.py [--quick] [--threads N] [--idle HOW]
-        [--baseline REF [--rounds R] [--profile] [--epoch-data DIR [--epoch-rounds R]]]
+        [--baseline REF [--rounds R] [--profile] [--levers] [--epoch-data DIR [--epoch-rounds R]]]
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ def worker(spec: dict) -> dict:
 
 RECIPES = {"so3": dict(group="so3", widths=(48, 96, 192), strides=(2, 4, 4), max_freq=2, points=1024, k=10),
            "o2": dict(group="o2", widths=(32, 64, 128), strides=(2, 4, 4), points=1024)}
+#: the shipped models' levers on top of the recipes (this tree only: --levers)
+LEVERS = {"+ppf": dict(edge_features="ppf"), "+ppf +random-fps": dict(edge_features="ppf", sampling="random-fps")}
 OP_CATEGORIES = {
     "matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul", "aten::linear", "aten::einsum"),
     "kNN topk": ("aten::topk", "aten::sort"),
@@ -139,7 +143,8 @@ def recipe_worker(spec: dict) -> dict:
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = build_model(ModelConfig(class_names=list(CLASSES), **RECIPES[spec["recipe"]]))
+    model = build_model(ModelConfig(class_names=list(CLASSES), **RECIPES[spec["recipe"]],
+                                    **LEVERS.get(spec.get("lever"), {})))
     build_s = time.perf_counter() - t0
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     pos, normals, labels = make_batch(spec["batch"], 1024)
@@ -296,12 +301,15 @@ def baseline_main(args) -> int:
                              for c, ms in sorted(p["categories_ms"].items(), key=lambda x: -x[1]))
                          + "\n\nforward ms per layer part: " + ", ".join(
                              f"{k} {v:.1f}" for k, v in sorted(p["layer_forward_ms"].items())))
+    levers = lever_rounds(args, rounds, repeats, trees["new"]) if args.levers else None
+    if levers:
+        lines.append(levers["markdown"])
     epochs = epoch_rounds(args, trees, sha) if args.epoch_data else None
     if epochs:
         lines.append(epochs["markdown"])
         headline = epochs["headline"] + "; per step: " + headline[len("train speed-up vs " + args.baseline + ": "):]
     lines.append(f"**{headline}**")
-    data = {"benchmark": "model_baseline", "epochs": epochs, "env": env, "baseline": args.baseline, "baseline_sha": sha,
+    data = {"benchmark": "model_baseline", "epochs": epochs, "levers": levers, "env": env, "baseline": args.baseline, "baseline_sha": sha,
             "rows": rows, "speedup": speed, "mfu": mfu, "headline": headline}
     jp, mp = C.write_results(args.out, "bench_model_baseline", data, "\n\n".join(lines), args.quick)
     print("\n\n".join(lines[2:]))
@@ -316,6 +324,45 @@ def baseline_main(args) -> int:
 
 EPOCH_FLAGS = {"so3": ["--group", "so3", "--widths", "48,96,192", "--max-freq", "2"],
                "o2": ["--group", "o2", "--widths", "32,64,128"]}
+
+
+def lever_rounds(args, rounds: int, repeats: int, tree: str) -> dict:
+    """What the shipped models' levers (:data:`LEVERS`: point-pair edge features, farthest-point sampling
+    of the deeper layers) cost per step, on this tree: each recipe plain and with the levers, a fresh
+    process each, the order rotated every round; ratio = median over rounds of lever step / plain step."""
+    import statistics
+
+    rows, ratios = [], {}
+    for rnd in range(rounds):
+        for recipe in RECIPES:
+            names = [None, *LEVERS]
+            names = names[rnd % len(names):] + names[:rnd % len(names)]
+            got = {}
+            for lever in names:
+                spec = dict(recipe=recipe, lever=lever, batch=4 if args.quick else 16, repeats=repeats,
+                            threads=args.threads)
+                r = run_recipe(spec, tree, args.threads)
+                if "error" in r:
+                    print(f"  {recipe} {lever}: FAILED {r['error']}", flush=True)
+                    continue
+                r.update(round=rnd, variant=f"{recipe} {lever or '(plain)'}")
+                print(f"  levers round {rnd} {r['variant']}: train step {r['train_s']:.3f} s  eval {r['eval_s']:.3f} s",
+                      flush=True)
+                rows.append(r)
+                got[lever] = r
+            for lever in LEVERS:
+                if lever in got and None in got:
+                    ratios.setdefault(f"{recipe} {lever}", []).append(
+                        (got[lever]["train_s"] / got[None]["train_s"], got[lever]["eval_s"] / got[None]["eval_s"]))
+    cost = {k: (statistics.median(t for t, _ in v), statistics.median(e for _, e in v)) for k, v in ratios.items()}
+    md = ("### Cost of the shipped models' levers (this tree)\n\nEach recipe plain, with point-pair edge features "
+          "(`--edge-features ppf`) and also with `--sampling random-fps` (the shipped models' settings); fresh "
+          "process each, order rotated per round, best of the steps.\n\n"
+          + C.table(rows, [("round", "round"), ("variant", "variant"), ("train_s", "train step s"),
+                           ("eval_s", "eval forward s")])
+          + "\n\n| variant | train step / plain | eval / plain |\n|---|---|---|\n"
+          + "\n".join(f"| {k} | {v[0]:.2f}x | {v[1]:.2f}x |" for k, v in cost.items()))
+    return {"rows": rows, "cost": cost, "markdown": md}
 
 
 def epoch_rounds(args, trees: dict, sha: str) -> dict:
@@ -379,6 +426,8 @@ def main() -> int:
     p.add_argument("--profile", action="store_true", help="--baseline: add a torch.profiler breakdown")
     p.add_argument("--epoch-data", metavar="DIR", help="--baseline: also time one full training epoch of each "
                    "recipe with `pcsym train` on this dataset (the headline then reports the epoch ratio)")
+    p.add_argument("--levers", action="store_true", help="--baseline: also time the shipped models' levers "
+                   "(ppf edge features, random-fps sampling) against the plain recipes, on this tree")
     p.add_argument("--epoch-rounds", type=int, default=1, help="--epoch-data: alternating old/new rounds (default 1)")
     p.add_argument("--recipe-worker", help=C.argparse.SUPPRESS)
     args = p.parse_args()
