@@ -159,8 +159,10 @@ class ModelConfig(_Config):
             raise PcsymError(f"edge features '{self.edge_features}' need the implicit kernel and normals")
         if len(self.widths) != len(self.strides):
             raise PcsymError("widths and strides must have the same length")
-        if self.k < 1 or self.estimated_normals < 0:
-            raise PcsymError("k must be at least 1 and estimated_normals at least 0")
+        if self.k < 1:
+            raise PcsymError("k must be at least 1")
+        if self.estimated_normals < 0:
+            raise PcsymError(f"estimated_normals must be 0 or a point count, got {self.estimated_normals}")
         n = self.points
         for s in tuple(self.strides) + (self.final_stride,):
             n //= s

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .runtime import KNN_BLOCK_ENTRIES
+from .runtime import KNN_BLOCK_ENTRIES, NORMAL_K
+from .runtime import estimate_normals as _estimate_normals
 
 
 def knn_blocks(b: int, m: int, n: int, entries: int = KNN_BLOCK_ENTRIES):
@@ -140,13 +141,12 @@ def take(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, order[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def estimate_normals(pos: torch.Tensor, k: int | None = None) -> torch.Tensor:
+def estimate_normals(pos: torch.Tensor, k: int = NORMAL_K) -> torch.Tensor:
     """Unit normals (B, N, 3) or (N, 3) of ``pos``: :func:`pcsym.runtime.estimate_normals` (PCA over k
     neighbours, oriented away from the centroid; equivariant to O(3)) with the neighbours found by
     :func:`knn`. Not differentiable."""
-    from .runtime import NORMAL_K, estimate_normals as estimate
-
     batch = pos.detach().float()[None] if pos.dim() == 2 else pos.detach().float()
-    idx = knn(batch, batch, min(NORMAL_K if k is None else k, batch.shape[1]))
-    n = torch.from_numpy(estimate(batch.cpu().numpy(), neighbours=idx.cpu().numpy())).to(pos.device, pos.dtype)
+    idx = knn(batch, batch, min(k, batch.shape[1]))
+    n = torch.from_numpy(_estimate_normals(batch.cpu().numpy(), neighbours=idx.cpu().numpy()))
+    n = n.to(pos.device, pos.dtype)
     return n[0] if pos.dim() == 2 else n

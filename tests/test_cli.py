@@ -457,3 +457,30 @@ def test_train_refuses_bad_accuracy_lever_flags(tmp_path):
         r = run("train", "--data", MINI, "--out", out, *args)
         assert r.exit_code == 2 and msg in r.stderr, (args, r.output)
         assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_evaluate_feeds_estimated_normals_to_a_model_trained_on_them(tiny_run, sample_dataset, tmp_path):
+    """tiny_run learned on PCA normals (the sample h5 has none). Scored on a copy of its data whose own
+    normals are random directions, it is fed PCA normals again and scores as on the original; a copy of
+    the model that says it learned on the data's own normals gets the random ones and scores otherwise."""
+    import numpy as np
+
+    with np.load(sample_dataset) as z:
+        arrays = dict(z)
+    noise = np.random.default_rng(0).normal(size=arrays["normals"].shape).astype(np.float32)
+    arrays.update(normals=noise / np.linalg.norm(noise, axis=-1, keepdims=True), normals_estimated=np.array(False))
+    np.savez(tmp_path / "given.npz", **arrays)
+    ckpt = torch.load(tiny_run / "best.pt", weights_only=True)
+    assert ckpt["model_config"]["estimated_normals"] == 1024
+    ckpt["model_config"]["estimated_normals"] = 0
+    torch.save(ckpt, tmp_path / "given_normals_model.pt")
+
+    def score(model, data):
+        r = run("evaluate", model, "--data", data, "--json")
+        assert r.exit_code == 0, r.output
+        m = json.loads(r.stdout)
+        return m["confusion_matrix"], m["unknown_threshold"]
+
+    own, given = score(tiny_run, sample_dataset), score(tiny_run, tmp_path / "given.npz")
+    assert given[0] == own[0] and abs(given[1] - own[1]) < 1e-4
+    assert abs(score(tmp_path / "given_normals_model.pt", tmp_path / "given.npz")[1] - own[1]) > 1e-3
