@@ -141,6 +141,12 @@ def recipe_worker(spec: dict) -> dict:
     from pcsym.config import ModelConfig
     from pcsym.models.classifier import build_model
 
+    try:  # what `pcsym train` does to the process's allocator, in trees that have it
+        from pcsym.allocator import keep_freed_memory
+
+        res_allocator = keep_freed_memory()
+    except ImportError:
+        res_allocator = False
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = build_model(ModelConfig(class_names=list(CLASSES), **RECIPES[spec["recipe"]],
@@ -165,6 +171,7 @@ def recipe_worker(spec: dict) -> dict:
 
     model.train()
     res = {"recipe": spec["recipe"], "pcsym": str(Path(pcsym.__file__).parent), "build_s": build_s,
+           "allocator_tuned": res_allocator,
            "train_s": best(train_step, spec["repeats"])}
     if spec.get("flops"):
         from torch.utils.flop_counter import FlopCounterMode

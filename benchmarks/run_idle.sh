@@ -15,7 +15,7 @@ export PYTHONPATH="$clone"  # the clone's pcsym, not the working tree's (which m
 IDLE="ran alone from a clean clone of the commit (benchmarks/run_idle.sh); no training, tests or other benchmarks meanwhile; the developer only edited files"
 "$py" benchmarks/bench_cli.py --idle "$IDLE"
 "$py" benchmarks/bench_model.py --idle "$IDLE"
-"$py" benchmarks/bench_model.py --baseline ca4b40c --rounds 3 --profile --levers --epoch-data "$data" --idle "$IDLE"
+"$py" benchmarks/bench_model.py --baseline ca4b40c --rounds 3 --profile --levers --epoch-data "$data" --epoch-rounds 2 --idle "$IDLE"
 "$py" benchmarks/bench_conv.py --idle "$IDLE"
 for f in bench_cli bench_model bench_model_baseline bench_conv; do
     cp "benchmarks/results/$f.md" "benchmarks/results/$f.json" "$repo/benchmarks/results/"

@@ -205,12 +205,14 @@ class Trainer:
     def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig,
                  on_epoch: Callable[[dict], None] | None = None,
                  on_step: Callable[[int, int, float, float], None] | None = None):
+        from .allocator import keep_freed_memory
         from .data import load_dataset
         from .splits import split_indices
         from .models.classifier import build_model
         from .transforms import PointCloudDataset, eval_dataset
 
         self.mcfg, self.tcfg = mcfg, tcfg.validate()
+        keep_freed_memory()  # no page faults for each step's temporaries (pcsym.allocator)
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
         self.out = Path(tcfg.out)

@@ -86,11 +86,13 @@ def run(body: Callable[[], object], ctx: typer.Context):
 
 
 def setup_torch(threads: int, device: str = "cpu") -> str:
-    """Set the thread count; the device to use (``auto`` resolved)."""
+    """Set the thread count and the allocator (:mod:`pcsym.allocator`); the device to use (``auto`` resolved)."""
     import torch
 
+    from ..allocator import keep_freed_memory
     from ..train import resolve_device
 
+    keep_freed_memory()
     if threads:
         torch.set_num_threads(threads)
     return resolve_device(device)
