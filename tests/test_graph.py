@@ -89,8 +89,8 @@ def test_normals_are_one_estimate_in_numpy_and_torch_and_commute_with_reflection
     n = runtime.estimate_normals(p)
     np.testing.assert_allclose(n, estimate_normals(torch.from_numpy(p)).numpy(), atol=1e-6)
     np.testing.assert_allclose(runtime.estimate_normals(p[1]), n[1], atol=1e-6)  # one cloud, (N, 3)
-    q = -np.linalg.qr(rng.normal(size=(3, 3)))[0]
-    q *= np.sign(np.linalg.det(q)) * -1  # det -1
+    q = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    q = q if np.linalg.det(q) < 0 else -q  # orthogonal with det -1: a reflection
     moved = runtime.estimate_normals((p @ q.T).astype(np.float32))
     assert np.abs((moved - n @ q.T)).max() < 1e-4
 
