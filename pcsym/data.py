@@ -483,20 +483,22 @@ def _build_arrays(source: _Source, keep: int, up_axis: str, seed: int, progress:
     }
 
 
-def with_estimated_normals(data: PointCloudData, points: int, seed: int = 0,
+def with_estimated_normals(data: PointCloudData, points: int, seed: int = 0, rows: np.ndarray | None = None,
                            progress: Progress | None = None) -> PointCloudData:
-    """``data`` as a model trained on estimated normals saw its clouds: a seeded random subset of
-    ``points`` points per shape (all of them when there are fewer), with PCA normals estimated in
-    it. A copy; the cache is untouched."""
+    """``data`` (its shapes ``rows``, default all) as a model trained on estimated normals saw its
+    clouds: a seeded random subset of ``points`` points per shape (all of them when there are fewer),
+    with PCA normals estimated in it. A copy; the cache is untouched."""
     import dataclasses
 
-    pts = data.points
+    rows = np.arange(len(data.labels)) if rows is None else np.asarray(rows)
+    pts = data.points[rows]
     if 0 < points < pts.shape[1]:
         keep = np.random.default_rng(seed).random((len(pts), pts.shape[1])).argsort(1)[:, :points]
         pts = np.take_along_axis(pts, keep[..., None], axis=1)
     normals = np.empty_like(pts)
     _estimate_missing_normals(pts, normals, np.ones(len(pts), bool), progress)
-    return dataclasses.replace(data, points=pts, normals=normals, normals_estimated=True)
+    return dataclasses.replace(data, points=pts, normals=normals, labels=data.labels[rows], split=data.split[rows],
+                               normals_estimated=True)
 
 
 def _estimate_missing_normals(points: np.ndarray, normals: np.ndarray, missing: np.ndarray, progress: Progress | None) -> None:

@@ -142,10 +142,10 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
         raise PcsymError(f"dataset classes ({len(ds_all.class_names)}) differ from the model's "
                          f"({len(cfg.class_names)})", path=data)
     run = train_config_of(ckpt) or TrainConfig()
-    if cfg.estimated_normals and not ds_all.normals_estimated:  # the data's own normals: estimate as in training
-        ds_all = with_estimated_normals(ds_all, cfg.estimated_normals, run.seed)
     split = split or default_split(ds_all)
     idx = split_indices(ds_all, split, run.val_fraction, run.seed)
+    if cfg.estimated_normals and not ds_all.normals_estimated:  # the data's own normals: estimate as in training
+        ds_all, idx = with_estimated_normals(ds_all, cfg.estimated_normals, run.seed, rows=idx), np.arange(len(idx))
     ds = eval_dataset(ds_all, idx, cfg.points, rotate, run.seed)
     m = evaluate_model(model, ds, batch_size=batch_size, device=device, votes=votes,
                        prior=None if prior is None else read_prior(prior, cfg.class_names))

@@ -32,6 +32,7 @@ import numpy as np
 
 from .errors import PcsymError
 from .parseutil import Lines, NumberError, as_indices, check_text, check_vertex_count, fan, line_number
+from .runtime import estimate_normals
 from .parseutil import looks_utf16, strip_comments
 from .plyfile import read_ply
 from .stlfile import read_stl
@@ -186,13 +187,15 @@ def load_cloud(
     n_points: int = 1024,
     rng: np.random.Generator | None = None,
     max_vertices: int = 2_000_000,
+    estimate: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a mesh or point cloud and return ``n_points`` normalized points and unit normals.
 
     Meshes are sampled with :func:`sample_surface`. Point clouds are subsampled (without
     replacement when they have enough points, else with replacement) and keep their own normals
-    when the file has valid ones, else get :func:`pcsym.runtime.estimate_normals`. ``rng`` defaults
-    to a fixed seed so classifying the same file twice gives the same cloud.
+    when the file has valid ones, else get :func:`pcsym.runtime.estimate_normals`. ``estimate``:
+    every cloud gets estimated normals, whatever the file has (for models trained on them).
+    ``rng`` defaults to a fixed seed so classifying the same file twice gives the same cloud.
     Returns float32 (n_points, 3), (n_points, 3), both finite.
     """
     rng = np.random.default_rng(0) if rng is None else rng
@@ -201,13 +204,16 @@ def load_cloud(
         try:
             if geom.is_mesh:
                 points, normals = sample_surface(geom.vertices, geom.faces, n_points, rng)
-            else:
-                points, normals = subsample_cloud(geom.vertices, geom.normals, n_points, rng)
+            else:  # a cloud without normals (or whose own are not wanted) gets them estimated here
+                own = None if estimate else geom.normals
+                points, normals = subsample_cloud(geom.vertices, own, n_points, rng)
         except PcsymError as exc:
             if exc.path is None:  # the message must name the file
                 raise PcsymError(str(exc), path=path) from None
             raise
         points = normalize(points)
+        if estimate and geom.is_mesh:
+            normals = estimate_normals(points)
     if not (np.isfinite(points).all() and np.isfinite(normals).all()):  # pragma: no cover - guarded above
         raise PcsymError("could not compute a finite point cloud from this geometry", path=path)
     return points, normals
@@ -225,8 +231,6 @@ def subsample_cloud(
     pts = np.asarray(points, dtype=np.float32)[idx]
     if normals is not None:
         return pts, np.asarray(normals, dtype=np.float32)[idx]
-    from .runtime import estimate_normals
-
     return pts, estimate_normals(pts)
 
 

@@ -100,13 +100,10 @@ def read_input(path: str | os.PathLike, points: int, seed: int = 0, max_vertices
     PCA estimates in a cloud of max(P, points) samples, of which the first ``points`` are kept, as in
     training. Raises PcsymError for a file that cannot be used."""
     from .meshes import load_cloud
-    from .runtime import estimate_normals
     from .transforms import to_z_up
 
-    n = max(points, estimated_normals)
-    pts, nrm = load_cloud(path, n_points=n, rng=np.random.default_rng(seed), max_vertices=max_vertices)
-    if estimated_normals:
-        nrm = estimate_normals(pts)
+    pts, nrm = load_cloud(path, n_points=max(points, estimated_normals), rng=np.random.default_rng(seed),
+                          max_vertices=max_vertices, estimate=estimated_normals > 0)
     return to_z_up(pts[:points], nrm[:points], up_axis)
 
 

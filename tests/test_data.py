@@ -381,3 +381,8 @@ def test_estimated_normals_for_data_with_its_own(nr_dir):
     assert np.median(agree) > 0.8, np.median(agree)  # 0.89 here; random directions: 0.5
     np.testing.assert_allclose(np.linalg.norm(e.normals, axis=-1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(with_estimated_normals(d, points=300, seed=1).points, e.points)
+    sub = with_estimated_normals(d, points=300, seed=1, rows=[2, 0])  # only the shapes evaluate scores
+    assert sub.points.shape == (2, 300, 3) and list(sub.labels) == list(d.labels[[2, 0]])
+    assert list(sub.split) == list(d.split[[2, 0]])
+    assert {tuple(p) for p in sub.points[0]} <= {tuple(p) for p in d.points[2]}
+    np.testing.assert_allclose(sub.normals, estimate_normals(sub.points), atol=1e-6)
