@@ -21,6 +21,7 @@ import torch
 
 from .errors import PcsymError
 from .files import atomic_write_bytes
+from .unknown import unknown_threshold
 
 
 @torch.no_grad()
@@ -154,19 +155,6 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     if prior is not None:
         m["prior"] = str(prior)
     return m
-
-
-#: fraction of in-class validation shapes a calibrated "unknown" threshold keeps
-UNKNOWN_KEEP = 0.95
-
-
-def unknown_threshold(probs, keep: float = UNKNOWN_KEEP) -> float:
-    """The "unknown" threshold on the max-softmax score that keeps ``keep`` of these in-class
-    (validation) shapes: its (1 - keep) quantile. Max softmax probability is the standard baseline
-    score for inputs outside the training classes (Hendrycks & Gimpel, ICLR 2017): it needs nothing
-    but the model's own output, so every runtime (numpy, TorchScript, checkpoint) computes it alike."""
-    scores = np.asarray(probs, dtype=np.float64).max(axis=1)
-    return float(np.quantile(scores, 1.0 - keep)) if len(scores) else 0.0
 
 
 def write_eval_outputs(out: Path, m: dict) -> None:

@@ -70,8 +70,11 @@ def _tracing():
         yield
 
 
-def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_threshold: float | None = None) -> Path:
-    """Write ``model`` as ``fmt``; ``unknown_threshold`` (from its checkpoint) travels in the metadata."""
+def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_threshold: float | None = None,
+                 unknown: dict | None = None) -> Path:
+    """Write ``model`` as ``fmt``; its checkpoint's "unknown" detectors (:mod:`pcsym.unknown`) travel
+    with it: ``unknown_threshold`` (max probability) in every format, ``unknown`` (neighbour similarity,
+    with its bank of training features) in numpy exports, the one format that also outputs features."""
     from .models.layers import freeze
 
     path = Path(path)
@@ -105,13 +108,14 @@ def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_thre
         atomic_write_bytes(path, proto.SerializeToString())
     else:
         buf = io.BytesIO()
-        np.savez_compressed(buf, **numpy_arrays(model, unknown_threshold))
+        np.savez_compressed(buf, **numpy_arrays(model, unknown_threshold, unknown))
         atomic_write_bytes(path, buf.getvalue())
     return path
 
 
-def numpy_arrays(model, unknown_threshold: float | None = None) -> dict:
-    """The frozen eval-mode network as named arrays for :class:`pcsym.runtime.NumpyClassifier`."""
+def numpy_arrays(model, unknown_threshold: float | None = None, unknown: dict | None = None) -> dict:
+    """The frozen eval-mode network as named arrays for :class:`pcsym.runtime.NumpyClassifier`
+    (with ``unknown``: the neighbour-similarity detector's bank, float16, and its settings)."""
     from . import runtime
     from .graph import vote_order
 
@@ -144,8 +148,11 @@ def numpy_arrays(model, unknown_threshold: float | None = None) -> dict:
     arrays["head.bn.scale"], arrays["head.bn.shift"] = scale, bn.bias - bn.running_mean * scale
     linear("head.1", last.weight, last.bias)
     out = {k: (v.detach().cpu().float() if v.is_floating_point() else v.cpu()).numpy() for k, v in arrays.items()}
-    out["meta"] = np.array(json.dumps({"format": runtime.FORMAT, "version": runtime.VERSION,
-                                       **metadata(model, unknown_threshold)}))
+    meta = {"format": runtime.FORMAT, "version": runtime.VERSION, **metadata(model, unknown_threshold)}
+    if unknown is not None:
+        out["unknown.bank"] = np.asarray(unknown["bank"].cpu().numpy(), dtype=np.float16)
+        meta["unknown"] = {k: v for k, v in unknown.items() if k != "bank"}
+    out["meta"] = np.array(json.dumps(meta))
     return out
 
 

@@ -5,8 +5,9 @@
 * ``.ts`` TorchScript exports run with plain torch;
 * anything else is a checkpoint, rebuilt with escnn.
 
-Each gives a :class:`Classifier`: the model config plus ``probabilities(points, normals, votes)``,
-averaged over the same seeded downsampling orders as ``evaluate --votes``.
+Each gives a :class:`Classifier`: the model config plus ``predict(points, normals, votes)`` (class
+probabilities and the "unknown" score, :mod:`pcsym.unknown`), averaged over the same seeded
+downsampling orders as ``evaluate --votes``.
 """
 
 from __future__ import annotations
@@ -21,40 +22,57 @@ from .errors import PcsymError
 
 
 class Classifier:
-    """A loaded model of any kind: ``cfg`` (its :class:`~pcsym.config.ModelConfig`) and
-    :meth:`probabilities`. ``logits(pos, normals, vote)`` takes (1, N, 3) float32 arrays."""
+    """A loaded model of any kind: ``cfg`` (its :class:`~pcsym.config.ModelConfig`), :meth:`predict`
+    and its "unknown" detector. ``net(pos, normals, vote)`` takes (1, N, 3) float32 arrays and gives
+    (logits, pooled features or None)."""
 
-    def __init__(self, cfg, logits: Callable[[np.ndarray, np.ndarray, int], np.ndarray], max_votes: int,
-                 unknown_threshold: float | None = None):
-        self.cfg, self._logits, self.max_votes = cfg, logits, max_votes
-        #: max-softmax score under which a shape is "unknown" (calibrated on validation; None: not calibrated)
-        self.unknown_threshold = unknown_threshold
+    def __init__(self, cfg, net: Callable[[np.ndarray, np.ndarray, int], tuple], max_votes: int,
+                 unknown_threshold: float | None = None, unknown: dict | None = None, unknown_bank=None):
+        self.cfg, self._net, self.max_votes = cfg, net, max_votes
+        if unknown is not None and unknown_bank is not None:  # neighbour similarity (pcsym.unknown)
+            self.unknown_score, self.unknown_threshold = "neighbour-similarity", float(unknown["threshold"])
+            self.unknown_k, self.unknown_bank = int(unknown["k"]), np.asarray(unknown_bank, dtype=np.float32)
+        else:  # max probability, calibrated on validation (None: not calibrated)
+            self.unknown_score, self.unknown_threshold = "max-probability", unknown_threshold
+            self.unknown_bank = None
 
     @property
     def class_names(self) -> list[str]:
         return list(self.cfg.class_names)
 
-    def probabilities(self, points: np.ndarray, normals: np.ndarray, votes: int = 1) -> np.ndarray:
-        """Class probabilities (C,) of one cloud (N, 3) with its normals, averaged over ``votes``
-        seeded downsampling orders (vote v: :func:`pcsym.graph.sampling_order` of vote v; models that
-        sample farthest points have one order per cloud, so one vote)."""
-        from .runtime import softmax
+    def predict(self, points: np.ndarray, normals: np.ndarray, votes: int = 1) -> tuple[np.ndarray, float | None]:
+        """(class probabilities (C,), "unknown" score or None) of one cloud (N, 3) with its normals,
+        both averaged over ``votes`` seeded downsampling orders (vote v: :func:`pcsym.graph.sampling_order`
+        of vote v; models that sample farthest points have one order per cloud, so one vote)."""
+        from .runtime import neighbour_similarity, softmax
 
         pts = np.asarray(points, dtype=np.float32)[None]
         nrm = np.asarray(normals, dtype=np.float32)[None]
-        n = min(max(1, votes), self.max_votes)
-        return np.mean([softmax(self._logits(pts, nrm, v))[0] for v in range(n)], axis=0)
+        outs = [self._net(pts, nrm, v) for v in range(min(max(1, votes), self.max_votes))]
+        probs = np.mean([softmax(logits)[0] for logits, _ in outs], axis=0)
+        if self.unknown_bank is not None:
+            score = float(np.mean([neighbour_similarity(f, self.unknown_bank, self.unknown_k)[0] for _, f in outs]))
+        else:
+            score = None if self.unknown_threshold is None else float(probs.max())
+        return probs, score
+
+    def probabilities(self, points: np.ndarray, normals: np.ndarray, votes: int = 1) -> np.ndarray:
+        """The class probabilities (C,) of :meth:`predict`."""
+        return self.predict(points, normals, votes)[0]
 
 
-def _torch_logits(net):
-    """logits(pts, nrm, vote) of a TorchScript export or a checkpoint's model (both take ``vote``)."""
+def _torch_net(net, pooled: bool):
+    """net(pts, nrm, vote) -> (logits, pooled features or None) of a checkpoint's model (``pooled``)
+    or a TorchScript export (logits only)."""
     import torch
 
-    def logits(pts, nrm, vote):
+    def run(pts, nrm, vote):
         with torch.no_grad():
-            return net(torch.as_tensor(pts), torch.as_tensor(nrm), vote=vote).float().numpy()
+            out = net(torch.as_tensor(pts), torch.as_tensor(nrm), vote=vote, **({"pooled": True} if pooled else {}))
+        logits, features = out if pooled else (out, None)
+        return logits.float().numpy(), None if features is None else features.float().numpy()
 
-    return logits
+    return run
 
 
 def max_votes(cfg) -> int:
@@ -75,8 +93,8 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
         from .runtime import NumpyClassifier
 
         net = NumpyClassifier(fast)
-        return Classifier(net.cfg, lambda pts, nrm, vote: net(pts, nrm, vote=vote), max_votes(net.cfg),
-                          net.unknown_threshold)
+        return Classifier(net.cfg, lambda pts, nrm, vote: net(pts, nrm, vote=vote, pooled=True), max_votes(net.cfg),
+                          net.unknown_threshold, net.unknown, net.unknown_bank)
     import torch
 
     if threads:
@@ -85,11 +103,13 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
         from .export import ScriptedClassifier
 
         net = ScriptedClassifier(p)
-        return Classifier(net.cfg, _torch_logits(net), max_votes(net.cfg), net.unknown_threshold)
+        return Classifier(net.cfg, _torch_net(net, pooled=False), max_votes(net.cfg), net.unknown_threshold)
     from .checkpoint import load_model
 
     model, ckpt = load_model(p)
-    return Classifier(model.cfg, _torch_logits(model), max_votes(model.cfg), ckpt.get("unknown_threshold"))
+    unknown = ckpt.get("unknown")
+    return Classifier(model.cfg, _torch_net(model, pooled=True), max_votes(model.cfg), ckpt.get("unknown_threshold"),
+                      unknown, None if unknown is None else unknown["bank"].float().numpy())
 
 
 def read_input(path: str | os.PathLike, points: int, seed: int = 0, max_vertices: int = 2_000_000,
@@ -115,15 +135,15 @@ def _read_safely(args) -> tuple:
         return None, None, str(exc)
 
 
-def result_row(clf: Classifier, path, probs: np.ndarray, top_k: int, unknown: bool = True) -> dict:
-    """A classified input: its top-k classes and, when the model has a calibrated threshold (and
-    ``unknown`` is on), ``"unknown"``: whether its score (the max probability) falls below it."""
+def result_row(clf: Classifier, path, probs: np.ndarray, score: float | None, top_k: int, unknown: bool = True) -> dict:
+    """A classified input: its top-k classes and, when the model has a calibrated detector (and
+    ``unknown`` is on), ``"unknown"``: whether its ``score`` falls below the threshold."""
     top = np.argsort(-probs, kind="stable")[:top_k]
     row = {"file": str(path), "ok": True,
            "top": [{"class": clf.class_names[int(i)], "probability": round(float(probs[i]), 4)} for i in top]}
-    if unknown and clf.unknown_threshold is not None:
-        row.update(unknown=bool(probs.max() < clf.unknown_threshold), score=round(float(probs.max()), 4),
-                   threshold=round(float(clf.unknown_threshold), 4))
+    if unknown and clf.unknown_threshold is not None and score is not None:
+        row.update(unknown=bool(score < clf.unknown_threshold), score=round(score, 4),
+                   threshold=round(float(clf.unknown_threshold), 4), unknown_score=clf.unknown_score)
     return row
 
 
@@ -150,7 +170,7 @@ def classify_files(clf: Classifier, files, top_k: int = 5, votes: int = 1, seed:
         for (f, *_), (pts, nrm, error) in zip(jobs, inputs):
             if error is None:
                 try:
-                    yield result_row(clf, f, clf.probabilities(pts, nrm, votes), top_k, unknown)
+                    yield result_row(clf, f, *clf.predict(pts, nrm, votes), top_k, unknown)
                     continue
                 except PcsymError as exc:
                     error = str(exc)

@@ -25,6 +25,8 @@ VERSION = 1
 KNN_CHUNK_ENTRIES = 1 << 21
 KNN_BLOCK_ENTRIES = 1 << 19  # torch kNN: distances per block (2 MiB of float32: cache-sized, see graph.knn)
 VOTE_ORDERS = 8  # seeded downsampling orders stored in an export: test-time votes 0..7
+#: the "unknown" score of a shape is its similarity to its UNKNOWN_K-th most similar training shape
+UNKNOWN_K = 5
 
 
 def elu(x: np.ndarray) -> np.ndarray:
@@ -34,6 +36,17 @@ def elu(x: np.ndarray) -> np.ndarray:
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+
+def neighbour_similarity(features: np.ndarray, bank: np.ndarray, k: int = UNKNOWN_K) -> np.ndarray:
+    """The "unknown" score (B,) of pooled features (B, D): the cosine similarity to the k-th most
+    similar row of ``bank`` (M, D), the unit-length pooled features of the model's training shapes
+    (deep nearest neighbours, Sun et al., ICML 2022). High: like shapes the model was trained on."""
+    f = np.asarray(features, dtype=np.float32)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    sim = f @ np.asarray(bank, dtype=np.float32).T
+    k = min(k, sim.shape[1])
+    return np.partition(sim, sim.shape[1] - k, axis=1)[:, sim.shape[1] - k]
 
 
 def knn(query: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
@@ -141,7 +154,10 @@ class NumpyClassifier:
         if meta.get("version", 0) > VERSION:
             raise PcsymError("numpy export made by a newer pcsym", path=path)
         self.cfg = ModelConfig.from_dict(meta["model_config"])
-        self.unknown_threshold = meta.get("unknown_threshold")  # calibrated "unknown" score cut (or None)
+        self.unknown_threshold = meta.get("unknown_threshold")  # calibrated max-probability cut (or None)
+        #: the neighbour-similarity "unknown" score: {"k", "threshold"} and its bank, or None
+        self.unknown = meta.get("unknown")
+        self.unknown_bank = self.a.pop("unknown.bank", None)
 
     def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
         y = x @ self.a[name + ".w"].T
@@ -195,8 +211,9 @@ class NumpyClassifier:
         out = out * self.a[p + ".norm.scale"] + self.a[p + ".norm.shift"]
         return query, self._act(out, p + ".act")
 
-    def logits(self, pos: np.ndarray, normals: np.ndarray, vote: int = 0) -> np.ndarray:
-        """Logits (B, C); ``vote`` v uses the order of :func:`pcsym.graph.vote_order` (0 = eval order)."""
+    def logits(self, pos: np.ndarray, normals: np.ndarray, vote: int = 0, pooled: bool = False):
+        """Logits (B, C); ``vote`` v uses the order of :func:`pcsym.graph.vote_order` (0 = eval order).
+        ``pooled``: (logits, the pooled invariant features (B, D) the classifier head takes)."""
         orders = self.a["orders"]
         if not 0 <= vote < len(orders):
             raise PcsymError(f"a numpy export holds {len(orders)} downsampling orders: at most {len(orders)} votes")
@@ -213,8 +230,9 @@ class NumpyClassifier:
         for i, n in enumerate(self.a["sizes"]):
             pos, feat = self._block(i, pos, feat, int(n), normals)
             normals = normals[:, : int(n)]
-        x = np.concatenate([feat.max(1), feat.mean(1)], axis=-1)
-        x = elu(self._linear(x, "head.0") * self.a["head.bn.scale"] + self.a["head.bn.shift"])
-        return self._linear(x, "head.1")
+        features = np.concatenate([feat.max(1), feat.mean(1)], axis=-1)
+        x = elu(self._linear(features, "head.0") * self.a["head.bn.scale"] + self.a["head.bn.shift"])
+        logits = self._linear(x, "head.1")
+        return (logits, features) if pooled else logits
 
     __call__ = logits

@@ -364,6 +364,15 @@ class Trainer:
         if self.on_epoch:
             self.on_epoch(row)
 
+    def calibrate_unknown(self) -> None:
+        """Give best.pt its "unknown" detector (pcsym.unknown): the pooled features of the training
+        shapes and the threshold keeping 95% of the validation shapes, both at the validation rotation."""
+        from .unknown import calibrate_checkpoint
+
+        tc = self.tcfg
+        calibrate_checkpoint(self.out / "best.pt", self.train_ds.data, self.train_ds.indices, self.val_ds.indices,
+                             tc.eval_rotate, tc.seed)
+
     def run(self, resume: bool = False) -> dict:
         state = RunState()
         if resume:
@@ -382,6 +391,8 @@ class Trainer:
         try:
             for epoch in range(state.epoch + 1, self.tcfg.epochs):
                 self.end_epoch(self.run_epoch(epoch, state), state)
+            if self.world.main and (self.out / "best.pt").exists():
+                self.calibrate_unknown()
         except TrainingInterrupted:
             summary["interrupted"] = True
         finally:

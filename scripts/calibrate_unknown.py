@@ -1,22 +1,25 @@
-"""Calibrate a checkpoint's "unknown" threshold on its own validation split and store it with the
-model (in the checkpoint, and in its numpy export when one sits beside it).
+"""Calibrate a checkpoint's "unknown" detectors (pcsym.unknown) on its own split and store them with the
+model (in the checkpoint, and in its numpy export when one sits beside it): the max-probability
+threshold and the neighbour-similarity detector (bank of training features + threshold).
 
-Usage: python scripts/calibrate_unknown.py CKPT_OR_SHIPPED_NAME --data DATASET [--keep 0.95]
-Runs trained with this pcsym store the threshold themselves (best.pt); this is for older checkpoints,
-such as the shipped models. The validation split and rotation are the run's own (from the checkpoint).
+Usage: python scripts/calibrate_unknown.py CKPT_OR_SHIPPED_NAME --data DATASET [--keep 0.95] [--check]
+Runs trained with this pcsym store both themselves (best.pt); this is for older checkpoints, such as
+the shipped models. The split and rotation are the run's own (from the checkpoint).
 """
 import argparse
 import json
 
 import torch
 
-from pcsym.checkpoint import load_model, resolve_checkpoint, save_checkpoint, train_config_of
+from pcsym.checkpoint import load_model, read_checkpoint, resolve_checkpoint, save_checkpoint, train_config_of
 from pcsym.config import TrainConfig
 from pcsym.data import load_dataset
-from pcsym.splits import split_indices
-from pcsym.evaluate import metrics_from_predictions, predict, unknown_threshold
+from pcsym.evaluate import metrics_from_predictions, predict
 from pcsym.export import export_model
+from pcsym.runtime import neighbour_similarity
+from pcsym.splits import split_indices
 from pcsym.transforms import eval_dataset
+from pcsym.unknown import calibrate, calibrate_checkpoint, pooled_features, score_threshold, unknown_threshold
 
 ap = argparse.ArgumentParser()
 ap.add_argument("checkpoint")
@@ -32,15 +35,18 @@ path = resolve_checkpoint(args.checkpoint)
 model, ckpt = load_model(path)
 run = train_config_of(ckpt) or TrainConfig()
 data = load_dataset(args.data, points=model.cfg.points)
+tr = split_indices(data, "train", run.val_fraction, run.seed)
 va = split_indices(data, "val", run.val_fraction, run.seed)
 ds = eval_dataset(data, va, model.cfg.points, run.eval_rotate, run.seed)
 probs, labels = predict(model, ds)
 if args.check:
-    p = probs.numpy()
-    halves = (p[0::2], p[1::2])
-    kept = [float((h2.max(1) >= unknown_threshold(h1, args.keep)).mean()) for h1, h2 in (halves, halves[::-1])]
+    bank = calibrate(model, data, tr, va, run.eval_rotate, run.seed, args.keep)["bank"].float().numpy()
+    scores = {"max-probability": probs.numpy().max(1),
+              "neighbour-similarity": neighbour_similarity(pooled_features(model, ds), bank)}
+    kept = {name: [round(float((s2 >= score_threshold(s1, args.keep)).mean()), 4)
+                   for s1, s2 in ((s[0::2], s[1::2]), (s[1::2], s[0::2]))] for name, s in scores.items()}
     print(json.dumps({"checkpoint": str(path), "val_shapes": len(va), "keep": args.keep,
-                      "kept_on_the_other_half": [round(k, 4) for k in kept]}))
+                      "kept_on_the_other_half": kept}))
     raise SystemExit(0)
 threshold = unknown_threshold(probs.numpy(), args.keep)
 m = metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), model.cfg.class_names)
@@ -48,9 +54,10 @@ extra = {k: v for k, v in ckpt.items() if k not in ("format", "format_version", 
                                                      "state_dict")}
 extra["unknown_threshold"] = threshold
 save_checkpoint(path, model, model.cfg, extra)
+neighbours = calibrate_checkpoint(path, data, tr, va, run.eval_rotate, run.seed, args.keep)
 npz = path.with_suffix(".npz")
 if npz.exists():
-    export_model(model, npz, "numpy", threshold)
+    export_model(model, npz, "numpy", threshold, read_checkpoint(path)["unknown"])
 print(json.dumps({"checkpoint": str(path), "val_shapes": len(va), "rotate": run.eval_rotate, "keep": args.keep,
-                  "unknown_threshold": round(threshold, 4), "val_oa": round(m["overall_accuracy"], 4),
-                  "val_macc": round(m["mean_class_accuracy"], 4)}))
+                  "unknown_threshold": round(threshold, 4), "neighbour_threshold": round(neighbours["threshold"], 4),
+                  "val_oa": round(m["overall_accuracy"], 4), "val_macc": round(m["mean_class_accuracy"], 4)}))

@@ -29,9 +29,9 @@ dest = Path("pcsym/pretrained") / f"{name}.pt"
 tmp = dest.with_name(f"{name}.shipping.pt")
 torch.save(ckpt, tmp)  # plain again; now rebuild through the normal loader
 model, _ = load_model(tmp)
-keep = {k: ckpt[k] for k in ("epoch", "best_val_acc", "history", "train_config", "val_accuracy", "unknown_threshold")
-        if k in ckpt}
+keep = {k: ckpt[k] for k in ("epoch", "best_val_acc", "history", "train_config", "val_accuracy", "unknown_threshold",
+                             "unknown") if k in ckpt}
 save_checkpoint(dest, model, ModelConfig.from_dict(ckpt["model_config"]), keep)
 tmp.unlink()
-export_model(model, dest.with_suffix(".npz"), "numpy", ckpt.get("unknown_threshold"))
+export_model(model, dest.with_suffix(".npz"), "numpy", ckpt.get("unknown_threshold"), ckpt.get("unknown"))
 print(f"shipped {dest} (+ .npz): epoch {ckpt.get('epoch', 0) + 1}, val acc {ckpt.get('best_val_acc')}")

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from pcsym.cli import app
-from pcsym.evaluate import unknown_threshold
+from pcsym.unknown import unknown_threshold
 
 from .conftest import SAMPLE
 
@@ -33,19 +33,70 @@ def run_dir(tmp_path_factory, sample_dataset):
     return out
 
 
-def test_training_stores_the_threshold_and_exports_carry_it(run_dir, tmp_path):
+def test_neighbour_similarity_is_the_kth_largest_cosine():
+    from pcsym.runtime import neighbour_similarity
+
+    rng = np.random.default_rng(1)
+    bank = rng.normal(size=(50, 8))
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    feats = rng.normal(size=(4, 8)) * 3.0
+    cos = (feats / np.linalg.norm(feats, axis=1, keepdims=True)) @ bank.T
+    for k in (1, 5):
+        np.testing.assert_allclose(neighbour_similarity(feats, bank, k), np.sort(cos, 1)[:, -k], atol=1e-6)
+    assert neighbour_similarity(bank[:3] * 7.0, bank, 1) == pytest.approx(1.0, abs=1e-6)  # a training shape itself
+
+
+def test_training_stores_both_detectors_and_exports_carry_them(run_dir, tmp_path):
+    from pcsym.checkpoint import load_model, train_config_of
+    from pcsym.data import load_dataset
+    from pcsym.runtime import neighbour_similarity
+    from pcsym.splits import split_indices
+    from pcsym.transforms import eval_dataset
+    from pcsym.unknown import pooled_features
+
     best = torch.load(run_dir / "best.pt", weights_only=True)
     assert 0.0 < best["unknown_threshold"] <= 1.0
-    r = runner.invoke(app, ["export", str(run_dir / "best.pt"), "--format", "numpy", "--out", str(tmp_path / "m.npz")])
-    assert r.exit_code == 0, r.output
+    unk = best["unknown"]
+    model, ckpt = load_model(run_dir / "best.pt")
+    run = train_config_of(ckpt)
+    data = load_dataset(run.data, points=model.cfg.points)
+    train_idx = split_indices(data, "train", run.val_fraction, run.seed)
+    val_idx = split_indices(data, "val", run.val_fraction, run.seed)
+    # the bank: one unit row of pooled features per training shape
+    assert unk["bank"].dtype == torch.float16 and unk["bank"].shape == (len(train_idx), 2 * model.cfg.invariant_dims)
+    np.testing.assert_allclose(unk["bank"].float().norm(dim=1).numpy(), 1.0, atol=2e-3)
+    # the threshold keeps 95% of the run's own validation shapes
+    val = pooled_features(model, eval_dataset(data, val_idx, model.cfg.points, run.eval_rotate, run.seed))
+    kept = (neighbour_similarity(val, unk["bank"].float().numpy(), unk["k"]) >= unk["threshold"]).mean()
+    assert abs(kept - 0.95) <= 1.0 / len(val_idx) + 1e-9 and unk["k"] == 5
+
+    for fmt, suffix in (("numpy", ".npz"), ("torchscript", ".ts")):
+        r = runner.invoke(app, ["export", str(run_dir / "best.pt"), "--format", fmt, "--out", str(tmp_path / ("m" + suffix))])
+        assert r.exit_code == 0, r.output
     mesh = str(SAMPLE / "meshes" / "bed_0001.off")
-    for model in (str(run_dir / "best.pt"), str(tmp_path / "m.npz")):
-        r = runner.invoke(app, ["classify", mesh, "--model", model, "--json"])
-        res = json.loads(r.stdout)["results"][0]
-        assert res["threshold"] == round(best["unknown_threshold"], 4)
-        assert res["unknown"] == (res["score"] < res["threshold"]) and res["score"] == res["top"][0]["probability"]
+    got = {}
+    for model_file in (str(run_dir / "best.pt"), str(tmp_path / "m.npz"), str(tmp_path / "m.ts")):
+        r = runner.invoke(app, ["classify", mesh, "--model", model_file, "--json"])
+        res = got[model_file[-3:]] = json.loads(r.stdout)["results"][0]
+        assert res["unknown"] == (res["score"] < res["threshold"])
+    # checkpoint and numpy export: the neighbour score, the same value; TorchScript (logits only): max probability
+    assert got[".pt"]["unknown_score"] == got["npz"]["unknown_score"] == "neighbour-similarity"
+    assert got[".pt"]["threshold"] == got["npz"]["threshold"] == round(unk["threshold"], 4)
+    assert got[".pt"]["score"] == pytest.approx(got["npz"]["score"], abs=2e-4)
+    assert got[".ts"]["unknown_score"] == "max-probability"
+    assert got[".ts"]["threshold"] == round(best["unknown_threshold"], 4) and got[".ts"]["score"] == got[".ts"]["top"][0]["probability"]
     r = runner.invoke(app, ["classify", mesh, "--model", str(run_dir / "best.pt"), "--json", "--no-unknown"])
     assert "unknown" not in json.loads(r.stdout)["results"][0]
+
+
+def test_a_checkpoint_without_a_bank_falls_back_to_max_probability(run_dir, tmp_path):
+    ckpt = torch.load(run_dir / "best.pt", weights_only=True)
+    del ckpt["unknown"]  # as written before the neighbour detector existed
+    torch.save(ckpt, tmp_path / "old.pt")
+    r = runner.invoke(app, ["classify", str(SAMPLE / "meshes" / "bed_0001.off"), "--model", str(tmp_path / "old.pt"),
+                            "--json"])
+    res = json.loads(r.stdout)["results"][0]
+    assert res["unknown_score"] == "max-probability" and res["threshold"] == round(ckpt["unknown_threshold"], 4)
 
 
 def _classify_teapot_and_bed():
@@ -54,9 +105,14 @@ def _classify_teapot_and_bed():
     return json.loads(r.stdout)["results"]
 
 
-def test_shipped_models_carry_a_threshold():
-    for res in _classify_teapot_and_bed():
-        assert 0.3 < res["threshold"] < 0.6 and res["unknown"] == (res["score"] < res["threshold"])
+def test_shipped_models_tell_a_teapot_from_their_classes():
+    """The shipped so3 model calls this teapot a toilet with probability 0.89, above its max-probability
+    threshold (0.41): only the neighbour score, calibrated like it on validation, flags it."""
+    teapot, bed = _classify_teapot_and_bed()
+    for res in (teapot, bed):
+        assert res["unknown_score"] == "neighbour-similarity" and 0.85 < res["threshold"] < 0.95
+    assert teapot["unknown"] is True and teapot["top"][0]["probability"] > 0.8
+    assert bed["unknown"] is False
 
 
 def test_a_bed_stays_a_bed():

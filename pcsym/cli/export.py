@@ -27,7 +27,7 @@ def export(
         check_choice(fmt, EXPORT_FORMATS, "--format")
         model, ckpt = load_model(checkpoint)
         target = out or resolve_checkpoint(checkpoint).with_suffix(SUFFIXES[fmt])
-        export_model(model, target, fmt, ckpt.get("unknown_threshold"))
+        export_model(model, target, fmt, ckpt.get("unknown_threshold"), ckpt.get("unknown"))
         console().print(f"exported {fmt}: {target}")
 
     run(body, ctx)

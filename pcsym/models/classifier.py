@@ -99,9 +99,10 @@ class EquivariantClassifier(nn.Module):
         return torch.cat(feats + [torch.ones_like(pos[..., :1])], dim=-1)
 
     def forward_ordered(self, pos: torch.Tensor, feat: torch.Tensor, return_features: bool = False,
-                        normals: torch.Tensor | None = None):
-        """Core network on points already in sampling order. Returns logits (and layer outputs).
-        ``normals`` (in the same order) are needed by models with edge features."""
+                        normals: torch.Tensor | None = None, pooled: bool = False):
+        """Core network on points already in sampling order. Returns logits (and layer outputs, or
+        with ``pooled`` the pooled invariant features (B, D) the head takes). ``normals`` (in the same
+        order) are needed by models with edge features."""
         outs = []
         sizes = self.cfg.layer_points(pos.shape[1])
         if self.cfg.edge_features == "none":
@@ -114,14 +115,16 @@ class EquivariantClassifier(nn.Module):
             if return_features:
                 last = i == len(self.blocks) - 1
                 outs.append(LayerOutput("invariant" if last else f"block{i + 1}", pos, feat, block.act_reps))
-        pooled = torch.cat([feat.max(dim=1).values, feat.mean(dim=1)], dim=-1)
-        logits = self.head(pooled)
+        features = torch.cat([feat.max(dim=1).values, feat.mean(dim=1)], dim=-1)
+        logits = self.head(features)
+        if pooled:
+            return logits, features
         return (logits, outs) if return_features else logits
 
     def forward(self, pos: torch.Tensor, normals: torch.Tensor | None = None, order: torch.Tensor | None = None,
-                return_features: bool = False, vote: int = 0):
+                return_features: bool = False, vote: int = 0, pooled: bool = False):
         """pos (B, N, 3), normals (B, N, 3) or None -> logits (B, classes). ``order``: the sampling
-        order (default :meth:`point_order` of ``vote``)."""
+        order (default :meth:`point_order` of ``vote``); ``pooled``: (logits, pooled features)."""
         if normals is None and self.cfg.use_normals:
             from ..graph import estimate_normals
 
@@ -130,7 +133,7 @@ class EquivariantClassifier(nn.Module):
         if order is None:
             order = self.point_order(pos, vote)
         edge_normals = take(normals, order) if self.cfg.edge_features != "none" else None
-        return self.forward_ordered(take(pos, order), take(feat, order), return_features, edge_normals)
+        return self.forward_ordered(take(pos, order), take(feat, order), return_features, edge_normals, pooled)
 
 
 def make_head(invariant_dims: int, head_dims: int, num_classes: int, dropout: float) -> nn.Sequential:
