@@ -111,6 +111,14 @@ def save_checkpoint(path: str | Path, model, cfg: ModelConfig, extra: dict | Non
     atomic_write_bytes(path, buf.getvalue())
 
 
+def update_checkpoint(path: str | Path, model, ckpt: dict, changes: dict) -> None:
+    """Rewrite the checkpoint ``ckpt`` (as read from ``path``) of ``model`` with ``changes`` to its run
+    part (everything but what :func:`save_checkpoint` writes itself), the rest kept; atomically."""
+    own = ("format", "format_version", "pcsym_version", "model_config", "state_dict")
+    extra = {k: v for k, v in ckpt.items() if k not in own}
+    save_checkpoint(path, model, model.cfg, {**extra, **changes})
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint dict safely (weights_only=True) and check its format/version."""
     import torch

@@ -49,19 +49,25 @@ def pooled_features(model, ds, batch_size: int = 32, device="cpu") -> np.ndarray
     return torch.cat(out).numpy() if out else np.zeros((0, 2 * model.cfg.invariant_dims), dtype=np.float32)
 
 
-def calibrate(model, data, train_idx, val_idx, rotate: str, seed: int, keep: float = UNKNOWN_KEEP,
-              device="cpu") -> dict:
-    """The neighbour-similarity detector of ``model``: the bank (unit pooled features of the training
-    shapes ``train_idx`` of ``data``, rotated as ``rotate``) and the threshold keeping ``keep`` of the
-    validation shapes ``val_idx``. Stored in checkpoints as ``"unknown"``."""
+def feature_bank(model, data, train_idx, rotate: str, seed: int):
+    """The bank: unit pooled features (float16) of the training shapes ``train_idx`` of ``data``, rotated
+    as ``rotate`` (seeded apart from the validation rotations of ``seed``)."""
+    from .transforms import eval_dataset
+
+    bank = pooled_features(model, eval_dataset(data, train_idx, model.cfg.points, rotate, seed + 1))
+    return (bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)).astype(np.float16)
+
+
+def calibrate(model, data, train_idx, val_idx, rotate: str, seed: int, keep: float = UNKNOWN_KEEP) -> dict:
+    """The neighbour-similarity detector of ``model``: the :func:`feature_bank` of the training shapes
+    ``train_idx`` of ``data`` and the threshold keeping ``keep`` of the validation shapes ``val_idx``
+    (rotated as ``rotate``). Stored in checkpoints as ``"unknown"``."""
     import torch
 
     from .transforms import eval_dataset
 
-    points = model.cfg.points
-    bank = pooled_features(model, eval_dataset(data, train_idx, points, rotate, seed + 1), device=device)
-    bank = (bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)).astype(np.float16)
-    val = pooled_features(model, eval_dataset(data, val_idx, points, rotate, seed), device=device)
+    bank = feature_bank(model, data, train_idx, rotate, seed)
+    val = pooled_features(model, eval_dataset(data, val_idx, model.cfg.points, rotate, seed))
     threshold = score_threshold(neighbour_similarity(val, bank, UNKNOWN_K), keep)
     return {"score": "neighbour-similarity", "k": UNKNOWN_K, "threshold": threshold, "keep": keep,
             "bank": torch.from_numpy(bank)}
@@ -70,12 +76,9 @@ def calibrate(model, data, train_idx, val_idx, rotate: str, seed: int, keep: flo
 def calibrate_checkpoint(path, data, train_idx, val_idx, rotate: str, seed: int, keep: float = UNKNOWN_KEEP) -> dict:
     """Add (or replace) the neighbour-similarity detector of the checkpoint at ``path`` (rewritten
     atomically; everything else it holds is kept). Returns the detector without its bank."""
-    from .checkpoint import load_model, read_checkpoint, save_checkpoint
+    from .checkpoint import load_model, update_checkpoint
 
-    model, _ = load_model(path)
+    model, ckpt = load_model(path)
     unknown = calibrate(model, data, train_idx, val_idx, rotate, seed, keep)
-    ckpt = read_checkpoint(path)
-    extra = {k: v for k, v in ckpt.items() if k not in ("format", "format_version", "pcsym_version", "model_config",
-                                                         "state_dict")}
-    save_checkpoint(path, model, model.cfg, {**extra, "unknown": unknown})
+    update_checkpoint(path, model, ckpt, {"unknown": unknown})
     return {k: v for k, v in unknown.items() if k != "bank"}

@@ -11,7 +11,7 @@ import json
 
 import torch
 
-from pcsym.checkpoint import load_model, read_checkpoint, resolve_checkpoint, save_checkpoint, train_config_of
+from pcsym.checkpoint import load_model, resolve_checkpoint, train_config_of, update_checkpoint
 from pcsym.config import TrainConfig
 from pcsym.data import load_dataset
 from pcsym.evaluate import metrics_from_predictions, predict
@@ -19,7 +19,7 @@ from pcsym.export import export_model
 from pcsym.runtime import neighbour_similarity
 from pcsym.splits import split_indices
 from pcsym.transforms import eval_dataset
-from pcsym.unknown import calibrate, calibrate_checkpoint, pooled_features, score_threshold, unknown_threshold
+from pcsym.unknown import calibrate, feature_bank, pooled_features, score_threshold, unknown_threshold
 
 ap = argparse.ArgumentParser()
 ap.add_argument("checkpoint")
@@ -40,7 +40,7 @@ va = split_indices(data, "val", run.val_fraction, run.seed)
 ds = eval_dataset(data, va, model.cfg.points, run.eval_rotate, run.seed)
 probs, labels = predict(model, ds)
 if args.check:
-    bank = calibrate(model, data, tr, va, run.eval_rotate, run.seed, args.keep)["bank"].float().numpy()
+    bank = feature_bank(model, data, tr, run.eval_rotate, run.seed)
     scores = {"max-probability": probs.numpy().max(1),
               "neighbour-similarity": neighbour_similarity(pooled_features(model, ds), bank)}
     kept = {name: [round(float((s2 >= score_threshold(s1, args.keep)).mean()), 4)
@@ -49,15 +49,12 @@ if args.check:
                       "kept_on_the_other_half": kept}))
     raise SystemExit(0)
 threshold = unknown_threshold(probs.numpy(), args.keep)
+neighbours = calibrate(model, data, tr, va, run.eval_rotate, run.seed, args.keep)
 m = metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), model.cfg.class_names)
-extra = {k: v for k, v in ckpt.items() if k not in ("format", "format_version", "pcsym_version", "model_config",
-                                                     "state_dict")}
-extra["unknown_threshold"] = threshold
-save_checkpoint(path, model, model.cfg, extra)
-neighbours = calibrate_checkpoint(path, data, tr, va, run.eval_rotate, run.seed, args.keep)
+update_checkpoint(path, model, ckpt, {"unknown_threshold": threshold, "unknown": neighbours})
 npz = path.with_suffix(".npz")
 if npz.exists():
-    export_model(model, npz, "numpy", threshold, read_checkpoint(path)["unknown"])
+    export_model(model, npz, "numpy", threshold, neighbours)
 print(json.dumps({"checkpoint": str(path), "val_shapes": len(va), "rotate": run.eval_rotate, "keep": args.keep,
                   "unknown_threshold": round(threshold, 4), "neighbour_threshold": round(neighbours["threshold"], 4),
                   "val_oa": round(m["overall_accuracy"], 4), "val_macc": round(m["mean_class_accuracy"], 4)}))
