@@ -14,6 +14,16 @@ import tempfile
 from pathlib import Path
 
 
+def user_cache_dir() -> Path | None:
+    """pcsym's user cache folder: ``$PCSYM_CACHE_DIR`` if set (``off`` or an empty value: no on-disk
+    cache, None), else ``$XDG_CACHE_HOME/pcsym``, else ``~/.cache/pcsym``."""
+    env = os.environ.get("PCSYM_CACHE_DIR")
+    if env is not None:
+        return None if env.strip() in ("", "off") else Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "pcsym"
+
+
 def default_mode(directory: bool = False) -> int:
     """0666 (files) or 0777 (folders) less the process umask: what ``open``/``mkdir`` would give."""
     mask = os.umask(0)

@@ -1,4 +1,4 @@
-"""Graph operations on batched point clouds in plain torch (no compiled extensions).
+"""Graph operations on batched point clouds in torch (kNN through :mod:`pcsym.native` when it is built).
 
 * :func:`knn` — k nearest neighbours in cache-sized blocks: memory bounded, never O(N²) for large N.
 * :func:`sampling_order` (from :func:`random_order` / :func:`fps_order`) — point orders whose prefixes
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from . import native
 from .runtime import KNN_BLOCK_ENTRIES, NORMAL_K
 from .runtime import estimate_normals as _estimate_normals
 
@@ -32,8 +33,9 @@ def knn(query: torch.Tensor, keys: torch.Tensor, k: int, entries: int = KNN_BLOC
     """Indices (B, M, k) of the k nearest ``keys`` (B, N, 3) for each ``query`` point (B, M, 3).
 
     Neighbours are sorted by distance (nearest first). A query point that is also a key finds
-    itself first. Computed block by block (:func:`knn_blocks`), so peak memory is ``entries``
-    distances, never O(N²); each block is one fused ``baddbmm`` (|k|² − 2 q·k: the |q|² term is the
+    itself first. On CPU float32 the compiled kernel of :mod:`pcsym.native` does it when it is
+    available (same neighbours, several times faster); else torch, block by block
+    (:func:`knn_blocks`), so peak memory is ``entries`` distances, never O(N²); each block is one fused ``baddbmm`` (|k|² − 2 q·k: the |q|² term is the
     same for every key of a query and cannot change its order) and a ``topk``.
     """
     if query.dim() != 3 or keys.dim() != 3 or query.shape[-1] != 3 or keys.shape[-1] != 3:
@@ -42,6 +44,18 @@ def knn(query: torch.Tensor, keys: torch.Tensor, k: int, entries: int = KNN_BLOC
     n = keys.shape[1]
     if k > n:
         raise ValueError(f"k={k} neighbours requested but the cloud has only {n} points")
+    if (query.device.type == "cpu" and query.dtype == keys.dtype == torch.float32
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()):  # exports trace torch's ops
+        found = native.knn(query.detach().numpy(), keys.detach().numpy(), k, torch.get_num_threads())
+        if found is not None:
+            return torch.from_numpy(found)
+    return knn_torch(query, keys, k, entries)
+
+
+def knn_torch(query: torch.Tensor, keys: torch.Tensor, k: int, entries: int = KNN_BLOCK_ENTRIES) -> torch.Tensor:
+    """:func:`knn` in torch (any device), without the compiled kernel: block by block, sorted."""
+    b, m, _ = query.shape
+    n = keys.shape[1]
     out = torch.empty(b, m, k, dtype=torch.long, device=query.device)
     kk = (keys * keys).sum(-1)[:, None, :]  # (B, 1, N)
     kt = keys.transpose(1, 2)

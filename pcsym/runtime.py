@@ -50,7 +50,16 @@ def neighbour_similarity(features: np.ndarray, bank: np.ndarray, k: int = UNKNOW
 
 
 def knn(query: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
-    """Indices (B, M, k) of the k nearest keys (B, N, 3) of each query (B, M, 3); chunked, unsorted."""
+    """Indices (B, M, k) of the k nearest keys (B, N, 3) of each query (B, M, 3): the compiled kernel
+    (:mod:`pcsym.native`, sorted) when it is available, else chunked numpy (unsorted)."""
+    from . import native
+
+    found = native.knn(query, keys, k, native.default_threads())
+    return found if found is not None else knn_numpy(query, keys, k)
+
+
+def knn_numpy(query: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
+    """:func:`knn` in numpy alone: chunked distances and ``argpartition`` (unsorted)."""
     b, m, _ = query.shape
     n = keys.shape[1]
     chunk = max(1, min(m, KNN_CHUNK_ENTRIES // max(n, 1)))

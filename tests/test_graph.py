@@ -1,15 +1,17 @@
 import torch
 
-from pcsym.graph import estimate_normals, fps_order, gather, knn, random_order, take
+from pcsym.graph import estimate_normals, fps_order, gather, knn, knn_torch, random_order, take
 
 
 def test_knn_matches_brute_force_and_chunking():
     torch.manual_seed(0)
     q, keys = torch.randn(3, 70, 3), torch.randn(3, 200, 3)
     ref = torch.cdist(q, keys).topk(7, largest=False).indices
-    assert torch.equal(knn(q, keys, 7), ref)
-    assert torch.equal(knn(q, keys, 7, entries=9 * 200), ref)  # several query chunks per cloud, same answer
-    assert torch.equal(knn(q, keys, 7, entries=2 * 70 * 200), ref)  # two clouds per block
+    assert torch.equal(knn(q, keys, 7), ref)  # the compiled kernel where it builds (tests/test_native.py)
+    assert torch.equal(knn_torch(q, keys, 7), ref)
+    assert torch.equal(knn_torch(q, keys, 7, entries=9 * 200), ref)  # several query chunks per cloud
+    assert torch.equal(knn_torch(q, keys, 7, entries=2 * 70 * 200), ref)  # two clouds per block
+    assert torch.equal(knn(q.double(), keys.double(), 7), ref)  # float64: torch's path
 
 
 def test_knn_self_is_first_neighbour():

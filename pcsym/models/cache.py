@@ -21,24 +21,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ..files import atomic_write_bytes, user_cache_dir
+
 CACHE_VERSION = 1
-_ENV = "PCSYM_CACHE_DIR"
 
 
 def cache_dir() -> Path | None:
     """The folder of the layer cache, or None when disabled (``PCSYM_CACHE_DIR=off`` or empty)."""
-    env = os.environ.get(_ENV)
-    if env is not None:
-        return None if env.strip() in ("", "off") else Path(env).expanduser() / "layers"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "pcsym" / "layers"
+    root = user_cache_dir()
+    return None if root is None else root / "layers"
 
 
 def rep_id(rep) -> str:
@@ -98,8 +94,6 @@ def cached(kind: str, group, parts: dict, bias: bool, build: Callable[[], dict])
             pass
     spec = build()
     try:
-        from ..files import atomic_write_bytes
-
         atomic_write_bytes(path, _encode(spec))
     except Exception:  # noqa: BLE001 - read-only or full cache folder: just no cache
         pass

@@ -275,7 +275,13 @@ class FieldNonlinearity(nn.Module):
             return nn.functional.elu(y)
         if torch.is_grad_enabled() and x.requires_grad:
             return _GatedElu.apply(x, self.gate_spread.to(x.dtype), self.scalar_idx)
-        return _gated_elu(y, torch.sigmoid(x[..., self.out_size :]), self.gate_spread.to(x.dtype), self.scalar_idx)[0]
+        return _gated_elu(y, _gate(x, self.out_size), self.gate_spread.to(x.dtype), self.scalar_idx)[0]
+
+
+def _gate(x: torch.Tensor, n: int) -> torch.Tensor:
+    """sigmoid of the gate columns x[..., n:], copied out first: on a strided slice torch's sigmoid is
+    not vectorised (2.8 ms against 1.1 ms copy included, on block 1's (16, 512, 10, 9) gates)."""
+    return torch.sigmoid(x[..., n:].contiguous())
 
 
 def _gated_elu(y, g, spread, scalar_idx):
@@ -296,7 +302,7 @@ class _GatedElu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, spread, scalar_idx):
         n = spread.shape[1]
-        y, g = x[..., :n], torch.sigmoid(x[..., n:])
+        y, g = x[..., :n], _gate(x, n)
         out, gates = _gated_elu(y, g, spread, scalar_idx)
         ctx.save_for_backward(y, g, gates, spread, scalar_idx)
         return out

@@ -1,0 +1,153 @@
+"""The compiled kNN kernel (pcsym.native): the same neighbours as brute force, and never fatal."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from pcsym import native
+from pcsym.graph import knn, knn_torch
+from pcsym.runtime import knn as np_knn
+from pcsym.runtime import knn_numpy
+
+HAS_CC = shutil.which(os.environ.get("CC") or "cc") is not None
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """A private cache folder and no library loaded yet; restored afterwards."""
+    monkeypatch.setenv("PCSYM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("PCSYM_NATIVE", raising=False)
+    native.reset()
+    yield tmp_path
+    native.reset()
+
+
+def _clouds(kind: str, b: int, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "ball":
+        return rng.normal(size=(b, n, 3)).astype(np.float32)
+    if kind == "surface":  # points on an ellipsoid, like ModelNet samples
+        p = rng.normal(size=(b, n, 3))
+        return (p / np.linalg.norm(p, axis=-1, keepdims=True) * [1.0, 0.5, 0.2]).astype(np.float32)
+    if kind == "plane":  # a flat box: one axis has no extent (the Morton grid's scale is 0 there)
+        p = rng.uniform(-1, 1, size=(b, n, 3))
+        p[..., 2] = 0.25
+        return p.astype(np.float32)
+    if kind == "far":  # far from the origin, large coordinates
+        return (rng.normal(size=(b, n, 3)) * 3 + 1e4).astype(np.float32)
+    raise ValueError(kind)
+
+
+def _brute(q: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
+    d = ((q[:, :, None, :].astype(np.float64) - keys[:, None, :, :]) ** 2).sum(-1)
+    return np.argsort(d, axis=-1, kind="stable")[..., :k]
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler: pcsym falls back to torch (tested below)")
+@pytest.mark.parametrize("kind", ["ball", "surface", "plane", "far"])
+@pytest.mark.parametrize("b,m,n,k", [(4, 512, 1024, 10), (3, 37, 129, 10), (2, 5, 5, 5), (1, 1, 1, 1),
+                                     (2, 300, 300, 16), (3, 64, 9, 1)])
+def test_kernel_finds_the_brute_force_neighbours_sorted(kind, b, m, n, k):
+    keys = _clouds(kind, b, n, seed=n + k)
+    q = np.ascontiguousarray(keys[:, np.random.default_rng(m).permutation(n)[:m]] if m <= n
+                             else _clouds(kind, b, m, seed=m))
+    q[:, ::3] += 0.01  # some queries that are not keys
+    for threads in (1, 2, 3):
+        got = native.knn(q, keys, k, threads)
+        assert got is not None, native.status()
+        assert got.dtype == np.int64 and got.shape == (b, m, k)
+        np.testing.assert_array_equal(got, _brute(q, keys, k))
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+def test_ties_give_a_valid_neighbour_set():
+    # a grid with many equal distances: any k of the tied keys is right, but each must be at the k-th
+    # distance or closer, with no index twice
+    g = np.stack(np.meshgrid(*[np.arange(6, dtype=np.float32)] * 3, indexing="ij"), -1).reshape(1, -1, 3)
+    got = native.knn(g, g, 7, 2)
+    d = ((g[0][:, None] - g[0][None]) ** 2).sum(-1)
+    kth = np.sort(d, axis=1)[:, 6]
+    mine = np.take_along_axis(d, got[0], axis=1)
+    assert (mine <= kth[:, None]).all() and (np.diff(mine, axis=1) >= 0).all()
+    assert all(len(set(r)) == 7 for r in got[0].tolist())
+    assert (got[0, :, 0] == np.arange(g.shape[1])).all()  # every point finds itself first
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+def test_torch_and_numpy_callers_use_it_and_agree_with_their_fallbacks(fresh, monkeypatch):
+    torch.manual_seed(0)
+    keys = torch.randn(5, 700, 3)
+    q = keys[:, :300].contiguous()
+    ref = knn_torch(q, keys, 10)
+    assert torch.equal(knn(q, keys, 10), ref)
+    assert "compiled" in native.status()
+    got = np_knn(q.numpy(), keys.numpy(), 10)
+    np.testing.assert_array_equal(got, ref.numpy())  # compiled: sorted, like torch's
+    np.testing.assert_array_equal(np.sort(knn_numpy(q.numpy(), keys.numpy(), 10), -1), np.sort(got, -1))
+    monkeypatch.setenv("PCSYM_NATIVE", "off")
+    assert native.knn(q.numpy(), keys.numpy(), 10) is None and "PCSYM_NATIVE=off" in native.status()
+    assert torch.equal(knn(q, keys, 10), ref)
+
+
+_CHILD = """
+import numpy as np
+from pcsym import native
+p = np.random.default_rng(0).normal(size=(1, 50, 3)).astype(np.float32)
+d = ((p[0][:, None] - p[0][None]) ** 2).sum(-1)
+assert (native.knn(p, p, 3) == np.argsort(d, axis=1)[:, :3]).all(), native.status()
+print(native.status())
+"""
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+def test_library_is_cached_and_a_damaged_one_is_rebuilt(fresh):
+    # in child processes: a process keeps the library it loaded mapped (and dlopen reuses it by name)
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PCSYM_CACHE_DIR=str(fresh / "cache"))
+
+    def child():
+        res = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and "compiled" in res.stdout, res.stderr[-2000:]
+
+    child()
+    libs = list((fresh / "cache" / "native").glob("knn-*.so"))
+    assert len(libs) == 1
+    first = libs[0].stat().st_mtime_ns
+    child()
+    assert libs[0].stat().st_mtime_ns == first  # loaded, not rebuilt
+    damaged = libs[0].with_suffix(".tmp")
+    damaged.write_bytes(b"not a shared library")
+    damaged.replace(libs[0])
+    child()
+    assert libs[0].stat().st_size > 1000  # rebuilt
+    assert list((fresh / "cache" / "native").iterdir()) == libs  # no temporary files left
+
+
+def test_no_compiler_or_a_failing_one_falls_back(fresh, monkeypatch):
+    torch.manual_seed(1)
+    keys = torch.randn(2, 100, 3)
+    ref = torch.cdist(keys, keys).topk(5, largest=False).indices
+    monkeypatch.setenv("CC", str(fresh / "no-such-compiler"))
+    assert native.knn(keys.numpy(), keys.numpy(), 5) is None
+    assert "no C compiler" in native.status()
+    assert torch.equal(knn(keys, keys, 5), ref)
+    native.reset()
+    monkeypatch.setenv("CC", shutil.which("false") or "/bin/false")
+    assert native.knn(keys.numpy(), keys.numpy(), 5) is None
+    assert "build failed" in native.status()
+    assert torch.equal(knn(keys, keys, 5), ref)
+    np.testing.assert_array_equal(np.sort(np_knn(keys.numpy(), keys.numpy(), 5), -1), np.sort(ref.numpy(), -1))
+
+
+def test_cache_off_still_builds_in_a_private_folder(fresh, monkeypatch):
+    if not HAS_CC:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("PCSYM_CACHE_DIR", "off")
+    pts = _clouds("surface", 2, 80, 3)
+    np.testing.assert_array_equal(native.knn(pts, pts, 4), _brute(pts, pts, 4))
+    assert not (fresh / "cache").exists()
