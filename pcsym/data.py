@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 import logging
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ import torch
 
 from .config import DATA_FORMATS, UP_AXES, check_choice
 from .errors import PcsymError
-from .files import atomic_writer
+from .files import atomic_writer, user_cache_dir
 from .meshes import normalize, read_geometry, read_point_table, sample_surface
 from .transforms import to_z_up
 
@@ -343,10 +344,9 @@ _SOURCES = {"h5": _h5_source, "normal_resampled": _normal_resampled_source, "off
 
 
 def _user_cache_dir() -> Path:
-    env = os.environ.get("PCSYM_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pcsym"
+    """The user cache (:func:`pcsym.files.user_cache_dir`); with ``PCSYM_CACHE_DIR=off`` a dataset cache
+    still has to be written somewhere: the system's temporary folder."""
+    return user_cache_dir() or Path(tempfile.gettempdir()) / "pcsym-cache"
 
 
 def cache_paths(src: str | os.PathLike, fmt: str, points: int, up_axis: str) -> list[Path]:
