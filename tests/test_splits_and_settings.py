@@ -134,3 +134,30 @@ def test_evaluate_defaults_to_test_and_refuses_val_without_train(tmp_path, seede
     r = runner.invoke(app, ["evaluate", str(seeded_run), "--data", str(test_only), "--split", "val"])
     assert r.exit_code == 2
     assert "has no train split, so no 'val' split" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_batches_predicted_side_by_side_give_the_same_probabilities(seeded_run, sample_dataset):
+    """predict runs batches on torch's threads, one each: the same probabilities (bit for bit) as one
+    batch at a time, torch's thread count restored, and a failing batch raises."""
+    import pcsym.evaluate as E
+    from pcsym.checkpoint import load_model
+    from pcsym.data import load_dataset
+    from pcsym.transforms import eval_dataset
+
+    model, _ = load_model(seeded_run)
+    ds = eval_dataset(load_dataset(sample_dataset), np.arange(40), model.cfg.points, "so3", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        side_by_side = E.predict(model, ds, batch_size=8, votes=2)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)  # one thread: one batch at a time
+        one_by_one = E.predict(model, ds, batch_size=8, votes=2)
+        assert torch.equal(side_by_side[0], one_by_one[0]) and torch.equal(side_by_side[1], one_by_one[1])
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="boom"):
+            with E.batch_workers(2) as submit:
+                submit(lambda: (_ for _ in ()).throw(RuntimeError("boom"))).result()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
