@@ -186,7 +186,33 @@ def recipe_worker(spec: dict) -> dict:
     model.eval()
     with torch.no_grad():
         res["eval_s"] = best(lambda: model(pos, normals), spec["repeats"])
+    res["evaluate_s"] = best(lambda: evaluate_batches(model, pos, normals), spec["repeats"]) / EVAL_BATCHES
     return res
+
+
+EVAL_BATCHES = 4
+
+
+def evaluate_batches(model, pos, normals) -> None:
+    """EVAL_BATCHES batches the way the tree's ``pcsym evaluate`` runs them (its ``predict``): side by side
+    on torch's threads where the tree has ``batch_workers``, else one after the other."""
+    import torch
+
+    try:
+        from pcsym.evaluate import batch_workers
+    except ImportError:
+        with torch.no_grad():
+            for _ in range(EVAL_BATCHES):
+                model(pos, normals)
+        return
+
+    def one():
+        with torch.no_grad():
+            return model(pos, normals)
+
+    with batch_workers(torch.get_num_threads()) as submit:
+        for f in [submit(one) for _ in range(EVAL_BATCHES)]:
+            f.result()
 
 
 def profile_step(model, train_step, steps: int = 3) -> dict:
@@ -269,13 +295,14 @@ def baseline_main(args) -> int:
                     print(f"  {recipe} {which}: FAILED {r['error']}", flush=True)
                     continue
                 print(f"  round {rnd} {recipe:4s} {which}: build {r['build_s']:6.2f} s  train step {r['train_s']:.3f} s"
-                      f"  eval {r['eval_s']:.3f} s", flush=True)
+                      f"  eval {r['eval_s']:.3f} s  evaluate {r['evaluate_s']:.3f} s/batch", flush=True)
                 rows.append(r)
                 got[which] = r
             if len(got) == 2:
                 ratios.setdefault(recipe, []).append((got["ref"]["train_s"] / got["new"]["train_s"],
-                                                      got["ref"]["eval_s"] / got["new"]["eval_s"]))
-    speed = {k: (statistics.median(t for t, _ in v), statistics.median(e for _, e in v)) for k, v in ratios.items()}
+                                                      got["ref"]["eval_s"] / got["new"]["eval_s"],
+                                                      got["ref"]["evaluate_s"] / got["new"]["evaluate_s"]))
+    speed = {k: tuple(statistics.median(r[i] for r in v) for i in range(3)) for k, v in ratios.items()}
     mfu = {}
     for r in rows:
         if r["tree"] == "new" and "train_flops" in r:
@@ -284,7 +311,8 @@ def baseline_main(args) -> int:
                                     utilisation=r["train_flops"] / r["train_s"] / r["mm_peak_flops"])
     headline = (f"train speed-up vs {args.baseline}: "
                 + ", ".join(f"{k} {v[0]:.2f}x" for k, v in speed.items())
-                + " (eval " + ", ".join(f"{k} {v[1]:.2f}x" for k, v in speed.items()) + ")")
+                + " (eval forward " + ", ".join(f"{k} {v[1]:.2f}x" for k, v in speed.items())
+                + "; evaluate's batches " + ", ".join(f"{k} {v[2]:.2f}x" for k, v in speed.items()) + ")")
     lines = ["# bench_model --baseline: shipped recipes, this tree vs " + f"`{args.baseline}` ({sha[:8]})",
              C.env_markdown_shared_process(env),
              "Fresh process per (recipe, tree, round), old/new alternating; times are the best of "
@@ -293,10 +321,14 @@ def baseline_main(args) -> int:
              + ("Idle machine (see above); still, compare only the ratios (the CPU's speed drifts)." if idle else
                 "**Not certified idle**: compare only the ratios."),
              C.table(rows, [("round", "round"), ("recipe", "recipe"), ("tree", "tree"), ("build_s", "build s"),
-                            ("train_s", "train step s"), ("eval_s", "eval forward s")]),
-             "| recipe | train speed-up | eval speed-up | matmul GFLOP/step | achieved GFLOP/s | torch.mm GFLOP/s | MFU |\n"
-             "|---|---|---|---|---|---|---|\n" + "\n".join(
-                 f"| {k} | {v[0]:.2f}x | {v[1]:.2f}x | {mfu.get(k, {}).get('flops', 0) / 1e9:.2f} | "
+                            ("train_s", "train step s"), ("eval_s", "eval forward s"),
+                            ("evaluate_s", "evaluate s/batch")]),
+             f"evaluate s/batch: {EVAL_BATCHES} batches as the tree's `pcsym evaluate` runs them (this tree: side by "
+             "side on torch's threads, one each; the baseline: one after the other on all threads), per batch.",
+             "| recipe | train speed-up | eval forward speed-up | evaluate speed-up | matmul GFLOP/step | "
+             "achieved GFLOP/s | torch.mm GFLOP/s | MFU |\n"
+             "|---|---|---|---|---|---|---|---|\n" + "\n".join(
+                 f"| {k} | {v[0]:.2f}x | {v[1]:.2f}x | {v[2]:.2f}x | {mfu.get(k, {}).get('flops', 0) / 1e9:.2f} | "
                  f"{mfu.get(k, {}).get('achieved_gflops', 0):.2f} | {mfu.get(k, {}).get('mm_peak_gflops', 0):.1f} | "
                  f"{100 * mfu.get(k, {}).get('utilisation', 0):.1f}% |" for k, v in speed.items())]
     for r in rows:
