@@ -113,7 +113,7 @@ RECIPES = {"so3": dict(group="so3", widths=(48, 96, 192), strides=(2, 4, 4), max
 LEVERS = {"+ppf": dict(edge_features="ppf"), "+ppf +random-fps": dict(edge_features="ppf", sampling="random-fps")}
 OP_CATEGORIES = {
     "matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul", "aten::linear", "aten::einsum"),
-    "kNN topk": ("aten::topk", "aten::sort"),
+    "kNN topk": ("aten::topk", "aten::sort", "pcsym::knn"),
     "indexing (gather/scatter)": ("aten::index_select", "aten::index", "aten::gather", "aten::scatter_add_",
                                   "aten::index_add_", "aten::index_put_", "aten::_index_put_impl_", "aten::take",
                                   "aten::embedding_dense_backward", "aten::scatter_add"),
