@@ -144,10 +144,18 @@ def test_no_compiler_or_a_failing_one_falls_back(fresh, monkeypatch):
     np.testing.assert_array_equal(np.sort(np_knn(keys.numpy(), keys.numpy(), 5), -1), np.sort(ref.numpy(), -1))
 
 
-def test_cache_off_still_builds_in_a_private_folder(fresh, monkeypatch):
+def test_cache_off_still_builds_in_a_private_folder_removed_at_exit(fresh, monkeypatch):
     if not HAS_CC:
         pytest.skip("no C compiler")
+    import subprocess
+    import sys
+
     monkeypatch.setenv("PCSYM_CACHE_DIR", "off")
     pts = _clouds("surface", 2, 80, 3)
     np.testing.assert_array_equal(native.knn(pts, pts, 4), _brute(pts, pts, 4))
     assert not (fresh / "cache").exists()
+    code = "from pathlib import Path; from pcsym import native; native.status(); print(Path(native._state['path']).parent)"
+    res = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    folder = res.stdout.strip().splitlines()[-1]
+    assert res.returncode == 0 and "pcsym-native-" in folder, res.stderr[-2000:]
+    assert not os.path.exists(folder)  # the process's private copy is gone

@@ -19,6 +19,7 @@ space-filling (Morton) curve, then rejects the other keys eight at a time agains
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import logging
@@ -57,8 +58,9 @@ def _library_path(cc: str) -> Path:
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), os.path.realpath(cc).encode(), " ".join(FLAGS).encode(),
                                       platform.machine().encode(), platform.system().encode()])).hexdigest()[:24]
     root = user_cache_dir()
-    if root is None:
+    if root is None:  # no cache: a private folder, removed when the process exits (the loaded copy stays mapped)
         root = Path(tempfile.mkdtemp(prefix="pcsym-native-"))
+        atexit.register(shutil.rmtree, root, True)
     return root / "native" / f"knn-{key}.so"
 
 
