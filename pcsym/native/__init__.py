@@ -82,9 +82,14 @@ def _open(path: Path) -> ctypes.CDLL:
     return lib
 
 
+def _disabled() -> bool:
+    """``PCSYM_NATIVE=off`` (or 0/no/false); read on every call, so it can be switched at run time."""
+    return os.environ.get(_ENV, "").strip().lower() in ("off", "0", "no", "false")
+
+
 def _load() -> ctypes.CDLL | None:
-    if os.environ.get(_ENV, "").strip().lower() in ("off", "0", "no", "false"):
-        return None  # checked on every call, so tests and users can switch it at run time
+    if _disabled():
+        return None
     if "lib" in _state:
         return _state["lib"]
     with _lock:
@@ -115,7 +120,7 @@ def _load() -> ctypes.CDLL | None:
 
 def status() -> str:
     """One line: which kNN is in use, and why not the compiled one."""
-    if os.environ.get(_ENV, "").strip().lower() in ("off", "0", "no", "false"):
+    if _disabled():
         return f"kNN: torch/numpy ({_ENV}=off)"
     lib = _load()
     return f"kNN: compiled ({_state['path']})" if lib is not None else f"kNN: torch/numpy ({_state['why']})"
