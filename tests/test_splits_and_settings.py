@@ -155,6 +155,12 @@ def test_batches_predicted_side_by_side_give_the_same_probabilities(seeded_run, 
         one_by_one = E.predict(model, ds, batch_size=8, votes=2)
         assert torch.equal(side_by_side[0], one_by_one[0]) and torch.equal(side_by_side[1], one_by_one[1])
         torch.set_num_threads(2)
+        import threading
+
+        with E.batch_workers(2) as submit:  # on worker threads, torch at one intra-op thread meanwhile
+            seen = [submit(lambda: (threading.current_thread().name, torch.get_num_threads())).result()
+                    for _ in range(4)]
+        assert all(name.startswith("pcsym-batch") and n == 1 for name, n in seen), seen
         with pytest.raises(RuntimeError, match="boom"):
             with E.batch_workers(2) as submit:
                 submit(lambda: (_ for _ in ()).throw(RuntimeError("boom"))).result()

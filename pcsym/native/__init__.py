@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_writer, user_cache_dir
+
 SOURCE = Path(__file__).with_name("knn.c")
 FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC", "-pthread")
 _ENV = "PCSYM_NATIVE"
@@ -53,8 +55,6 @@ def _compiler() -> str | None:
 
 
 def _library_path(cc: str) -> Path:
-    from ..files import user_cache_dir
-
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), os.path.realpath(cc).encode(), " ".join(FLAGS).encode(),
                                       platform.machine().encode(), platform.system().encode()])).hexdigest()[:24]
     root = user_cache_dir()
@@ -65,8 +65,6 @@ def _library_path(cc: str) -> Path:
 
 
 def _build(cc: str, target: Path) -> None:
-    from ..files import atomic_writer
-
     with atomic_writer(target) as tmp:
         res = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True, timeout=120)
         if res.returncode != 0:
