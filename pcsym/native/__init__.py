@@ -1,20 +1,28 @@
 """Optional compiled kernels: built on first use with the machine's C compiler; torch-free.
 
 pcsym installs as pure Python. Where a C compiler is present (``$CC``, else ``cc``, ``gcc`` or
-``clang``), the first call builds ``knn.c`` (plain C99 + POSIX threads, no torch headers: ~0.3 s)
-into a shared library in the user cache folder (``native/`` under ``$PCSYM_CACHE_DIR``, else
-``$XDG_CACHE_HOME/pcsym``, else ``~/.cache/pcsym``; a private temporary folder when the cache is
-``off``) and loads it with ctypes. The file name is a hash of the source, the compiler, its flags and
-the platform, so a changed source or compiler builds a new library; it is written atomically, and a
-library that does not load (damaged, foreign) is rebuilt once. Nothing here is ever fatal: with no
-compiler, a failed build or ``PCSYM_NATIVE=off``, :func:`knn` returns None and the callers
-(:func:`pcsym.graph.knn`, :func:`pcsym.runtime.knn`) use their torch / numpy spelling, which finds
-the same neighbours. :func:`status` says which is in use (``pcsym --debug ...`` logs it).
+``clang``), the first call builds ``knn.c`` and ``edge.c`` (plain C99 + POSIX threads, no torch
+headers: ~1 s) into one shared library in the user cache folder (``native/`` under
+``$PCSYM_CACHE_DIR``, else ``$XDG_CACHE_HOME/pcsym``, else ``~/.cache/pcsym``; a private temporary
+folder when the cache is ``off``) and loads it with ctypes. The file name is a hash of the sources,
+the compiler, its flags and the platform, so a changed source or compiler builds a new library; it
+is written atomically, and a library that does not load (damaged, foreign) is rebuilt once. Nothing
+here is ever fatal: with no compiler, a failed build or ``PCSYM_NATIVE=off``, :func:`knn` and
+:func:`edge_mlp` return None and the callers use their torch / numpy spelling of the same maths
+(:func:`pcsym.graph.knn`, :func:`pcsym.runtime.knn`, :mod:`pcsym.models.fused`). :func:`status`
+says which is in use (``pcsym --debug ...`` logs it).
 
-Why a kernel: kNN was a quarter of an inference forward pass and a tenth of a training step (issue
-12's profile); torch's ``topk`` over a materialised distance matrix is bound by its per-row sort.
-The kernel never materialises the matrix: per query it seeds the k best from the keys next to it on a
-space-filling (Morton) curve, then rejects the other keys eight at a time against the k-th distance.
+Why kernels (issue 12's profiles):
+
+* kNN was a quarter of an inference forward pass and a tenth of a training step; torch's ``topk``
+  over a materialised distance matrix is bound by its per-row sort. ``knn.c`` never materialises the
+  matrix: per query it seeds the k best from the keys next to it on a space-filling (Morton) curve,
+  then rejects the other keys eight at a time against the k-th distance.
+* the implicit kernel's per-edge MLP (harmonic embedding, two equivariant linear layers with gated
+  nonlinearities, on 82k edges in the first block of a batch) was a third of a training step: dozens
+  of small elementwise torch ops, each writing and reading an (edges x width) tensor. ``edge.c`` does
+  the whole MLP per block of 32 edges in cache, forward and backward (parameter gradients only),
+  with an AVX2+FMA copy of its loops picked at run time on CPUs that have them.
 """
 
 from __future__ import annotations
@@ -35,8 +43,10 @@ import numpy as np
 
 from ..files import atomic_writer, user_cache_dir
 
-SOURCE = Path(__file__).with_name("knn.c")
-FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC", "-pthread")
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("knn.c", "edge.c"))
+HEADERS = (Path(__file__).with_name("edge_body.h"),)
+# -fno-trapping-math: floating-point compares may be if-converted, so edge.c's ELU/sigmoid loops vectorise
+FLAGS = ("-O3", "-std=c99", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
 _ENV = "PCSYM_NATIVE"
 
 _lock = threading.Lock()
@@ -55,18 +65,20 @@ def _compiler() -> str | None:
 
 
 def _library_path(cc: str) -> Path:
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), os.path.realpath(cc).encode(), " ".join(FLAGS).encode(),
-                                      platform.machine().encode(), platform.system().encode()])).hexdigest()[:24]
+    key = hashlib.sha256(b"\0".join([*(f.read_bytes() for f in SOURCES + HEADERS), os.path.realpath(cc).encode(),
+                                      " ".join(FLAGS).encode(), platform.machine().encode(),
+                                      platform.system().encode()])).hexdigest()[:24]
     root = user_cache_dir()
     if root is None:  # no cache: a private folder, removed when the process exits (the loaded copy stays mapped)
         root = Path(tempfile.mkdtemp(prefix="pcsym-native-"))
         atexit.register(shutil.rmtree, root, True)
-    return root / "native" / f"knn-{key}.so"
+    return root / "native" / f"kernels-{key}.so"
 
 
 def _build(cc: str, target: Path) -> None:
     with atomic_writer(target) as tmp:
-        res = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True, timeout=120)
+        res = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", str(tmp)], capture_output=True, text=True,
+                             timeout=120)
         if res.returncode != 0:
             raise RuntimeError(f"{Path(cc).name} failed: {(res.stderr or res.stdout).strip().splitlines()[-1:]}")
 
@@ -76,6 +88,10 @@ def _open(path: Path) -> ctypes.CDLL:
     fn = lib.pcsym_knn
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                    ctypes.c_void_p, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    p = ctypes.c_void_p
+    fn = lib.pcsym_edge_mlp
+    fn.argtypes = [p, p, p, ctypes.c_float, p, p, p, p, p, ctypes.c_int64, p, p, p, ctypes.c_int, ctypes.c_int]
     fn.restype = ctypes.c_int
     return lib
 
@@ -112,16 +128,23 @@ def _load() -> ctypes.CDLL | None:
             except Exception as exc:  # noqa: BLE001 - never fatal: the callers fall back
                 lib, why = None, f"build failed: {exc}"
         _state.update(lib=lib, why=why, path=path)
-        logging.getLogger(__name__).debug("compiled kNN kernel: %s", path if lib is not None else f"not used, {why}")
+        logging.getLogger(__name__).debug("compiled kernels: %s", path if lib is not None else f"not used, {why}")
         return lib
 
 
+def available() -> bool:
+    """Whether the compiled kernels are loaded (building them on the first call)."""
+    return _load() is not None
+
+
 def status() -> str:
-    """One line: which kNN is in use, and why not the compiled one."""
+    """One line: whether the compiled kernels (kNN, edge MLP) are in use, and why not."""
     if _disabled():
-        return f"kNN: torch/numpy ({_ENV}=off)"
+        return f"kNN and edge MLP: torch/numpy ({_ENV}=off)"
     lib = _load()
-    return f"kNN: compiled ({_state['path']})" if lib is not None else f"kNN: torch/numpy ({_state['why']})"
+    if lib is None:
+        return f"kNN and edge MLP: torch/numpy ({_state['why']})"
+    return f"kNN and edge MLP: compiled ({_state['path']}, {'AVX2+FMA' if lib.pcsym_edge_isa() else 'baseline'} loops)"
 
 
 def reset() -> None:
@@ -151,3 +174,49 @@ def knn(query: np.ndarray, keys: np.ndarray, k: int, threads: int = 1) -> np.nda
     out = np.empty((b, m, k), dtype=np.int64)
     err = lib.pcsym_knn(q.ctypes.data, kc.ctypes.data, b, m, kc.shape[1], k, out.ctypes.data, int(threads))
     return out if err == 0 else None
+
+
+def _ptr(a: np.ndarray | None) -> int | None:
+    return None if a is None else a.ctypes.data
+
+
+def edge_mlp(net: "EdgeNet", rel: np.ndarray, edge: np.ndarray | None, h: np.ndarray | None = None,
+             dh: np.ndarray | None = None, grads: np.ndarray | None = None, threads: int = 1,
+             isa: int = 1) -> bool | None:
+    """The implicit kernel's per-edge MLP (see ``edge.c``) on E edges: rel (E, 3), edge (E, n_edge) or None,
+    float32 C-contiguous. Forward (``dh`` None): fills h (E, H). Backward: fills ``grads`` with the
+    parameter gradients (per layer dW then db, flattened) of sum(h * dh). ``isa`` 0 forces the baseline
+    loops (tests). True on success; None when the kernel is unavailable or failed (callers fall back)."""
+    lib = _load()
+    if lib is None:
+        return None
+    c = ctypes.c_void_p
+    err = lib.pcsym_edge_mlp(net.meta.ctypes.data, _ptr(net.cob), _ptr(net.centres), net.inv_width,
+                             (c * len(net.W))(*map(_ptr, net.W)), (c * len(net.b))(*map(_ptr, net.b)),
+                             (c * len(net.chan))(*map(_ptr, net.chan)), _ptr(rel), _ptr(edge), rel.shape[0],
+                             _ptr(h), _ptr(dh), _ptr(grads), int(threads), int(isa))
+    return True if err == 0 else None
+
+
+class EdgeNet:
+    """What :func:`edge_mlp` needs, as float32 / int arrays the C code reads in place: the embedding
+    (``lmax``, ``cob`` = C_1 .. C_lmax flattened, radial ``centres``, ``inv_width``, ``n_edge`` features)
+    and per layer the dense W (pre, in), b (pre) or None and ``chan`` (act,): -1 for an ELU channel,
+    else the index of its gate (column act + chan of the layer's output)."""
+
+    def __init__(self, lmax: int, cob: list, centres, width: float, n_edge: int, layers: list):
+        f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
+        self.cob = f32(np.concatenate([np.asarray(c, dtype=np.float32).reshape(-1) for c in cob])
+                       if cob else np.zeros(1))
+        self.centres = f32(centres) if len(centres) else np.zeros(1, np.float32)
+        self.inv_width = 1.0 / float(width)
+        meta = [int(lmax), len(centres), int(n_edge), len(layers)]
+        self.W, self.b, self.chan = [], [], []
+        for w, b, chan in layers:
+            self.W.append(f32(w))
+            self.b.append(None if b is None else f32(b))
+            self.chan.append(np.ascontiguousarray(chan, dtype=np.int32))
+            meta += [w.shape[1], w.shape[0], len(chan)]
+        self.meta = np.asarray(meta, dtype=np.int64)
+        self.h_size = len(self.chan[-1]) + 1
+        self.n_grads = sum(w.size + w.shape[0] for w in self.W)

@@ -1,0 +1,157 @@
+"""The compiled per-edge MLP (pcsym/native/edge.c through pcsym.models.fused): the same values and the
+same weight gradients as the torch spelling, for every kind of kernel MLP, and a clean fallback."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from pcsym import native
+from pcsym.config import ModelConfig
+from pcsym.groups import resolve
+from pcsym.models import fused
+from pcsym.models.classifier import build_model
+from pcsym.models.layers import ImplicitKernelConv, channel_types
+
+HAS_CC = shutil.which(os.environ.get("CC") or "cc") is not None
+needs_cc = pytest.mark.skipif(not HAS_CC, reason="no C compiler: the torch path is the only one (tested elsewhere)")
+
+
+def _conv(group: str, lmax=2, layers=2, edge_dims=0, seed=0) -> ImplicitKernelConv:
+    g = resolve(group)
+    torch.manual_seed(seed)
+    pre, act, _ = channel_types(g, 3)
+    return ImplicitKernelConv(g, act, pre, kernel_dims=16, kernel_layers=layers, lmax=lmax, edge_dims=edge_dims)
+
+
+def _both(conv, rel, edge, dh):
+    """(h, weight gradients) through the kernel and through torch, for the loss sum(h * dh)."""
+    out = []
+    for use_kernel in (True, False):
+        conv.zero_grad(set_to_none=True)
+        h = conv.kernel_hidden(rel, edge) if use_kernel else _torch_hidden(conv, rel, edge)
+        (h * dh).sum().backward()
+        grads = {n: p.grad.clone() for n, p in conv.mlp.named_parameters()}
+        out.append((h.detach(), grads))
+    return out
+
+
+def _torch_hidden(conv, rel, edge):
+    orig = fused.kernel_hidden
+    fused.kernel_hidden = lambda *a: None
+    try:
+        return conv.kernel_hidden(rel, edge)
+    finally:
+        fused.kernel_hidden = orig
+
+
+def _close(a, b, tol):
+    return (a - b).abs().max().item() <= tol * max(b.abs().max().item(), 1e-3)
+
+
+@needs_cc
+@pytest.mark.parametrize("group,lmax,layers,edge_dims", [
+    ("so3", 2, 2, 0), ("so3", 1, 1, 3), ("so3", 3, 3, 0), ("o2", 2, 2, 3), ("so2", 2, 2, 0), ("o3", 2, 2, 0),
+    ("m", 2, 2, 3), ("inv", 1, 2, 0), ("trivial", 2, 2, 0)])
+@pytest.mark.parametrize("edges", [1, 77, 640])
+def test_same_values_and_weight_gradients_as_torch(group, lmax, layers, edge_dims, edges):
+    conv = _conv(group, lmax, layers, edge_dims)
+    gen = torch.Generator().manual_seed(edges)
+    rel = torch.randn(edges, 3, generator=gen) * 0.7
+    edge = torch.randn(edges, edge_dims, generator=gen) if edge_dims else None
+    dh = torch.randn(edges, conv.h_size, generator=gen)
+    assert fused.kernel_hidden(conv, rel, edge) is not None, native.status()
+    (h, g), (h_ref, g_ref) = _both(conv, rel, edge, dh)
+    assert h.shape == h_ref.shape and torch.all(h[:, -1] == 1)
+    assert _close(h, h_ref, 1e-5)
+    assert g.keys() == g_ref.keys() and len(g) >= layers
+    for name in g:
+        assert _close(g[name], g_ref[name], 1e-4), name
+
+
+@needs_cc
+def test_batched_shapes_and_eval_mode_frozen_weights():
+    """(B, M, k, 3) edges as the conv passes them, and the frozen (exported) model's FrozenLinear."""
+    from pcsym.models.layers import freeze
+
+    conv = _conv("so3", edge_dims=3).eval()
+    rel, edge = torch.randn(2, 5, 7, 3), torch.randn(2, 5, 7, 3)
+    with torch.no_grad():
+        h = conv.kernel_hidden(rel, edge)
+        ref = _torch_hidden(conv, rel, edge)
+        h_frozen = freeze(conv).kernel_hidden(rel, edge)
+    assert h.shape == (2, 5, 7, conv.h_size)
+    assert _close(h, ref, 1e-5) and _close(h_frozen, ref, 1e-5)
+
+
+@needs_cc
+def test_baseline_and_avx2_loops_and_thread_counts_agree():
+    conv = _conv("o2", edge_dims=3)
+    const = fused._constants(conv)
+    layers = [(lin.expand()[0].detach().numpy(), lin.expand()[1].detach().numpy(), ch)
+              for lin, ch in zip(conv.mlp[0::2], const["chan"])]
+    net = native.EdgeNet(const["lmax"], const["cob"], const["centres"], const["width"], 3, layers)
+    rng = np.random.default_rng(0)
+    rel, edge = rng.normal(size=(1000, 3)).astype(np.float32), rng.normal(size=(1000, 3)).astype(np.float32)
+    dh = rng.normal(size=(1000, net.h_size)).astype(np.float32)
+    hs, gs = [], []
+    for isa, threads in [(0, 1), (1, 1), (1, 2), (1, 3)]:
+        h, g = np.empty((1000, net.h_size), np.float32), np.empty(net.n_grads, np.float32)
+        assert native.edge_mlp(net, rel, edge, h=h, threads=threads, isa=isa)
+        assert native.edge_mlp(net, rel, edge, dh=dh, grads=g, threads=threads, isa=isa)
+        hs.append(h)
+        gs.append(g)
+    for h, g in zip(hs[1:], gs[1:]):
+        np.testing.assert_allclose(h, hs[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g, gs[0], rtol=1e-4, atol=1e-4 * np.abs(gs[0]).max())
+    assert np.array_equal(hs[1], hs[2]) and np.array_equal(hs[1], hs[3])  # forward: per edge, thread-independent
+    again = np.empty(net.n_grads, np.float32)  # backward: same threads, same sums
+    native.edge_mlp(net, rel, edge, dh=dh, grads=again, threads=2)
+    assert np.array_equal(again, gs[2])
+    empty = np.empty((0, 3), np.float32)
+    assert native.edge_mlp(net, empty, np.empty((0, 3), np.float32), dh=np.empty((0, net.h_size), np.float32),
+                           grads=g, threads=2)
+    assert not g.any()  # no edges: zero gradients
+
+
+def test_falls_back_to_torch_where_the_kernel_does_not_apply(monkeypatch):
+    conv = _conv("so3")
+    rel = torch.randn(20, 3)
+    rel_grad = rel.clone().requires_grad_()
+    assert fused.kernel_hidden(conv, rel_grad, None) is None  # the kernel has no position gradient
+    conv.kernel_hidden(rel_grad, None).sum().backward()
+    assert rel_grad.grad is not None and rel_grad.grad.abs().sum() > 0
+    assert fused.kernel_hidden(conv.double(), rel.double(), None) is None  # float64: equivariance checks
+    conv.float()
+    monkeypatch.setenv("PCSYM_NATIVE", "off")
+    assert fused.kernel_hidden(conv, rel, None) is None
+
+
+@needs_cc
+def test_a_training_step_of_the_whole_model_matches_torch():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(group="so3", class_names=["a", "b", "c"], points=256, widths=(8, 16, 32),
+                                    edge_features="ppf")).train()
+    gen = torch.Generator().manual_seed(1)
+    pos = torch.randn(4, 256, 3, generator=gen)
+    normals = torch.nn.functional.normalize(torch.randn(4, 256, 3, generator=gen), dim=-1)
+    labels = torch.tensor([0, 1, 2, 1])
+    results = []
+    for use_kernel in (True, False):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(2)  # the same random downsampling
+        if use_kernel:
+            loss = torch.nn.functional.cross_entropy(model(pos, normals), labels)
+        else:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(fused, "kernel_hidden", lambda *a: None)
+                loss = torch.nn.functional.cross_entropy(model(pos, normals), labels)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss, grads), (loss_ref, grads_ref) = results
+    assert abs(loss - loss_ref) < 1e-5
+    scale = max(g.abs().max().item() for g in grads_ref.values())
+    for name, g in grads_ref.items():  # against the largest gradient: BN-cancelled biases have ~0 gradients
+        assert (grads[name] - g).abs().max().item() < 1e-4 * scale, name
