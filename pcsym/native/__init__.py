@@ -187,13 +187,23 @@ def edge_mlp(net: "EdgeNet", rel: np.ndarray, edge: np.ndarray | None, h: np.nda
     float32 C-contiguous. Forward (``dh`` None): fills h (E, H). Backward: fills ``grads`` with the
     parameter gradients (per layer dW then db, flattened) of sum(h * dh). ``isa`` 0 forces the baseline
     loops (tests). True on success; None when the kernel is unavailable or failed (callers fall back)."""
+    e = rel.shape[0]
+    shapes = [(rel, (e, 3)), (edge, (e, int(net.meta[2]))), (h, (e, net.h_size)), (dh, (e, net.h_size)),
+              (grads, (net.n_grads,))]
+    for a, shape in shapes:  # the C code reads and writes these in place: nothing else may reach it
+        if a is not None and (a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != shape):
+            raise ValueError(f"edge_mlp: expected a C-contiguous float32 array of shape {shape}, "
+                             f"got {a.dtype} {a.shape}")
+    if (dh is None) == (h is None) or (dh is None) != (grads is None) or (edge is None) != (net.meta[2] == 0):
+        raise ValueError("edge_mlp: give h (forward) or dh and grads (backward), "
+                         "and edge features exactly when the net has them")
     lib = _load()
     if lib is None:
         return None
     c = ctypes.c_void_p
     err = lib.pcsym_edge_mlp(net.meta.ctypes.data, _ptr(net.cob), _ptr(net.centres), net.inv_width,
                              (c * len(net.W))(*map(_ptr, net.W)), (c * len(net.b))(*map(_ptr, net.b)),
-                             (c * len(net.chan))(*map(_ptr, net.chan)), _ptr(rel), _ptr(edge), rel.shape[0],
+                             (c * len(net.chan))(*map(_ptr, net.chan)), _ptr(rel), _ptr(edge), e,
                              _ptr(h), _ptr(dh), _ptr(grads), int(threads), int(isa))
     return True if err == 0 else None
 
