@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "threads.h"
+
 #define BL 32
 #define MAXL 8
 #define CAT2(a, b) a##b
@@ -160,21 +162,12 @@ int pcsym_edge_mlp(const int64_t *meta, const float *cob, const float *centres, 
   float *lanes = dh ? (float *)calloc((size_t)(nl * threads), sizeof(float)) : NULL;
   if (dh && !lanes) return 1;
   job_t jobs[64];
-  pthread_t tid[64];
-  int started[64] = {0}, err = 0;
+  int err = 0;
   for (int t = 0; t < threads; t++)
     jobs[t] = (job_t){&N, rel, edge, dh, h, e, blocks * t / threads, blocks * (t + 1) / threads, fn,
                       dh ? lanes + nl * t : NULL, 0};
-  for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, run, &jobs[t]) == 0;
-  run(&jobs[0]);
-  for (int t = 1; t < threads; t++) {
-    if (started[t])
-      pthread_join(tid[t], NULL);
-    else
-      run(&jobs[t]);
-    err |= jobs[t].err;
-  }
-  err |= jobs[0].err;
+  run_jobs(run, jobs, sizeof(job_t), threads);
+  for (int t = 0; t < threads; t++) err |= jobs[t].err;
   if (dh && !err) {
     for (int64_t j = 0; j < nl / 8; j++) {
       float s = 0.0f;

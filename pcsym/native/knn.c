@@ -11,6 +11,8 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+
+#include "threads.h"
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -165,19 +167,11 @@ int pcsym_knn(const float *q, const float *keys, int64_t b, int64_t m, int64_t n
   if (threads > 64) threads = 64;
   if (threads > rows) threads = (int)rows;
   job_t jobs[64];
-  pthread_t tid[64];
-  int started[64] = {0}, err = 0;
+  int err = 0;
   for (int t = 0; t < threads; t++) {
     jobs[t] = (job_t){q, keys, b, m, n, k, rows * t / threads, rows * (t + 1) / threads, out, 0};
   }
-  for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, run, &jobs[t]) == 0;
-  run(&jobs[0]);
-  for (int t = 1; t < threads; t++) {
-    if (started[t])
-      pthread_join(tid[t], NULL);
-    else
-      run(&jobs[t]); /* no thread: do its share here */
-    err |= jobs[t].err;
-  }
-  return err | jobs[0].err;
+  run_jobs(run, jobs, sizeof(job_t), threads);
+  for (int t = 0; t < threads; t++) err |= jobs[t].err;
+  return err;
 }
