@@ -28,6 +28,7 @@ Every configuration runs in a fresh Python process (honest peak-memory figures).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -179,16 +180,11 @@ def recipe_worker(spec: dict) -> dict:
         from torch.utils.flop_counter import FlopCounterMode
 
         try:  # the compiled per-edge MLP is invisible to the counter: count the same maths spelled in torch
-            from pcsym.models import fused
-            saved, fused.kernel_hidden = fused.kernel_hidden, (lambda *a: None)
+            from pcsym.models.fused import torch_spelling
         except ImportError:  # a tree from before the compiled MLP
-            fused = None
-        try:
-            with FlopCounterMode(display=False) as fc:
-                train_step()
-        finally:
-            if fused is not None:
-                fused.kernel_hidden = saved
+            torch_spelling = contextlib.nullcontext
+        with torch_spelling(), FlopCounterMode(display=False) as fc:
+            train_step()
         res["train_flops"] = fc.get_total_flops()
         a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
         res["mm_peak_flops"] = 2 * 1024 ** 3 / best(lambda: torch.mm(a, b), 20)

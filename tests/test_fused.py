@@ -1,6 +1,7 @@
 """The compiled per-edge MLP (pcsym/native/edge.c through pcsym.models.fused): the same values and the
 same weight gradients as the torch spelling, for every kind of kernel MLP, and a clean fallback."""
 
+import contextlib
 import os
 import shutil
 
@@ -39,12 +40,8 @@ def _both(conv, rel, edge, dh):
 
 
 def _torch_hidden(conv, rel, edge):
-    orig = fused.kernel_hidden
-    fused.kernel_hidden = lambda *a: None
-    try:
+    with fused.torch_spelling():
         return conv.kernel_hidden(rel, edge)
-    finally:
-        fused.kernel_hidden = orig
 
 
 def _close(a, b, tol):
@@ -142,12 +139,8 @@ def test_a_training_step_of_the_whole_model_matches_torch():
     for use_kernel in (True, False):
         model.zero_grad(set_to_none=True)
         torch.manual_seed(2)  # the same random downsampling
-        if use_kernel:
+        with contextlib.nullcontext() if use_kernel else fused.torch_spelling():
             loss = torch.nn.functional.cross_entropy(model(pos, normals), labels)
-        else:
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(fused, "kernel_hidden", lambda *a: None)
-                loss = torch.nn.functional.cross_entropy(model(pos, normals), labels)
         loss.backward()
         results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (loss, grads), (loss_ref, grads_ref) = results
@@ -169,17 +162,16 @@ def test_a_short_training_run_gives_the_same_loss_curve(sample_dataset, tmp_path
     common = dict(data=str(sample_dataset), batch_size=16, seed=0, threads=2, rotate="so3", eval_rotate="so3",
                   bn_batches=2, epochs=3)
     runs = []
+    calls = []
+    real = fused._EdgeMLP.apply
+    monkeypatch.setattr(fused._EdgeMLP, "apply", lambda *a: calls.append(1) or real(*a))
     for use_kernel in (True, False):
-        with monkeypatch.context() as mp:
-            if not use_kernel:
-                mp.setattr(fused, "kernel_hidden", lambda *a: None)
-            else:  # and the kernel really runs
-                calls = []
-                real = fused.kernel_hidden
-                mp.setattr(fused, "kernel_hidden", lambda *a: calls.append(1) or real(*a))
+        with contextlib.nullcontext() if use_kernel else fused.torch_spelling():
             runs.append(train(ModelConfig(**mcfg), TrainConfig(out=str(tmp_path / str(use_kernel)), **common)))
-        if use_kernel:
+        if use_kernel:  # the kernel really ran, and then no more
             assert calls
+            n_calls = len(calls)
+    assert len(calls) == n_calls
     (a, b) = ([h["train_loss"] for h in r["history"]] for r in runs)
     np.testing.assert_allclose(a, b, rtol=2e-4)
     assert [h["val_acc"] for h in runs[0]["history"]] == pytest.approx([h["val_acc"] for h in runs[1]["history"]],

@@ -12,10 +12,27 @@ is differentiated by autograd as before.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
 from .. import native
+
+
+_off = [0]  # > 0 inside torch_spelling() blocks
+
+
+@contextlib.contextmanager
+def torch_spelling():
+    """Within this block (in every thread: evaluation's batch workers too), :func:`kernel_hidden` declines and
+    the torch spelling runs: for comparisons with the kernel and for counting FLOPs (torch's counter cannot
+    see into the kernel)."""
+    _off[0] += 1
+    try:
+        yield
+    finally:
+        _off[0] -= 1
 
 
 def gate_channels(is_scalar, gate_of) -> np.ndarray:
@@ -36,6 +53,8 @@ def _constants(conv) -> dict:
 
 
 def _usable(conv, rel: torch.Tensor, edge: torch.Tensor | None) -> bool:
+    if _off[0]:
+        return False
     if rel.device.type != "cpu" or rel.dtype != torch.float32 or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     if edge is not None and (edge.dtype != torch.float32 or edge.device.type != "cpu"):
