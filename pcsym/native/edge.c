@@ -155,9 +155,7 @@ int pcsym_edge_mlp(const int64_t *meta, const float *cob, const float *centres, 
     if (dh) memset(grads, 0, sizeof(float) * (size_t)(lane_count(&N) / 8));
     return 0;
   }
-  if (threads < 1) threads = 1;
-  if (threads > 64) threads = 64;
-  if (threads > blocks) threads = (int)blocks;
+  threads = clamp_threads(threads, blocks);
   const int64_t nl = dh ? lane_count(&N) : 0;
   float *lanes = dh ? (float *)calloc((size_t)(nl * threads), sizeof(float)) : NULL;
   if (dh && !lanes) return 1;

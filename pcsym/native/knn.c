@@ -163,9 +163,7 @@ int pcsym_knn(const float *q, const float *keys, int64_t b, int64_t m, int64_t n
   if (k < 1 || k > n || m < 0 || b < 0) return 2;
   const int64_t rows = b * m;
   if (rows == 0) return 0;
-  if (threads < 1) threads = 1;
-  if (threads > 64) threads = 64;
-  if (threads > rows) threads = (int)rows;
+  threads = clamp_threads(threads, rows);
   job_t jobs[64];
   int err = 0;
   for (int t = 0; t < threads; t++) {

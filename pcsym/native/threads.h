@@ -2,6 +2,14 @@
  * the others on POSIX threads; a job whose thread could not be started runs here, after the others. */
 #include <pthread.h>
 #include <stddef.h>
+#include <stdint.h>
+
+/* the thread count to use: at least 1, at most 64 (the jobs arrays) and at most `work` units */
+static int clamp_threads(int threads, int64_t work) {
+  if (threads > 64) threads = 64;
+  if (threads > work) threads = (int)work;
+  return threads < 1 ? 1 : threads;
+}
 
 static void run_jobs(void *(*fn)(void *), void *base, size_t size, int n) {
   pthread_t tid[64];
