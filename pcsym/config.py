@@ -195,6 +195,7 @@ class TrainConfig(_Config):
     workers: int = 0
     device: str = "cpu"
     threads: int = 0  # 0 = torch default
+    shards: int = 0  # batch shards run side by side on threads (pcsym.shards); 0 = one per CPU thread
     max_steps: int = 0  # stop each epoch after this many steps (0 = full epoch); for smoke tests
     eval_rotate: str = "z"  # rotation applied to validation clouds (z-rotated validation by default)
     bn_batches: int = 32  # training batches used to re-estimate normalisation statistics after each epoch
@@ -227,6 +228,8 @@ class TrainConfig(_Config):
             raise PcsymError(f"--scale needs 0 < LOW <= HIGH, got '{','.join(f'{s:g}' for s in self.scale)}'")
         if not 0 <= self.point_dropout < 1 or not 0 < self.val_fraction < 1:
             raise PcsymError("--point-dropout must be in [0, 1) and --val-fraction in (0, 1)")
+        if self.shards < 0:
+            raise PcsymError("--shards must be 0 (one per CPU thread) or more")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise PcsymError(f"--{name.replace('_', '-')} must be at least 1")
@@ -238,7 +241,7 @@ TRUNK_FIELDS = ("group", "kernel", "widths", "strides", "invariant_dims", "max_f
                 "lmax", "n_radial", "use_normals", "use_positions", "edge_features")
 
 #: settings a resumed run does not take from its saved config: where to read and write, the machine
-MACHINE_SETTINGS = ("data", "out", "device", "threads", "workers")
+MACHINE_SETTINGS = ("data", "out", "device", "threads", "shards", "workers")
 
 
 def read_config_file(path: Path) -> dict:

@@ -132,7 +132,8 @@ def complete_order(first: torch.Tensor, n: int) -> torch.Tensor:
     return key.argsort(1)
 
 
-def sampling_order(pos: torch.Tensor, sampling: str, sizes: list[int], vote: int | None = None) -> torch.Tensor:
+def sampling_order(pos: torch.Tensor, sampling: str, sizes: list[int], vote: int | None = None,
+                   draw: torch.Tensor | None = None) -> torch.Tensor:
     """The point order (B, N) of a model's downsampling scheme; layer l keeps its first ``sizes[l]`` points.
 
     * ``random``: a uniform random permutation (the paper's random sampling): a fresh one when
@@ -141,11 +142,16 @@ def sampling_order(pos: torch.Tensor, sampling: str, sizes: list[int], vote: int
     * ``random-fps``: layer 1 keeps a random subset (as ``random``) and every deeper layer a
       farthest-point sample of it, so the few points of the deep layers cover the shape evenly.
     Only the first ``sizes[0]`` positions matter: layer 1's neighbours come from the whole cloud.
+    ``draw``: the training order's random permutation (:func:`random_order`), when the caller drew it
+    (e.g. for a whole batch whose shards are ordered separately).
     """
     b, n, _ = pos.shape
     if sampling == "fps":
         return complete_order(fps_order(pos, min(n, sizes[0])), n)
-    order = random_order(b, n, device=pos.device) if vote is None else vote_order(vote, b, n, pos.device)
+    if draw is not None:
+        order = draw
+    else:
+        order = random_order(b, n, device=pos.device) if vote is None else vote_order(vote, b, n, pos.device)
     if sampling == "random-fps" and len(sizes) > 1:
         head = order[:, : sizes[0]]
         first = fps_order(take(pos, head), sizes[1])  # indices into head

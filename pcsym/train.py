@@ -28,6 +28,7 @@ from .distributed import World, rank_batches, setup, synchronise_norms
 from .errors import PcsymError
 from .evaluate import evaluate_model
 from .files import atomic_write_bytes
+from .shards import Shards, forward, forward_backward
 
 #: the validation figure each ``--select`` choice compares (keys of a metrics row)
 SELECT_COLUMN = {"macc": "val_macc", "oa": "val_acc"}
@@ -106,9 +107,21 @@ def make_loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, worke
                                        generator=torch.Generator().manual_seed(seed))  # global RNG untouched
 
 
+def shard_count(shards: int, device: torch.device, world: World) -> int:
+    """Shards per batch (pcsym.shards): ``--shards``, 0 = one per torch CPU thread; 1 on a GPU or in a
+    torchrun job (their batches are split across devices and processes instead)."""
+    if device.type == "cpu" and not world.active:
+        return shards or torch.get_num_threads()
+    if shards > 1:
+        raise PcsymError("--shards splits a batch across the CPU threads of one process; use --shards 1 (or 0) "
+                         "with --device cuda or torchrun")
+    return 1
+
+
 @torch.no_grad()
 def recalibrate_norms(model, ds, batches: int, batch_size: int, seed: int, epoch: int, workers: int = 0,
-                      device="cpu", frozen: nn.Module | None = None, world: World | None = None) -> None:
+                      device="cpu", frozen: nn.Module | None = None, world: World | None = None,
+                      shards: int = 1) -> None:
     """Re-estimate every batch-norm's running statistics as the plain average over ``batches``
     training batches, with the weights the epoch ended with ("precise BN").
 
@@ -116,7 +129,8 @@ def recalibrate_norms(model, ds, batches: int, batch_size: int, seed: int, epoch
     models (SO(3) with gated fields, measured: 49% validation accuracy with the running averages vs
     77% with re-estimated statistics, same weights) that gap is large. Deterministic (own seeded
     loader, global RNG state untouched), so resumed runs stay identical to uninterrupted ones. The
-    norms of a ``frozen`` part of the model are left alone (it runs in eval mode)."""
+    norms of a ``frozen`` part of the model are left alone (it runs in eval mode). ``shards`` > 1:
+    each batch's trunk runs in that many shards side by side (an EquivariantClassifier; same statistics)."""
     from .models.layers import EquivBatchNorm
 
     skip = set(map(id, frozen.modules())) if frozen is not None else set()
@@ -128,7 +142,7 @@ def recalibrate_norms(model, ds, batches: int, batch_size: int, seed: int, epoch
     model.train()
     if frozen is not None:
         frozen.eval()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), Shards(shards) as sh:
         torch.manual_seed(seed * 7907 + epoch)
         loader = make_loader(ds, batch_size, True, seed + 31, epoch, workers, drop_last=True, world=world)
         for i, (pos, nrm, _) in enumerate(loader):
@@ -136,7 +150,7 @@ def recalibrate_norms(model, ds, batches: int, batch_size: int, seed: int, epoch
                 break
             for m in norms:
                 m.momentum = 1.0 / (i + 1)  # running stat = mean over the batches seen so far
-            model(pos.to(device), nrm.to(device))
+            forward(model, sh, pos.to(device), nrm.to(device))
     for m, mom in zip(norms, saved):
         m.momentum = mom
     model.train(was_training)
@@ -259,6 +273,7 @@ class Trainer:
             synchronise_norms(self.model)
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if device != "cpu" and
                                                self.device.type == "cuda" else None)
+        self.shards = shard_count(tcfg.shards, self.device, self.world)
         self.steps_per_epoch = max(1, len(self.train_ds) // tcfg.batch_size)
         if tcfg.max_steps:
             self.steps_per_epoch = min(self.steps_per_epoch, tcfg.max_steps)
@@ -297,35 +312,34 @@ class Trainer:
             c0 -= float(partial.get("cpu_seconds", 0.0))
         loader = make_loader(self.train_ds, tcfg.batch_size, True, tcfg.seed, epoch, tcfg.workers, drop_last=True,
                              world=self.world, balanced=tcfg.balance == "sampler")
-        for step, (pos, nrm, y) in enumerate(loader):
-            if step >= self.steps_per_epoch:
-                break
-            if step < skip:  # already trained before the interruption (same batches: seeded loader)
-                if step == skip - 1:
-                    states = partial.get("rng_states") or [partial["rng_state"]]
-                    torch.set_rng_state(states[self.world.rank] if len(states) == self.world.size else states[0])
-                continue
-            if self.world.any(self.stop):  # save the exact mid-epoch state: resuming replays the rest identically
-                rng = self.world.gather(torch.get_rng_state())  # every process's own random state
-                state.partial = {"epoch": epoch, "step": step, "tot": tot, "correct": correct, "loss_sum": loss_sum,
-                                 "rng_state": rng[0], "rng_states": rng, "seconds": time.time() - t0,
-                                 "cpu_seconds": time.process_time() - c0}
-                self._save_last(state)
-                raise TrainingInterrupted()
-            pos, nrm, y = pos.to(self.device), nrm.to(self.device), y.to(self.device)
-            logits = self.net(pos, nrm)
-            loss = self.loss_fn(logits, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            n, c, l = self.world_sum(len(y), int((logits.argmax(1) == y).sum()), float(loss.detach()) * len(y))
-            tot, correct, loss_sum = tot + n, correct + c, loss_sum + l
-            if self.on_step:
-                self.on_step(step + 1, self.steps_per_epoch, loss_sum / tot, correct / tot)
+        with Shards(self.shards) as shards:  # one per CPU thread by default (pcsym.shards)
+            for step, (pos, nrm, y) in enumerate(loader):
+                if step >= self.steps_per_epoch:
+                    break
+                if step < skip:  # already trained before the interruption (same batches: seeded loader)
+                    if step == skip - 1:
+                        states = partial.get("rng_states") or [partial["rng_state"]]
+                        torch.set_rng_state(states[self.world.rank] if len(states) == self.world.size else states[0])
+                    continue
+                if self.world.any(self.stop):  # save the exact mid-epoch state: resuming replays the rest exactly
+                    rng = self.world.gather(torch.get_rng_state())  # every process's own random state
+                    state.partial = {"epoch": epoch, "step": step, "tot": tot, "correct": correct, "loss_sum": loss_sum,
+                                     "rng_state": rng[0], "rng_states": rng, "seconds": time.time() - t0,
+                                     "cpu_seconds": time.process_time() - c0}
+                    self._save_last(state)
+                    raise TrainingInterrupted()
+                pos, nrm, y = pos.to(self.device), nrm.to(self.device), y.to(self.device)
+                self.optimizer.zero_grad(set_to_none=True)
+                logits, loss = forward_backward(self.net, shards, pos, nrm, y, self.loss_fn)
+                self.optimizer.step()
+                self.scheduler.step()
+                n, c, l = self.world_sum(len(y), int((logits.argmax(1) == y).sum()), float(loss.detach()) * len(y))
+                tot, correct, loss_sum = tot + n, correct + c, loss_sum + l
+                if self.on_step:
+                    self.on_step(step + 1, self.steps_per_epoch, loss_sum / tot, correct / tot)
         recalibrate_norms(model, self.train_ds, min(tcfg.bn_batches, self.steps_per_epoch), tcfg.batch_size,
                           tcfg.seed, epoch, tcfg.workers, self.device, frozen=model.blocks if tcfg.freeze_trunk else None,
-                          world=self.world)
+                          world=self.world, shards=self.shards)
         train_time, cpu_time = time.time() - t0, time.process_time() - c0
         val = evaluate_model(model, self.val_ds, batch_size=max(tcfg.batch_size, 32), device=self.device,
                              world=self.world)

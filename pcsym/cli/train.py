@@ -79,6 +79,9 @@ def train(
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out."),
     device: str = typer.Option(_T.device, "--device", help="auto, cpu or cuda."),
     threads: int = typer.Option(_T.threads, "--threads", help="CPU threads (0 = torch default)."),
+    shards: int = typer.Option(_T.shards, "--shards", help="Split each batch into N shards trained side by side on "
+                                                          "one thread each, same maths (0 = one per CPU thread; "
+                                                          "1 = the whole batch on all threads)."),
     workers: int = typer.Option(_T.workers, "--workers", help="Data-loading worker processes."),
 ):
     """Train an equivariant classifier."""

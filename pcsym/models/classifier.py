@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..graph import gather, knn, sampling_order, take
+from ..graph import gather, knn, random_order, sampling_order, take
 from ..groups import Group, resolve
 from .layers import KERNELS, EquivBatchNorm, FieldNonlinearity, channel_types, channels_for
 
@@ -78,11 +78,19 @@ class EquivariantClassifier(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.head = make_head(cfg.invariant_dims, cfg.head_dims, cfg.num_classes, cfg.dropout)
 
-    def point_order(self, pos: torch.Tensor, vote: int = 0) -> torch.Tensor:
-        """The sampling order: a fresh random one in training; in eval mode the seeded order of test-time
-        vote ``vote`` (0: deterministic predictions, the same as the exports')."""
+    def point_order(self, pos: torch.Tensor, vote: int = 0, draw: torch.Tensor | None = None) -> torch.Tensor:
+        """The sampling order: a fresh random one in training (from ``draw``, :meth:`draw_order`'s
+        numbers, when given); in eval mode the seeded order of test-time vote ``vote`` (0:
+        deterministic predictions, the same as the exports')."""
         sizes = self.cfg.layer_points(pos.shape[1])
-        return sampling_order(pos, self.cfg.sampling, sizes, None if self.training else vote)
+        return sampling_order(pos, self.cfg.sampling, sizes, None if self.training else vote, draw)
+
+    def draw_order(self, pos: torch.Tensor) -> torch.Tensor | None:
+        """The random numbers of a training step's sampling order for the batch ``pos`` (None where
+        the order is not random), the same draw :meth:`point_order` would make."""
+        if not self.training or self.cfg.sampling == "fps":
+            return None
+        return random_order(pos.shape[0], pos.shape[1], device=pos.device)
 
     def input_features(self, normals: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
         """Per-point input fields: [centred position] [normal] constant, matching ``self.in_reps``.
@@ -98,12 +106,11 @@ class EquivariantClassifier(nn.Module):
             feats.append(normals)
         return torch.cat(feats + [torch.ones_like(pos[..., :1])], dim=-1)
 
-    def forward_ordered(self, pos: torch.Tensor, feat: torch.Tensor, return_features: bool = False,
-                        normals: torch.Tensor | None = None, pooled: bool = False):
-        """Core network on points already in sampling order. Returns logits (and layer outputs, or
-        with ``pooled`` the pooled invariant features (B, D) the head takes). ``normals`` (in the same
-        order) are needed by models with edge features."""
-        outs = []
+    def pooled_features(self, pos: torch.Tensor, feat: torch.Tensor, normals: torch.Tensor | None = None,
+                        outs: list | None = None) -> torch.Tensor:
+        """The equivariant trunk on points already in sampling order: the pooled invariant features
+        (B, D) the head takes. ``normals`` (same order) are needed by models with edge features;
+        ``outs``, when given, receives each block's :class:`LayerOutput`."""
         sizes = self.cfg.layer_points(pos.shape[1])
         if self.cfg.edge_features == "none":
             normals = None
@@ -112,28 +119,43 @@ class EquivariantClassifier(nn.Module):
         for i, (block, n) in enumerate(zip(self.blocks, sizes)):
             pos, feat = block(pos, feat, n, normals)
             normals = None if normals is None else normals[:, :n]
-            if return_features:
+            if outs is not None:
                 last = i == len(self.blocks) - 1
                 outs.append(LayerOutput("invariant" if last else f"block{i + 1}", pos, feat, block.act_reps))
-        features = torch.cat([feat.max(dim=1).values, feat.mean(dim=1)], dim=-1)
+        return torch.cat([feat.max(dim=1).values, feat.mean(dim=1)], dim=-1)
+
+    def forward_ordered(self, pos: torch.Tensor, feat: torch.Tensor, return_features: bool = False,
+                        normals: torch.Tensor | None = None, pooled: bool = False):
+        """Core network on points already in sampling order. Returns logits (and layer outputs, or
+        with ``pooled`` the pooled invariant features (B, D) the head takes)."""
+        outs = [] if return_features else None
+        features = self.pooled_features(pos, feat, normals, outs)
         logits = self.head(features)
         if pooled:
             return logits, features
         return (logits, outs) if return_features else logits
 
-    def forward(self, pos: torch.Tensor, normals: torch.Tensor | None = None, order: torch.Tensor | None = None,
-                return_features: bool = False, vote: int = 0, pooled: bool = False):
-        """pos (B, N, 3), normals (B, N, 3) or None -> logits (B, classes). ``order``: the sampling
-        order (default :meth:`point_order` of ``vote``); ``pooled``: (logits, pooled features)."""
+    def prepare(self, pos: torch.Tensor, normals: torch.Tensor | None = None, order: torch.Tensor | None = None,
+                vote: int = 0, draw: torch.Tensor | None = None) -> tuple:
+        """(points, input features, edge normals or None), all in sampling order: what
+        :meth:`pooled_features` takes. In training this draws the random sampling order (unless
+        ``draw`` holds it: :meth:`draw_order`)."""
         if normals is None and self.cfg.use_normals:
             from ..graph import estimate_normals
 
             normals = estimate_normals(pos)
         feat = self.input_features(normals, pos)
         if order is None:
-            order = self.point_order(pos, vote)
+            order = self.point_order(pos, vote, draw)
         edge_normals = take(normals, order) if self.cfg.edge_features != "none" else None
-        return self.forward_ordered(take(pos, order), take(feat, order), return_features, edge_normals, pooled)
+        return take(pos, order), take(feat, order), edge_normals
+
+    def forward(self, pos: torch.Tensor, normals: torch.Tensor | None = None, order: torch.Tensor | None = None,
+                return_features: bool = False, vote: int = 0, pooled: bool = False):
+        """pos (B, N, 3), normals (B, N, 3) or None -> logits (B, classes). ``order``: the sampling
+        order (default :meth:`point_order` of ``vote``); ``pooled``: (logits, pooled features)."""
+        pos, feat, edge_normals = self.prepare(pos, normals, order, vote)
+        return self.forward_ordered(pos, feat, return_features, edge_normals, pooled)
 
 
 def make_head(invariant_dims: int, head_dims: int, num_classes: int, dropout: float) -> nn.Sequential:

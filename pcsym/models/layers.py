@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import shards
 from ..graph import gather
 from . import fused
 from ..groups import Group, quiet_stdout
@@ -383,19 +384,27 @@ class EquivBatchNorm(nn.Module):
         x = x.reshape(-1, shape[-1])
         P = self.P.to(x.dtype)
         if self.training:
-            mean = self.batch_mean(x) @ P if self.has_invariant else torch.zeros_like(x[0])
+            mean, sq_channel = self.moments(x, P)
             xc = x - mean
-            sq = torch.zeros(self.n_fields, dtype=x.dtype, device=x.device).index_add_(0, self.field,
-                                                                                      self.batch_mean(xc.pow(2)))
+            sq = torch.zeros(self.n_fields, dtype=x.dtype, device=x.device).index_add_(0, self.field, sq_channel)
             var = sq / self.field_size.to(x.dtype)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
-                self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
+            if shards.updates_running_stats():  # one shard of a sharded batch (the statistics are the batch's)
+                with torch.no_grad():
+                    self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+                    self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
         else:
             scale, shift = self.eval_affine()
             return (x * scale.to(x.dtype) + shift.to(x.dtype)).reshape(shape)
         out = xc * self._channel_scale(var) + self.bias.to(x.dtype) @ P
         return out.reshape(shape)
+
+    def moments(self, x: torch.Tensor, P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per channel: the batch mean projected on the invariant subspace, and the mean square about
+        it. Over the whole batch when it runs in shards on threads (pcsym.shards: one all-reduce)."""
+        if shards.current() is not None:
+            return shards.moments(x, P if self.has_invariant else None)
+        mean = self.batch_mean(x) @ P if self.has_invariant else torch.zeros_like(x[0])
+        return mean, self.batch_mean((x - mean).pow(2))
 
     def batch_mean(self, t: torch.Tensor) -> torch.Tensor:
         """Mean over the batch (rows); over every process of a torchrun job in the synchronised
