@@ -168,3 +168,39 @@ def test_gated_nonlinearity_matches_the_reference_spelling(name):
     for a in (out, out_eval):
         assert torch.allclose(a, ref, rtol=0, atol=1e-15)
     assert torch.allclose(grad, grad_ref, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("group_name", ["so3", "o2", "so2", "o3", "m", "trivial"])
+def test_contractions_skip_only_structurally_zero_columns(group_name):
+    """The invariant layer's contraction reads only the columns of W some basis element reaches; the
+    skipped ones are zero for any parameters, and the compact product equals the dense one (values and
+    gradients). Layers whose every column is live keep the dense product (all of them for the finite
+    groups, whose regular fields pair with every field)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(group=group_name, **SMALL))
+    convs = [block.conv for block in model.blocks]
+    last = convs[-1].contract
+    cols = last.live_columns(permuted=True)
+    compact = group_name in ("so3", "o2", "so2", "o3")
+    if compact:  # an invariant output pairs h and f fields of matching types only
+        assert cols is not None and len(cols) < 0.5 * last.in_size
+    for conv in convs:
+        lin = conv.contract
+        live = lin.live_columns(permuted=True)
+        with torch.no_grad():
+            lin.weight.normal_()
+        w, b = lin.expand(permuted=True)
+        if live is None:
+            continue
+        dead = torch.ones(lin.in_size, dtype=torch.bool)
+        dead[live] = False
+        assert w[:, dead].abs().max() == 0 and w[:, live].abs().amax(0).min() > 0
+        x = torch.randn(50, lin.in_size, requires_grad=True)
+        got, got_b = lin.matmul(x, permuted=True)
+        ref = x @ w.t()
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        assert torch.equal(got_b, b)
+        g = torch.randn_like(ref)
+        for a, r in zip(torch.autograd.grad(got, [x, lin.weight], g), torch.autograd.grad(ref, [x, lin.weight], g)):
+            torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+    assert any(conv.contract.live_columns(permuted=True) is not None for conv in convs) == compact
