@@ -48,7 +48,7 @@ class SteerableBlock(nn.Module):
         scale = rel.norm(dim=-1).mean(dim=(1, 2), keepdim=True).clamp_min(1e-8)[..., None]  # invariant
         rel = rel / scale
         edge = None if normals_src is None else point_pair_features(normals_src[:, :n_out], gather(normals_src, idx), rel)
-        out = self.conv(rel, gather(feat_src, idx), edge)
+        out = self.conv.convolve(rel, feat_src, idx, edge)
         return query, self.act(self.norm(out))
 
 

@@ -1,4 +1,5 @@
-"""The implicit kernel's per-edge MLP through the compiled kernel of :mod:`pcsym.native` (``edge.c``).
+"""The implicit kernel's per-edge MLP and neighbour aggregation through the compiled kernels of
+:mod:`pcsym.native` (``edge.c``, ``agg.c``).
 
 :class:`~pcsym.models.layers.ImplicitKernelConv` computes h(x_i − x_j) = MLP(embedding(x_i − x_j), edge
 features) on every edge; in torch that is dozens of elementwise ops over (edges x width) tensors
@@ -7,7 +8,8 @@ when it can: CPU float32, positions and edge features without gradients (always 
 the weights learn), not while tracing or scripting an export, kernel built. Otherwise it returns None
 and the caller takes the torch path. Gradients reach the weights through the dense (W, b) of each
 layer, so the equivariant parametrisation (:class:`~pcsym.models.layers.EquivLinear`'s expansion)
-is differentiated by autograd as before.
+is differentiated by autograd as before. :func:`aggregate` sums h_ij^T f_j over each node's neighbours
+without materialising the gathered features, with both gradients.
 """
 
 from __future__ import annotations
@@ -52,10 +54,15 @@ def _constants(conv) -> dict:
     return const
 
 
-def _usable(conv, rel: torch.Tensor, edge: torch.Tensor | None) -> bool:
-    if _off[0]:
+def _cpu_float32(*tensors: torch.Tensor) -> bool:
+    """The kernels' domain: CPU float32 tensors, not while tracing or scripting an export, not switched off."""
+    if _off[0] or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
-    if rel.device.type != "cpu" or rel.dtype != torch.float32 or torch.jit.is_tracing() or torch.jit.is_scripting():
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def _usable(conv, rel: torch.Tensor, edge: torch.Tensor | None) -> bool:
+    if not _cpu_float32(rel):
         return False
     if edge is not None and (edge.dtype != torch.float32 or edge.device.type != "cpu"):
         return False
@@ -108,3 +115,38 @@ def kernel_hidden(conv, rel: torch.Tensor, edge: torch.Tensor | None) -> torch.T
     with torch.autograd.profiler.record_function("pcsym::edge_mlp"):
         h = _EdgeMLP.apply(_constants(conv), rel2, edge2, *wb)
     return h.view(*lead, h.shape[-1])
+
+
+class _Aggregate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, f, idx):
+        h, f = h.detach(), f.detach()
+        agg = torch.empty(h.shape[0], h.shape[2], f.shape[2])
+        if not native.aggregate(h.numpy(), f.numpy(), idx.numpy(), agg=agg.numpy(), threads=torch.get_num_threads()):
+            raise RuntimeError("pcsym's compiled aggregation kernel is no longer available")
+        ctx.save_for_backward(h, f, idx)
+        return agg
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        h, f, idx = ctx.saved_tensors
+        dh = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        df = torch.zeros_like(f) if ctx.needs_input_grad[1] else None
+        if dh is not None or df is not None:
+            if not native.aggregate(h.numpy(), f.numpy(), idx.numpy(), grad=grad.contiguous().numpy(),
+                                    dh=None if dh is None else dh.numpy(), df=None if df is None else df.numpy(),
+                                    threads=torch.get_num_threads()):
+                raise RuntimeError("pcsym's compiled aggregation kernel is no longer available")
+        return dh, df, None
+
+
+def aggregate(h: torch.Tensor, f: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
+    """agg (B*M, H, C) = per node sum_j h[.., j, :]^T f[b, idx_j, :] for h (B, M, k, H), f (B, N, C),
+    idx (B, M, k), through ``agg.c`` — the caller's gather + bmm without the gathered copy — or None
+    (then the caller takes the torch path)."""
+    if not _cpu_float32(h, f) or idx.dtype != torch.int64 or not native.available():
+        return None
+    b, m, k, hs = h.shape
+    with torch.autograd.profiler.record_function("pcsym::aggregate"):
+        return _Aggregate.apply(h.reshape(b * m, k, hs).contiguous(), f.contiguous(), idx.contiguous())

@@ -574,6 +574,22 @@ class ImplicitKernelConv(nn.Module):
         b, m, k, _ = rel.shape
         h = self.kernel_hidden(rel, edge)  # (B, M, k, H)
         agg = torch.bmm(h.reshape(b * m, k, self.h_size).transpose(1, 2), f_nb.reshape(b * m, k, self.in_size))
+        return self._contract(agg, b, m, k)
+
+    def convolve(self, rel: torch.Tensor, f_src: torch.Tensor, idx: torch.Tensor,
+                 edge: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`forward` with the neighbours' features taken from f_src (B, N, C_in) at idx (B, M, k):
+        the compiled aggregation where it applies (:func:`pcsym.models.fused.aggregate`), else gather + bmm."""
+        b, m, k, _ = rel.shape
+        h = self.kernel_hidden(rel, edge)
+        agg = fused.aggregate(h, f_src, idx)
+        if agg is None:
+            agg = torch.bmm(h.reshape(b * m, k, self.h_size).transpose(1, 2),
+                            gather(f_src, idx).reshape(b * m, k, self.in_size))
+        return self._contract(agg, b, m, k)
+
+    def _contract(self, agg: torch.Tensor, b: int, m: int, k: int) -> torch.Tensor:
+        """out = W · mean_j(h ⊗ f) + bias from the neighbour sums agg (B*M, H, C_in)."""
         agg = agg.reshape(b * m, self.h_size * self.in_size)
         if isinstance(self.contract, EquivLinear):  # skips W's structurally zero columns (the invariant layer's)
             out, bias = self.contract.matmul(agg, permuted=True)
@@ -615,6 +631,10 @@ class BasisKernelConv(nn.Module):
     @classmethod
     def from_config(cls, group: Group, in_reps, out_reps, cfg) -> "BasisKernelConv":
         return cls(group, in_reps, out_reps)  # escnn's default basis (the paper's baseline)
+
+    def convolve(self, rel: torch.Tensor, f_src: torch.Tensor, idx: torch.Tensor,
+                 edge: torch.Tensor | None = None) -> torch.Tensor:
+        return self(rel, gather(f_src, idx), edge)
 
     def forward(self, rel: torch.Tensor, f_nb: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
         b, m, k, _ = rel.shape  # edge features: not supported by this kernel (ModelConfig.validate refuses them)

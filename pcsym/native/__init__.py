@@ -2,7 +2,7 @@
 
 pcsym installs as pure Python. Where a C compiler is present (``$CC``, else ``cc``, ``gcc`` or
 ``clang``), the first call builds ``knn.c`` and ``edge.c`` (plain C99 + POSIX threads, no torch
-headers: ~1 s) into one shared library in the user cache folder (``native/`` under
+headers: ~1 s; ``agg.c`` too) into one shared library in the user cache folder (``native/`` under
 ``$PCSYM_CACHE_DIR``, else ``$XDG_CACHE_HOME/pcsym``, else ``~/.cache/pcsym``; a private temporary
 folder when the cache is ``off``) and loads it with ctypes. The file name is a hash of the sources,
 the compiler, its flags and the platform, so a changed source or compiler builds a new library; it
@@ -23,6 +23,9 @@ Why kernels (issue 12's profiles):
   of small elementwise torch ops, each writing and reading an (edges x width) tensor. ``edge.c`` does
   the whole MLP per block of 32 edges in cache, forward and backward (parameter gradients only),
   with an AVX2+FMA copy of its loops picked at run time on CPUs that have them.
+* the neighbour aggregation sum_j h_ij^T f_j was a gather of (B, M, k, C) features, a batched matmul of
+  tiny (H x k)(k x C) matrices (a few GFLOP/s) and a scatter-add in backward: ``agg.c`` reads the
+  neighbours' rows in place, forward and backward.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ import numpy as np
 
 from ..files import atomic_writer, user_cache_dir
 
-SOURCES = tuple(Path(__file__).with_name(n) for n in ("knn.c", "edge.c"))
-HEADERS = tuple(Path(__file__).with_name(n) for n in ("edge_body.h", "threads.h"))
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("knn.c", "edge.c", "agg.c"))
+HEADERS = tuple(Path(__file__).with_name(n) for n in ("edge_body.h", "agg_body.h", "threads.h"))
 # -fno-trapping-math: floating-point compares may be if-converted, so edge.c's ELU/sigmoid loops vectorise
 FLAGS = ("-O3", "-std=c99", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
 _ENV = "PCSYM_NATIVE"
@@ -93,6 +96,9 @@ def _open(path: Path) -> ctypes.CDLL:
     fn = lib.pcsym_edge_mlp
     fn.argtypes = [p, p, p, ctypes.c_float, p, p, p, p, p, ctypes.c_int64, p, p, p, ctypes.c_int, ctypes.c_int]
     fn.restype = ctypes.c_int
+    fn = lib.pcsym_aggregate
+    fn.argtypes = [p, p, p, *[ctypes.c_int64] * 6, p, p, p, p, ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
     return lib
 
 
@@ -138,13 +144,13 @@ def available() -> bool:
 
 
 def status() -> str:
-    """One line: whether the compiled kernels (kNN, edge MLP) are in use, and why not."""
+    """One line: whether the compiled kernels (kNN, edge MLP, aggregation) are in use, and why not."""
     if _disabled():
-        return f"kNN and edge MLP: torch/numpy ({_ENV}=off)"
+        return f"kNN, edge MLP and aggregation: torch/numpy ({_ENV}=off)"
     lib = _load()
     if lib is None:
-        return f"kNN and edge MLP: torch/numpy ({_state['why']})"
-    return f"kNN and edge MLP: compiled ({_state['path']}, {'AVX2+FMA' if lib.pcsym_edge_isa() else 'baseline'} loops)"
+        return f"kNN, edge MLP and aggregation: torch/numpy ({_state['why']})"
+    return f"kNN, edge MLP and aggregation: compiled ({_state['path']}, {'AVX2+FMA' if lib.pcsym_edge_isa() else 'baseline'} loops)"
 
 
 def reset() -> None:
@@ -178,6 +184,37 @@ def knn(query: np.ndarray, keys: np.ndarray, k: int, threads: int = 1) -> np.nda
 
 def _ptr(a: np.ndarray | None) -> int | None:
     return None if a is None else a.ctypes.data
+
+
+def aggregate(h: np.ndarray, f: np.ndarray, idx: np.ndarray, agg: np.ndarray | None = None,
+              grad: np.ndarray | None = None, dh: np.ndarray | None = None, df: np.ndarray | None = None,
+              threads: int = 1, isa: int = 1) -> bool | None:
+    """The neighbour aggregation of ``agg.c``: h (B*M, k, H), f (B, N, C), idx (B, M, k) int64. Forward
+    (``grad`` None): agg (B*M, H, C) = per node sum_j h_j^T f[idx_j]. Backward: from ``grad`` (like agg),
+    dh (like h) and/or df (like f, accumulated into: zero it first). True on success; None when the
+    kernel is unavailable; ValueError for arrays the C code would misread or indices out of range."""
+    b, m, k = idx.shape
+    n, c = f.shape[1], f.shape[2]
+    hs = h.shape[-1] if h.ndim == 3 else -1
+    checks = [(h, (b * m, k, hs), np.float32), (f, (b, n, c), np.float32), (idx, (b, m, k), np.int64),
+              (agg, (b * m, hs, c), np.float32), (grad, (b * m, hs, c), np.float32), (dh, h.shape, np.float32),
+              (df, f.shape, np.float32)]
+    for a, shape, dtype in checks:  # the C code reads and writes these in place: nothing else may reach it
+        if a is not None and (a.dtype != dtype or not a.flags.c_contiguous or a.shape != shape or hs < 1):
+            raise ValueError(f"aggregate: expected a C-contiguous {np.dtype(dtype)} array of shape {shape}, "
+                             f"got {a.dtype} {a.shape}")
+    if (grad is None) == (agg is None) or (grad is not None and dh is None and df is None):
+        raise ValueError("aggregate: give agg (forward) or grad with dh and/or df (backward)")
+    lib = _load()
+    if lib is None:
+        return None
+    err = lib.pcsym_aggregate(_ptr(h), _ptr(f), _ptr(idx), b, m, n, k, hs, c, _ptr(agg), _ptr(grad), _ptr(dh),
+                              _ptr(df), int(threads), int(isa))
+    if err == 2:
+        raise ValueError(f"aggregate: neighbour indices must lie in [0, {n})")
+    if err:
+        raise MemoryError("aggregate: out of memory")
+    return True
 
 
 def edge_mlp(net: "EdgeNet", rel: np.ndarray, edge: np.ndarray | None, h: np.ndarray | None = None,

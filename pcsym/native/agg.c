@@ -1,0 +1,102 @@
+/* The implicit kernel's neighbour aggregation (pcsym.models.fused.aggregate), forward and backward:
+ *
+ *   agg[n] = sum_j h[n, j]^T f[b(n), idx[n, j]]          (H x C per node n = (b, i); j over k neighbours)
+ *
+ * i.e. torch's gather of the neighbours' features followed by a batched (H x k) (k x C) matmul, without
+ * materialising the gathered (B, M, k, C) tensor. Backward: dh = G f_j^T per edge and the scatter-add
+ * df[idx] += h_j G, done one cloud per job in node order, so results do not depend on the thread count.
+ * Float32, C-contiguous: h (B*M, k, H), f (B, N, C), idx (B, M, k) int64 in [0, N), agg and G (B*M, H, C),
+ * dh like h, df like f (zeroed by the caller). Compiled twice (baseline and AVX2+FMA), picked at run time. */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "threads.h"
+
+#define CAT2(a, b) a##b
+#define CAT(a, b) CAT2(a, b)
+
+/* VW floats as one value (GCC/clang vector extension): 4 = one SSE/NEON register, 8 = one AVX register */
+typedef float a4 __attribute__((vector_size(16), aligned(4), may_alias));
+typedef float a8 __attribute__((vector_size(32), aligned(4), may_alias));
+#define LD(p) (*(const vf *)(p))
+#define ST(p, v) (*(vf *)(p) = (v))
+
+typedef struct {
+  const float *h, *f, *G;
+  const int64_t *idx;
+  float *agg, *dh, *df;
+  int64_t M, N, k, H, C;
+} agg_t;
+
+#define SUFFIX _base
+#define TARGET
+#define vf a4
+#define VW 4
+#include "agg_body.h"
+#undef SUFFIX
+#undef TARGET
+#undef vf
+#undef VW
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_AVX2_AGG 1
+#define SUFFIX _avx2
+#define TARGET __attribute__((target("avx2,fma")))
+#define vf a8
+#define VW 8
+#include "agg_body.h"
+#undef SUFFIX
+#undef TARGET
+#undef vf
+#undef VW
+#endif
+
+typedef void (*range_fn)(const agg_t *, int64_t, int64_t, float *);
+
+typedef struct {
+  const agg_t *A;
+  range_fn fn;
+  int64_t b0, b1;  /* clouds of this job */
+  int err;
+} agg_job_t;
+
+static void *agg_run(void *arg) {
+  agg_job_t *J = (agg_job_t *)arg;
+  const agg_t *A = J->A;
+  const int64_t Cp = (A->C + 7) / 8 * 8; /* room for either vector width */
+  float *scratch = (float *)malloc(sizeof(float) * (size_t)((A->k + 2 * A->H + 1) * Cp + 8));
+  if (!scratch) {
+    J->err = 1;
+    return NULL;
+  }
+  J->fn(A, J->b0 * A->M, J->b1 * A->M, scratch);
+  free(scratch);
+  return NULL;
+}
+
+int pcsym_edge_isa(void);
+
+/* backward when G is given (dh and/or df non-NULL), else forward into agg. isa 0: baseline loops.
+ * Returns 0, 1 when out of memory, or 2 on bad sizes or an index out of range (checked before anything
+ * is written). */
+int pcsym_aggregate(const float *h, const float *f, const int64_t *idx, int64_t B, int64_t M, int64_t N, int64_t k,
+                    int64_t H, int64_t C, float *agg, const float *G, float *dh, float *df, int threads, int isa) {
+  if (B < 0 || M < 0 || N < 1 || k < 0 || H < 1 || C < 1) return 2;
+  for (int64_t e = 0; e < B * M * k; e++)
+    if (idx[e] < 0 || idx[e] >= N) return 2;
+  agg_t A = {h, f, G, idx, agg, dh, df, M, N, k, H, C};
+  range_fn fn = G ? bwd_base : fwd_base;
+#ifdef HAVE_AVX2_AGG
+  if (isa && pcsym_edge_isa()) fn = G ? bwd_avx2 : fwd_avx2;
+#endif
+  if (B == 0 || M == 0) return 0;
+  threads = clamp_threads(threads, B);
+  agg_job_t jobs[64];
+  for (int t = 0; t < threads; t++) jobs[t] = (agg_job_t){&A, fn, B * t / threads, B * (t + 1) / threads, 0};
+  run_jobs(agg_run, jobs, sizeof(agg_job_t), threads);
+  int err = 0;
+  for (int t = 0; t < threads; t++) err |= jobs[t].err;
+  return err;
+}
