@@ -4,6 +4,7 @@
 # other benchmarks meanwhile): that is what the --idle note written into every result file certifies.
 #   bash benchmarks/run_idle.sh [DATA_DIR]     (DATA_DIR: the h5 ModelNet10 train split for the epoch timing;
 #                                               default ../shared/data/modelnet10_hdf5_1024)   ~50 min on 2 cores
+#   SKIP_CONV=1 bash benchmarks/run_idle.sh    the same without bench_conv (its escnn baseline alone takes ~30 min)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 data=$(cd "${1:-$repo/../shared/data/modelnet10_hdf5_1024}" && pwd)
@@ -16,8 +17,12 @@ IDLE="ran alone from a clean clone of the commit (benchmarks/run_idle.sh); no tr
 "$py" benchmarks/bench_cli.py --idle "$IDLE"
 "$py" benchmarks/bench_model.py --idle "$IDLE"
 "$py" benchmarks/bench_model.py --baseline ca4b40c --rounds 3 --profile --levers --epoch-data "$data" --epoch-rounds 2 --idle "$IDLE"
-"$py" benchmarks/bench_conv.py --idle "$IDLE"
-for f in bench_cli bench_model bench_model_baseline bench_conv; do
+files="bench_cli bench_model bench_model_baseline"
+if [ -z "${SKIP_CONV:-}" ]; then
+    "$py" benchmarks/bench_conv.py --idle "$IDLE"
+    files="$files bench_conv"
+fi
+for f in $files; do
     cp "benchmarks/results/$f.md" "benchmarks/results/$f.json" "$repo/benchmarks/results/"
 done
 echo "results copied to $repo/benchmarks/results (clone left in $clone)"

@@ -250,3 +250,24 @@ def test_the_aggregation_wrapper_refuses_what_it_would_misread():
         idx[1, 2, 3] = 5  # a neighbour outside the cloud: refused before anything is read
         with pytest.raises(ValueError, match="indices"):
             native.aggregate(h, f, idx, agg=agg)
+
+
+@needs_cc
+@pytest.mark.parametrize("c", [7, 45])
+def test_the_compiled_aggregation_packs_columns(c):
+    """With a column list (the contraction's plan: groups' columns one after the other, some repeated),
+    agg holds exactly those columns of the flattened (H, C) sum, and the gradients of repeats add up."""
+    gen = torch.Generator().manual_seed(c)
+    b, m, n, k, hs = 2, 9, 30, 10, 19
+    h = torch.randn(b, m, k, hs, generator=gen, requires_grad=True)
+    f = torch.randn(b, n, c, generator=gen, requires_grad=True)
+    idx = torch.randint(0, n, (b, m, k), generator=gen)
+    cols = torch.cat([torch.randperm(hs * c, generator=gen)[: hs * c // 2], torch.arange(0, hs * c, 3)])
+    got = fused.aggregate(h, f, idx, cols)
+    ref = _aggregate_torch(h, f, idx).reshape(b * m, -1).index_select(1, cols)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(ref)
+    for a, r in zip(torch.autograd.grad(got, [h, f], grad), torch.autograd.grad(ref, [h, f], grad)):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="columns"):
+        fused.aggregate(h, f, idx, torch.tensor([hs * c]))

@@ -119,12 +119,15 @@ def kernel_hidden(conv, rel: torch.Tensor, edge: torch.Tensor | None) -> torch.T
 
 class _Aggregate(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, f, idx):
+    def forward(ctx, h, f, idx, cols):
         h, f = h.detach(), f.detach()
-        agg = torch.empty(h.shape[0], h.shape[2], f.shape[2])
-        if not native.aggregate(h.numpy(), f.numpy(), idx.numpy(), agg=agg.numpy(), threads=torch.get_num_threads()):
+        shape = (h.shape[0], h.shape[2], f.shape[2]) if cols is None else (h.shape[0], len(cols))
+        agg = torch.empty(shape)
+        if not native.aggregate(h.numpy(), f.numpy(), idx.numpy(), agg=agg.numpy(), cols=_np(cols),
+                                threads=torch.get_num_threads()):
             raise RuntimeError("pcsym's compiled aggregation kernel is no longer available")
         ctx.save_for_backward(h, f, idx)
+        ctx.cols = cols
         return agg
 
     @staticmethod
@@ -134,19 +137,23 @@ class _Aggregate(torch.autograd.Function):
         dh = torch.empty_like(h) if ctx.needs_input_grad[0] else None
         df = torch.zeros_like(f) if ctx.needs_input_grad[1] else None
         if dh is not None or df is not None:
-            if not native.aggregate(h.numpy(), f.numpy(), idx.numpy(), grad=grad.contiguous().numpy(),
-                                    dh=None if dh is None else dh.numpy(), df=None if df is None else df.numpy(),
-                                    threads=torch.get_num_threads()):
+            if not native.aggregate(h.numpy(), f.numpy(), idx.numpy(), grad=grad.contiguous().numpy(), dh=_np(dh),
+                                    df=_np(df), cols=_np(ctx.cols), threads=torch.get_num_threads()):
                 raise RuntimeError("pcsym's compiled aggregation kernel is no longer available")
-        return dh, df, None
+        return dh, df, None, None
 
 
-def aggregate(h: torch.Tensor, f: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.numpy()
+
+
+def aggregate(h: torch.Tensor, f: torch.Tensor, idx: torch.Tensor, cols: torch.Tensor | None = None):
     """agg (B*M, H, C) = per node sum_j h[.., j, :]^T f[b, idx_j, :] for h (B, M, k, H), f (B, N, C),
-    idx (B, M, k), through ``agg.c`` — the caller's gather + bmm without the gathered copy — or None
-    (then the caller takes the torch path)."""
+    idx (B, M, k) — or, with ``cols``, (B*M, P) holding those columns of the flattened (H, C) sum — through
+    ``agg.c`` (the caller's gather + bmm without the gathered copy), or None (then the caller takes the
+    torch path)."""
     if not _cpu_float32(h, f) or idx.dtype != torch.int64 or not native.available():
         return None
     b, m, k, hs = h.shape
     with torch.autograd.profiler.record_function("pcsym::aggregate"):
-        return _Aggregate.apply(h.reshape(b * m, k, hs).contiguous(), f.contiguous(), idx.contiguous())
+        return _Aggregate.apply(h.reshape(b * m, k, hs).contiguous(), f.contiguous(), idx.contiguous(), cols)

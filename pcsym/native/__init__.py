@@ -97,7 +97,7 @@ def _open(path: Path) -> ctypes.CDLL:
     fn.argtypes = [p, p, p, ctypes.c_float, p, p, p, p, p, ctypes.c_int64, p, p, p, ctypes.c_int, ctypes.c_int]
     fn.restype = ctypes.c_int
     fn = lib.pcsym_aggregate
-    fn.argtypes = [p, p, p, *[ctypes.c_int64] * 6, p, p, p, p, ctypes.c_int, ctypes.c_int]
+    fn.argtypes = [p, p, p, *[ctypes.c_int64] * 6, p, ctypes.c_int64, p, p, p, p, ctypes.c_int, ctypes.c_int]
     fn.restype = ctypes.c_int
     return lib
 
@@ -188,17 +188,19 @@ def _ptr(a: np.ndarray | None) -> int | None:
 
 def aggregate(h: np.ndarray, f: np.ndarray, idx: np.ndarray, agg: np.ndarray | None = None,
               grad: np.ndarray | None = None, dh: np.ndarray | None = None, df: np.ndarray | None = None,
-              threads: int = 1, isa: int = 1) -> bool | None:
+              cols: np.ndarray | None = None, threads: int = 1, isa: int = 1) -> bool | None:
     """The neighbour aggregation of ``agg.c``: h (B*M, k, H), f (B, N, C), idx (B, M, k) int64. Forward
-    (``grad`` None): agg (B*M, H, C) = per node sum_j h_j^T f[idx_j]. Backward: from ``grad`` (like agg),
-    dh (like h) and/or df (like f, accumulated into: zero it first). True on success; None when the
-    kernel is unavailable; ValueError for arrays the C code would misread or indices out of range."""
+    (``grad`` None): agg (B*M, H, C) = per node sum_j h_j^T f[idx_j]; with ``cols`` (P,) int64, agg is
+    (B*M, P): those entries of the flattened (H, C) sum. Backward: from ``grad`` (like agg), dh (like h)
+    and/or df (like f, accumulated into: zero it first). True on success; None when the kernel is
+    unavailable; ValueError for arrays the C code would misread or indices out of range."""
     b, m, k = idx.shape
     n, c = f.shape[1], f.shape[2]
     hs = h.shape[-1] if h.ndim == 3 else -1
+    out_shape = (b * m, hs, c) if cols is None else (b * m, len(cols))
     checks = [(h, (b * m, k, hs), np.float32), (f, (b, n, c), np.float32), (idx, (b, m, k), np.int64),
-              (agg, (b * m, hs, c), np.float32), (grad, (b * m, hs, c), np.float32), (dh, h.shape, np.float32),
-              (df, f.shape, np.float32)]
+              (agg, out_shape, np.float32), (grad, out_shape, np.float32), (dh, h.shape, np.float32),
+              (df, f.shape, np.float32), (cols, (-1 if cols is None else len(cols),), np.int64)]
     for a, shape, dtype in checks:  # the C code reads and writes these in place: nothing else may reach it
         if a is not None and (a.dtype != dtype or not a.flags.c_contiguous or a.shape != shape or hs < 1):
             raise ValueError(f"aggregate: expected a C-contiguous {np.dtype(dtype)} array of shape {shape}, "
@@ -208,10 +210,11 @@ def aggregate(h: np.ndarray, f: np.ndarray, idx: np.ndarray, agg: np.ndarray | N
     lib = _load()
     if lib is None:
         return None
-    err = lib.pcsym_aggregate(_ptr(h), _ptr(f), _ptr(idx), b, m, n, k, hs, c, _ptr(agg), _ptr(grad), _ptr(dh),
-                              _ptr(df), int(threads), int(isa))
+    err = lib.pcsym_aggregate(_ptr(h), _ptr(f), _ptr(idx), b, m, n, k, hs, c, _ptr(cols),
+                              0 if cols is None else len(cols), _ptr(agg), _ptr(grad), _ptr(dh), _ptr(df),
+                              int(threads), int(isa))
     if err == 2:
-        raise ValueError(f"aggregate: neighbour indices must lie in [0, {n})")
+        raise ValueError(f"aggregate: neighbour indices must lie in [0, {n}) and columns in [0, {hs * c})")
     if err:
         raise MemoryError("aggregate: out of memory")
     return True

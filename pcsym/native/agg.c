@@ -6,7 +6,9 @@
  * materialising the gathered (B, M, k, C) tensor. Backward: dh = G f_j^T per edge and the scatter-add
  * df[idx] += h_j G, done one cloud per job in node order, so results do not depend on the thread count.
  * Float32, C-contiguous: h (B*M, k, H), f (B, N, C), idx (B, M, k) int64 in [0, N), agg and G (B*M, H, C),
- * dh like h, df like f (zeroed by the caller). Compiled twice (baseline and AVX2+FMA), picked at run time. */
+ * dh like h, df like f (zeroed by the caller). With `cols` (P indices into the flattened H x C sum), agg and G
+ * are (B*M, P): column p of agg is that entry of the sum (columns may repeat), and G's repeats add up.
+ * Compiled twice (baseline and AVX2+FMA), picked at run time. */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,6 +30,8 @@ typedef struct {
   const int64_t *idx;
   float *agg, *dh, *df;
   int64_t M, N, k, H, C;
+  const int64_t *cols; /* packed layout: P columns, as indices into the zero-padded (H x Cp) panel; or NULL */
+  int64_t P;
 } agg_t;
 
 #define SUFFIX _base
@@ -82,21 +86,39 @@ int pcsym_edge_isa(void);
  * Returns 0, 1 when out of memory, or 2 on bad sizes or an index out of range (checked before anything
  * is written). */
 int pcsym_aggregate(const float *h, const float *f, const int64_t *idx, int64_t B, int64_t M, int64_t N, int64_t k,
-                    int64_t H, int64_t C, float *agg, const float *G, float *dh, float *df, int threads, int isa) {
-  if (B < 0 || M < 0 || N < 1 || k < 0 || H < 1 || C < 1) return 2;
+                    int64_t H, int64_t C, const int64_t *cols, int64_t P, float *agg, const float *G, float *dh,
+                    float *df, int threads, int isa) {
+  if (B < 0 || M < 0 || N < 1 || k < 0 || H < 1 || C < 1 || (cols && P < 0)) return 2;
   for (int64_t e = 0; e < B * M * k; e++)
     if (idx[e] < 0 || idx[e] >= N) return 2;
-  agg_t A = {h, f, G, idx, agg, dh, df, M, N, k, H, C};
+  int64_t *padded = NULL;
+  if (cols) { /* flat (a, c) -> the panel's padded index a * Cp + c (Cp: either vector width's) */
+    const int64_t Cp = (C + 7) / 8 * 8;
+    padded = (int64_t *)malloc(sizeof(int64_t) * (size_t)(P ? P : 1));
+    if (!padded) return 1;
+    for (int64_t p = 0; p < P; p++) {
+      if (cols[p] < 0 || cols[p] >= H * C) {
+        free(padded);
+        return 2;
+      }
+      padded[p] = cols[p] / C * Cp + cols[p] % C;
+    }
+  }
+  agg_t A = {h, f, G, idx, agg, dh, df, M, N, k, H, C, padded, P};
   range_fn fn = G ? bwd_base : fwd_base;
 #ifdef HAVE_AVX2_AGG
   if (isa && pcsym_edge_isa()) fn = G ? bwd_avx2 : fwd_avx2;
 #endif
-  if (B == 0 || M == 0) return 0;
+  if (B == 0 || M == 0) {
+    free(padded);
+    return 0;
+  }
   threads = clamp_threads(threads, B);
   agg_job_t jobs[64];
   for (int t = 0; t < threads; t++) jobs[t] = (agg_job_t){&A, fn, B * t / threads, B * (t + 1) / threads, 0};
   run_jobs(agg_run, jobs, sizeof(agg_job_t), threads);
   int err = 0;
   for (int t = 0; t < threads; t++) err |= jobs[t].err;
+  free(padded);
   return err;
 }

@@ -1,5 +1,5 @@
 /* The per-node loops of agg.c, included there once per instruction set (SUFFIX, TARGET, vf = VW floats).
- * Each node's k neighbour rows are copied into a zero-padded (k x Cp) panel (Cp = C rounded up to VW),
+ * Each node's k neighbour rows are copied into a zero-padded (k x Cp) panel (Cp = C rounded up to 8),
  * so every product below is a small register-blocked matrix product over whole vectors. */
 
 TARGET static inline float CAT(hsum, SUFFIX)(vf v) {
@@ -20,7 +20,7 @@ TARGET static void CAT(pack, SUFFIX)(const agg_t *A, int64_t n, int64_t Cp, floa
 
 /* agg[n] (H x C) = h_n^T (H x k) . panel (k x C), four rows of agg at a time */
 TARGET static void CAT(fwd, SUFFIX)(const agg_t *A, int64_t n0, int64_t n1, float *scratch) {
-  const int64_t H = A->H, C = A->C, k = A->k, Cp = (C + VW - 1) / VW * VW;
+  const int64_t H = A->H, C = A->C, k = A->k, Cp = (C + 7) / 8 * 8; /* a multiple of either vector width */
   float *panel = scratch, *out = scratch + k * Cp;
   for (int64_t n = n0; n < n1; n++) {
     CAT(pack, SUFFIX)(A, n, Cp, panel);
@@ -48,21 +48,32 @@ TARGET static void CAT(fwd, SUFFIX)(const agg_t *A, int64_t n0, int64_t n1, floa
         ST(out + a * Cp + c, s);
       }
     }
-    float *agg = A->agg + n * H * C;
-    for (int64_t a = 0; a < H; a++) memcpy(agg + a * C, out + a * Cp, sizeof(float) * (size_t)C);
+    if (A->cols) { /* the packed layout: agg[n, p] = sum[cols[p]] (a column may appear in several groups) */
+      float *restrict agg = A->agg + n * A->P;
+      for (int64_t p = 0; p < A->P; p++) agg[p] = out[A->cols[p]];
+    } else {
+      float *agg = A->agg + n * H * C;
+      for (int64_t a = 0; a < H; a++) memcpy(agg + a * C, out + a * Cp, sizeof(float) * (size_t)C);
+    }
   }
 }
 
 /* dh[n, j, a] = G_n[a] . f_j (dot over C); df[idx_j] += sum_a h[n, j, a] G_n[a]. The nodes of one cloud
  * in order: its rows of df are written by this job alone. */
 TARGET static void CAT(bwd, SUFFIX)(const agg_t *A, int64_t n0, int64_t n1, float *scratch) {
-  const int64_t H = A->H, C = A->C, k = A->k, Cp = (C + VW - 1) / VW * VW;
+  const int64_t H = A->H, C = A->C, k = A->k, Cp = (C + 7) / 8 * 8; /* a multiple of either vector width */
   float *panel = scratch, *g = scratch + k * Cp, *row = g + H * Cp;
   for (int64_t n = n0; n < n1; n++) {
-    const float *G = A->G + n * H * C;
-    for (int64_t a = 0; a < H; a++) {
-      memcpy(g + a * Cp, G + a * C, sizeof(float) * (size_t)C);
-      for (int64_t c = C; c < Cp; c++) g[a * Cp + c] = 0.0f;
+    if (A->cols) { /* the packed layout: columns that appear in several groups sum their gradients */
+      const float *G = A->G + n * A->P;
+      memset(g, 0, sizeof(float) * (size_t)(H * Cp));
+      for (int64_t p = 0; p < A->P; p++) g[A->cols[p]] += G[p];
+    } else {
+      const float *G = A->G + n * H * C;
+      for (int64_t a = 0; a < H; a++) {
+        memcpy(g + a * Cp, G + a * C, sizeof(float) * (size_t)C);
+        for (int64_t c = C; c < Cp; c++) g[a * Cp + c] = 0.0f;
+      }
     }
     const float *h = A->h + n * k * H;
     if (A->dh) {
