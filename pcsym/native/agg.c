@@ -30,7 +30,7 @@ typedef struct {
   const int64_t *idx;
   float *agg, *dh, *df;
   int64_t M, N, k, H, C;
-  const int64_t *cols; /* packed layout: P columns, as indices into the zero-padded (H x Cp) panel; or NULL */
+  const int64_t *cols; /* packed layout: P columns, as indices into the transposed (C x Hp) panel; or NULL */
   int64_t P;
 } agg_t;
 
@@ -69,8 +69,10 @@ typedef struct {
 static void *agg_run(void *arg) {
   agg_job_t *J = (agg_job_t *)arg;
   const agg_t *A = J->A;
-  const int64_t Cp = (A->C + 7) / 8 * 8; /* room for either vector width */
-  float *scratch = (float *)malloc(sizeof(float) * (size_t)((A->k + 2 * A->H + 1) * Cp + 8));
+  const int64_t Hp = (A->H + 7) / 8 * 8, Cp = (A->C + 7) / 8 * 8; /* multiples of either vector width */
+  /* h panel, G^T, G, out (floats; + 8 so the pointers after them are aligned), then 2 k row pointers */
+  const size_t floats = (size_t)(A->k * Hp + A->C * Hp + A->H * Cp + A->k * (Hp > Cp ? Hp : Cp)) + 8;
+  float *scratch = (float *)malloc(sizeof(float) * floats + 2 * sizeof(float *) * (size_t)A->k);
   if (!scratch) {
     J->err = 1;
     return NULL;
@@ -92,8 +94,8 @@ int pcsym_aggregate(const float *h, const float *f, const int64_t *idx, int64_t 
   for (int64_t e = 0; e < B * M * k; e++)
     if (idx[e] < 0 || idx[e] >= N) return 2;
   int64_t *padded = NULL;
-  if (cols) { /* flat (a, c) -> the panel's padded index a * Cp + c (Cp: either vector width's) */
-    const int64_t Cp = (C + 7) / 8 * 8;
+  if (cols) { /* flat (a, c) -> the transposed panel's index c * Hp + a (Hp: H padded to 8) */
+    const int64_t Hp = (H + 7) / 8 * 8;
     padded = (int64_t *)malloc(sizeof(int64_t) * (size_t)(P ? P : 1));
     if (!padded) return 1;
     for (int64_t p = 0; p < P; p++) {
@@ -101,7 +103,7 @@ int pcsym_aggregate(const float *h, const float *f, const int64_t *idx, int64_t 
         free(padded);
         return 2;
       }
-      padded[p] = cols[p] / C * Cp + cols[p] % C;
+      padded[p] = cols[p] % C * Hp + cols[p] / C;
     }
   }
   agg_t A = {h, f, G, idx, agg, dh, df, M, N, k, H, C, padded, P};
