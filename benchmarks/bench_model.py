@@ -132,6 +132,25 @@ OP_CATEGORIES = {
 LAYER_PARTS = ("conv.embed", "conv.mlp", "norm", "act")
 
 
+def tree_module(name: str):
+    """``name`` imported from the pcsym tree this interpreter runs, or None where that tree has no such
+    module: an editable install of another tree (the working copy) would otherwise supply it, and the
+    baseline would run this tree's code (it did for the allocator before this check)."""
+    import importlib
+    import importlib.util
+
+    import pcsym
+
+    root = Path(pcsym.__file__).resolve().parent
+    try:
+        spec = importlib.util.find_spec(name)
+    except ImportError:
+        return None
+    if spec is None or spec.origin is None or root not in Path(spec.origin).resolve().parents:
+        return None
+    return importlib.import_module(name)
+
+
 def recipe_worker(spec: dict) -> dict:
     """One recipe in this interpreter (whichever pcsym PYTHONPATH selects): build, train step, eval."""
     import time
@@ -145,12 +164,8 @@ def recipe_worker(spec: dict) -> dict:
     from pcsym.config import ModelConfig
     from pcsym.models.classifier import build_model
 
-    try:  # what `pcsym train` does to the process's allocator, in trees that have it
-        from pcsym.allocator import keep_freed_memory
-
-        res_allocator = keep_freed_memory()
-    except ImportError:
-        res_allocator = False
+    allocator = tree_module("pcsym.allocator")  # what `pcsym train` does to the allocator, in trees that have it
+    res_allocator = allocator.keep_freed_memory() if allocator else False
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = build_model(ModelConfig(class_names=list(CLASSES), **RECIPES[spec["recipe"]],
@@ -164,20 +179,17 @@ def recipe_worker(spec: dict) -> dict:
         torch.nn.functional.cross_entropy(model(pos, normals), labels).backward()
         opt.step()
 
-    try:  # the step as the tree's `pcsym train` takes it: in shards side by side, one per thread (pcsym.shards)
-        from pcsym.shards import Shards, forward_backward
-    except ImportError:  # a tree from before the shards
-        Shards = None
+    shards = tree_module("pcsym.shards")  # the step as the tree's `pcsym train` takes it: sharded where it can
 
     @contextlib.contextmanager
     def training():
-        if Shards is None:
+        if shards is None:  # a tree from before the shards
             yield plain_step
             return
-        with Shards(torch.get_num_threads()) as shards:
+        with shards.Shards(torch.get_num_threads()) as workers:
             def sharded_step():
                 opt.zero_grad(set_to_none=True)
-                forward_backward(model, shards, pos, normals, labels, torch.nn.functional.cross_entropy)
+                shards.forward_backward(model, workers, pos, normals, labels, torch.nn.functional.cross_entropy)
                 opt.step()
 
             yield sharded_step
@@ -195,16 +207,14 @@ def recipe_worker(spec: dict) -> dict:
     with training() as train_step:
         train_s = best(train_step, spec["repeats"])
     res = {"recipe": spec["recipe"], "pcsym": str(Path(pcsym.__file__).parent), "build_s": build_s,
-           "allocator_tuned": res_allocator, "sharded": Shards is not None, "train_s": train_s}
+           "allocator_tuned": res_allocator, "sharded": shards is not None, "train_s": train_s}
     if spec.get("profile"):  # the profiler sees the calling thread only: the unsharded step (the same ops)
         res["profile"] = profile_step(model, plain_step)
     if spec.get("flops"):  # the counter sees this thread only: the unsharded step (the same maths)
         from torch.utils.flop_counter import FlopCounterMode
 
-        try:  # the compiled per-edge MLP is invisible to the counter: count the same maths spelled in torch
-            from pcsym.models.fused import torch_spelling
-        except ImportError:  # a tree from before the compiled MLP
-            torch_spelling = contextlib.nullcontext
+        fused = tree_module("pcsym.models.fused")  # the compiled kernels are invisible to the counter:
+        torch_spelling = fused.torch_spelling if fused else contextlib.nullcontext  # count the torch spelling
         with torch_spelling(), FlopCounterMode(display=False) as fc:
             plain_step()
         res["train_flops"] = fc.get_total_flops()

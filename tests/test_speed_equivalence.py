@@ -209,7 +209,7 @@ def test_contractions_skip_only_structural_zeros(group_name):
 
 
 def test_the_column_plan_groups_rows_by_the_columns_they_read(monkeypatch):
-    from pcsym.models import layers
+    from pcsym.models import linear as layers
 
     live = torch.zeros(6, 40, dtype=torch.bool)
     live[[0, 2, 4], :10] = True  # rows 0, 2, 4 read columns 0-9; rows 1, 3, 5 read 10-39

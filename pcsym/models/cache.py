@@ -101,7 +101,7 @@ def cached(kind: str, group, parts: dict, bias: bool, build: Callable[[], dict])
 
 
 def cached_linear_spec(group, in_reps, out_reps, bias: bool = True) -> dict:
-    from .layers import linear_spec
+    from .linear import linear_spec
 
     return cached("linear", group, {"in": list(in_reps), "out": list(out_reps)}, bias,
                   lambda: linear_spec(group, in_reps, out_reps, bias))

@@ -47,7 +47,7 @@ import numpy as np
 from ..files import atomic_writer, user_cache_dir
 
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("knn.c", "edge.c", "agg.c"))
-HEADERS = tuple(Path(__file__).with_name(n) for n in ("edge_body.h", "agg_body.h", "threads.h"))
+HEADERS = tuple(Path(__file__).with_name(n) for n in ("edge_body.h", "agg_body.h", "simd.h", "twice.h", "threads.h"))
 # -fno-trapping-math: floating-point compares may be if-converted, so edge.c's ELU/sigmoid loops vectorise
 FLAGS = ("-O3", "-std=c99", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
 _ENV = "PCSYM_NATIVE"

@@ -14,16 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "simd.h"
 #include "threads.h"
-
-#define CAT2(a, b) a##b
-#define CAT(a, b) CAT2(a, b)
-
-/* VW floats as one value (GCC/clang vector extension): 4 = one SSE/NEON register, 8 = one AVX register */
-typedef float a4 __attribute__((vector_size(16), aligned(4), may_alias));
-typedef float a8 __attribute__((vector_size(32), aligned(4), may_alias));
-#define LD(p) (*(const vf *)(p))
-#define ST(p, v) (*(vf *)(p) = (v))
 
 typedef struct {
   const float *h, *f, *G;
@@ -34,28 +26,8 @@ typedef struct {
   int64_t P;
 } agg_t;
 
-#define SUFFIX _base
-#define TARGET
-#define vf a4
-#define VW 4
-#include "agg_body.h"
-#undef SUFFIX
-#undef TARGET
-#undef vf
-#undef VW
-
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define HAVE_AVX2_AGG 1
-#define SUFFIX _avx2
-#define TARGET __attribute__((target("avx2,fma")))
-#define vf a8
-#define VW 8
-#include "agg_body.h"
-#undef SUFFIX
-#undef TARGET
-#undef vf
-#undef VW
-#endif
+#define BODY "agg_body.h"
+#include "twice.h"
 
 typedef void (*range_fn)(const agg_t *, int64_t, int64_t, float *);
 
@@ -82,8 +54,6 @@ static void *agg_run(void *arg) {
   return NULL;
 }
 
-int pcsym_edge_isa(void);
-
 /* backward when G is given (dh and/or df non-NULL), else forward into agg. isa 0: baseline loops.
  * Returns 0, 1 when out of memory, or 2 on bad sizes or an index out of range (checked before anything
  * is written). */
@@ -108,8 +78,8 @@ int pcsym_aggregate(const float *h, const float *f, const int64_t *idx, int64_t 
   }
   agg_t A = {h, f, G, idx, agg, dh, df, M, N, k, H, C, padded, P};
   range_fn fn = G ? bwd_base : fwd_base;
-#ifdef HAVE_AVX2_AGG
-  if (isa && pcsym_edge_isa()) fn = G ? bwd_avx2 : fwd_avx2;
+#ifdef HAVE_AVX2
+  if (isa && cpu_avx2_fma()) fn = G ? bwd_avx2 : fwd_avx2;
 #endif
   if (B == 0 || M == 0) {
     free(padded);

@@ -17,19 +17,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "simd.h"
 #include "threads.h"
 
 #define BL 32
 #define MAXL 8
-#define CAT2(a, b) a##b
-#define CAT(a, b) CAT2(a, b)
-
-/* VW floats as one value (GCC/clang vector extension): 4 = one SSE/NEON register, 8 = one AVX register */
-typedef float v4 __attribute__((vector_size(16), aligned(4), may_alias));
-typedef float v8 __attribute__((vector_size(32), aligned(4), may_alias));
 #define NV (BL / VW)
-#define LD(p) (*(const vf *)(p))
-#define ST(p, v) (*(vf *)(p) = (v))
 
 typedef struct {
   int64_t lmax, n_radial, n_edge, n_layers, h_size, maxw;
@@ -40,26 +33,8 @@ typedef struct {
   const int32_t *chan[MAXL];
 } net_t;
 
-#define SUFFIX _base
-#define TARGET
-#define vf v4
-#define VW 4
-#include "edge_body.h"
-#undef SUFFIX
-#undef TARGET
-#undef vf
-#undef VW
-
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define HAVE_AVX2_COPY 1
-#define SUFFIX _avx2
-#define TARGET __attribute__((target("avx2,fma")))
-#define vf v8
-#define VW 8
-#include "edge_body.h"
-#undef SUFFIX
-#undef TARGET
-#endif
+#define BODY "edge_body.h"
+#include "twice.h"
 
 typedef void (*block_fn)(const net_t *, const float *, const float *, int64_t, int64_t, float *, const float *,
                          float *, float *);
@@ -100,17 +75,10 @@ static void *run(void *arg) {
 }
 
 /* 1 when this CPU runs the AVX2+FMA copy of the loops */
-int pcsym_edge_isa(void) {
-#ifdef HAVE_AVX2_COPY
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return 0;
-#endif
-}
+int pcsym_edge_isa(void) { return cpu_avx2_fma(); }
 
 static block_fn pick(void) {
-#ifdef HAVE_AVX2_COPY
+#ifdef HAVE_AVX2
   if (pcsym_edge_isa()) return block_avx2;
 #endif
   return block_base;
