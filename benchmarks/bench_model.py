@@ -67,6 +67,36 @@ def edge_count(model, n: int, k: int) -> int:
     return total
 
 
+@contextlib.contextmanager
+def training_step(model, opt, pos, normals, labels, loss_fn, sharded: bool = True, optimizer_step: bool = True):
+    """The training step as the tree's `pcsym train` takes it: where the tree has pcsym.shards, the batch in
+    shards side by side, one per torch thread (torch at one intra-op thread inside this block); otherwise, or
+    with ``sharded=False``, forward + backward of the whole batch on all threads."""
+    import torch
+
+    shards = tree_module("pcsym.shards") if sharded else None
+
+    def finish():
+        if optimizer_step:
+            opt.step()
+
+    if shards is None:
+        def plain():
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(pos, normals), labels).backward()
+            finish()
+
+        yield plain
+        return
+    with shards.Shards(torch.get_num_threads()) as workers:
+        def in_shards():
+            opt.zero_grad(set_to_none=True)
+            shards.forward_backward(model, workers, pos, normals, labels, loss_fn)
+            finish()
+
+        yield in_shards
+
+
 def worker(spec: dict) -> dict:
     import torch
 
@@ -84,15 +114,11 @@ def worker(spec: dict) -> dict:
     res = {"group": spec["group"], "batch": b, "points": n, "k": k, "params": count_parameters(model),
            "edges_per_shape": edge_count(model, n, k)}
 
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(pos, normals), labels).backward()
-        if spec["mode"] == "throughput":
-            opt.step()
-
     model.train()
-    with C.PeakMemory() as mem:
-        times = C.time_repeats(train_step, spec["repeats"], warmup=1)
+    stepping = spec["mode"] == "throughput"
+    with training_step(model, opt, pos, normals, labels, loss_fn, optimizer_step=stepping) as step, \
+            C.PeakMemory() as mem:
+        times = C.time_repeats(step, spec["repeats"], warmup=1)
     res.update(train_times_s=times, train_s=C.median(times), train_peak_mb=mem.delta,
                train_shapes_per_s=b / C.median(times))
     if spec["mode"] == "throughput":
@@ -174,25 +200,7 @@ def recipe_worker(spec: dict) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     pos, normals, labels = make_batch(spec["batch"], 1024)
 
-    def plain_step():
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(pos, normals), labels).backward()
-        opt.step()
-
-    shards = tree_module("pcsym.shards")  # the step as the tree's `pcsym train` takes it: sharded where it can
-
-    @contextlib.contextmanager
-    def training():
-        if shards is None:  # a tree from before the shards
-            yield plain_step
-            return
-        with shards.Shards(torch.get_num_threads()) as workers:
-            def sharded_step():
-                opt.zero_grad(set_to_none=True)
-                shards.forward_backward(model, workers, pos, normals, labels, torch.nn.functional.cross_entropy)
-                opt.step()
-
-            yield sharded_step
+    loss_fn = torch.nn.functional.cross_entropy
 
     def best(fn, n):
         fn()
@@ -204,22 +212,24 @@ def recipe_worker(spec: dict) -> dict:
         return min(ts)
 
     model.train()
-    with training() as train_step:
+    with training_step(model, opt, pos, normals, labels, loss_fn) as train_step:
         train_s = best(train_step, spec["repeats"])
     res = {"recipe": spec["recipe"], "pcsym": str(Path(pcsym.__file__).parent), "build_s": build_s,
-           "allocator_tuned": res_allocator, "sharded": shards is not None, "train_s": train_s}
-    if spec.get("profile"):  # the profiler sees the calling thread only: the unsharded step (the same ops)
-        res["profile"] = profile_step(model, plain_step)
-    if spec.get("flops"):  # the counter sees this thread only: the unsharded step (the same maths)
-        from torch.utils.flop_counter import FlopCounterMode
+           "allocator_tuned": res_allocator, "sharded": tree_module("pcsym.shards") is not None, "train_s": train_s}
+    # the profiler and the FLOP counter see the calling thread only: the unsharded step (the same ops and maths)
+    with training_step(model, opt, pos, normals, labels, loss_fn, sharded=False) as plain_step:
+        if spec.get("profile"):
+            res["profile"] = profile_step(model, plain_step)
+        if spec.get("flops"):
+            from torch.utils.flop_counter import FlopCounterMode
 
-        fused = tree_module("pcsym.models.fused")  # the compiled kernels are invisible to the counter:
-        torch_spelling = fused.torch_spelling if fused else contextlib.nullcontext  # count the torch spelling
-        with torch_spelling(), FlopCounterMode(display=False) as fc:
-            plain_step()
-        res["train_flops"] = fc.get_total_flops()
-        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-        res["mm_peak_flops"] = 2 * 1024 ** 3 / best(lambda: torch.mm(a, b), 20)
+            fused = tree_module("pcsym.models.fused")  # the compiled kernels are invisible to the counter:
+            torch_spelling = fused.torch_spelling if fused else contextlib.nullcontext  # count the torch spelling
+            with torch_spelling(), FlopCounterMode(display=False) as fc:
+                plain_step()
+            res["train_flops"] = fc.get_total_flops()
+            a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+            res["mm_peak_flops"] = 2 * 1024 ** 3 / best(lambda: torch.mm(a, b), 20)
     model.eval()
     with torch.no_grad():
         res["eval_s"] = best(lambda: model(pos, normals), spec["repeats"])
