@@ -159,3 +159,58 @@ def test_training_with_the_accuracy_levers(sample_dataset, tmp_path):
         ckpt = read_checkpoint(out / "best.pt")
         assert ckpt["model_config"]["edge_features"] == "ppf"
         assert ckpt["train_config"]["balance"] == balance
+
+
+def test_prefetch_yields_the_loaders_batches_in_order_and_stops_cleanly(sample_dataset):
+    from pcsym.data import load_dataset
+    from pcsym.train import Prefetch, make_loader
+    from pcsym.transforms import PointCloudDataset
+
+    ds = PointCloudDataset(load_dataset(sample_dataset), points=256, rotate="so3", jitter=0.01)
+    direct = list(make_loader(ds, 8, True, 5, 2, 0, drop_last=True))
+    with Prefetch(make_loader(ds, 8, True, 5, 2, 0, drop_last=True)) as batches:
+        ahead = list(batches)
+    assert len(ahead) == len(direct) == len(ds) // 8
+    for a, b in zip(ahead, direct):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))  # same shapes, same augmentation draws, same order
+    # stopping after 2 batches (the thread blocked on a full queue) ends the thread
+    stream = Prefetch(make_loader(ds, 8, True, 5, 2, 0), depth=1)
+    first = [b for _, b in zip(range(2), stream)]
+    stream.close()
+    assert len(first) == 2 and not stream._thread.is_alive()
+
+
+def test_prefetch_raises_the_loaders_error_in_the_caller():
+    from pcsym.train import Prefetch
+
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"), Prefetch(broken()) as stream:
+        for item in stream:
+            got.append(item)
+    assert got == [1]
+
+
+def test_trainer_optimiser_takes_the_multi_tensor_update_with_the_same_bits(sample_dataset, tmp_path):
+    from pcsym.train import Trainer
+
+    for name in ("adamw", "sgd"):
+        tr = Trainer(ModelConfig(group="so2", points=256, widths=(8, 16), strides=(2, 4), invariant_dims=16),
+                     TrainConfig(data=str(sample_dataset), out=str(tmp_path / name), optimizer=name, threads=1))
+        assert tr.optimizer.defaults["foreach"] is True
+        params = [p for p in tr.model.parameters() if p.requires_grad]
+        twins = [p.detach().clone().requires_grad_(True) for p in params]
+        lr, wd = tr.optimizer.param_groups[0]["lr"], tr.optimizer.defaults["weight_decay"]  # lr: the schedule's
+        single = (torch.optim.AdamW(twins, lr=lr, weight_decay=wd) if name == "adamw"
+                  else torch.optim.SGD(twins, lr=lr, momentum=0.9, weight_decay=wd))  # torch's CPU default
+        g = torch.Generator().manual_seed(0)
+        for _ in range(5):
+            for p, q in zip(params, twins):
+                p.grad = torch.randn(p.shape, generator=g)
+                q.grad = p.grad.clone()
+            tr.optimizer.step()
+            single.step()
+        assert all(torch.equal(p, q) for p, q in zip(params, twins))
