@@ -316,7 +316,7 @@ class Trainer:
             self.model.blocks.requires_grad_(False)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         # foreach: the multi-tensor update, ~0.5 ms a step less on CPU than torch's per-tensor default and
-        # the same bits (tests/test_train.py)
+        # the same bits (tests/test_training.py)
         if tcfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(trainable, lr=tcfg.lr, momentum=0.9, weight_decay=tcfg.weight_decay,
                                              foreach=True)

@@ -62,9 +62,7 @@ def _cpu_float32(*tensors: torch.Tensor) -> bool:
 
 
 def _usable(conv, rel: torch.Tensor, edge: torch.Tensor | None) -> bool:
-    if not _cpu_float32(rel):
-        return False
-    if edge is not None and (edge.dtype != torch.float32 or edge.device.type != "cpu"):
+    if not _cpu_float32(*[t for t in (rel, edge) if t is not None]):
         return False
     if torch.is_grad_enabled() and (rel.requires_grad or (edge is not None and edge.requires_grad)):
         return False  # the kernel gives no gradient for positions / edge features
