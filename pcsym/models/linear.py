@@ -1,7 +1,8 @@
 """Equivariant linear maps between field types, parametrised through escnn's bases (:class:`EquivLinear`).
 
 escnn builds the basis once (:func:`linear_spec`, cached on disk by :mod:`pcsym.models.cache`); the dense
-weight is then expanded by a few small matmuls and one gather per step. Most equivariant weights are
+weight is then expanded from the free parameters in one autograd node per step (:class:`_Entries`; the
+pairwise torch spelling, :meth:`EquivLinear._flat_blocks`, where that does not apply). Most equivariant weights are
 structurally sparse — entries no basis element reaches are zero for every parameter value —, which
 :meth:`EquivLinear.column_plan` turns into a product over the non-zero part only (the implicit kernel's
 contractions). :class:`FrozenLinear` / :func:`freeze`: the expanded weights as plain matrices (exports).
@@ -95,6 +96,7 @@ class ColumnPlan(NamedTuple):
     rows: list  # per group: the rows of W it computes
     index: list  # per group: W[rows][:, its columns] as indices into EquivLinear's flat blocks
     order: torch.Tensor | None  # output columns (groups' rows, concatenated) -> W's row order; None if the same
+    flat_index: torch.Tensor  # the groups' indices concatenated (all their entries in one gather)
 
 
 def plan_columns(live: torch.Tensor, index: torch.Tensor) -> ColumnPlan | None:
@@ -120,9 +122,43 @@ def plan_columns(live: torch.Tensor, index: torch.Tensor) -> ColumnPlan | None:
     rows = [torch.as_tensor(r, dtype=torch.long, device=dev) for r, _ in groups]
     cols = [torch.as_tensor(np.flatnonzero(c), dtype=torch.long, device=dev) for _, c in groups]
     order = torch.cat(rows).argsort()
-    return ColumnPlan(torch.cat(cols), [len(c) for c in cols], rows,
-                      [index[r][:, c].reshape(-1) for r, c in zip(rows, cols)],
-                      None if torch.equal(order, torch.arange(len(order), device=dev)) else order)
+    entries = [index[r][:, c].reshape(-1) for r, c in zip(rows, cols)]
+    return ColumnPlan(torch.cat(cols), [len(c) for c in cols], rows, entries,
+                      None if torch.equal(order, torch.arange(len(order), device=dev)) else order, torch.cat(entries))
+
+
+def _term_expansion(weight: torch.Tensor) -> bool:
+    """Whether :class:`_Entries` expands this weight (not while tracing or scripting an export, not inside
+    :func:`pcsym.models.fused.torch_spelling`: FLOP counts see the per-pair products there)."""
+    from . import fused
+
+    return not (fused._off[0] or torch.jit.is_tracing() or torch.jit.is_scripting())
+
+
+class _Entries(torch.autograd.Function):
+    """W's entries from the free parameters as ONE autograd node: entry e = sum_t theta[P_t[e]] * V_t[e],
+    t < the layer's largest basis size d (mostly 1), with P_t, V_t composed once per layout from the pairs'
+    bases and the gather index (:meth:`EquivLinear._terms`). The pairwise spelling (coefficients @ basis per
+    pair, cat, gather) is ~20 torch ops and autograd nodes per layer for a few ten thousand multiply-adds;
+    this is d takes and multiplies forward, d multiplies and index_adds backward. Same values up to float
+    rounding (the same products, summed over the basis in the same order)."""
+
+    @staticmethod
+    def forward(ctx, weight, terms):
+        out = None
+        for P, V in terms:
+            t = weight.take(P).mul_(V)
+            out = t if out is None else out.add_(t)
+        ctx.terms, ctx.n = terms, weight.numel()
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        dtheta = grad.new_zeros(ctx.n)
+        for P, V in ctx.terms:
+            dtheta.index_add_(0, P, grad * V)
+        return dtheta, None
 
 
 class EquivLinear(nn.Module):
@@ -176,6 +212,38 @@ class EquivLinear(nn.Module):
         permuted[:, perm] = idx
         self.w_index_perm = permuted.reshape(-1)
 
+    def _terms(self, index: torch.Tensor, dtype: torch.dtype) -> list:
+        """[(P_t, V_t)] of :class:`_Entries` for the flat-block entries ``index``, in ``dtype`` on the weight's
+        device (built once per index tensor and dtype; dropped when the module's tensors move or reload)."""
+        cache = self.__dict__.setdefault("_term_cache", {})
+        key = (id(index), dtype, self.weight.device)
+        hit = cache.get(key)
+        if hit is not None and hit[0] is index:
+            return hit[1]
+        dmax = max(d for *_, d in self._pairs)
+        total = sum(blocks * getattr(self.expansion, name).sampled_basis[0].numel() for name, _, blocks, _ in self._pairs)
+        P = torch.zeros(dmax, total + 1, dtype=torch.long)  # the last entry: the structural zero (V = 0)
+        V = torch.zeros(dmax, total + 1, dtype=torch.float64)
+        f0 = 0
+        for name, start, blocks, d in self._pairs:
+            basis = getattr(self.expansion, name).sampled_basis.detach().cpu().double().reshape(d, -1)
+            s = basis.shape[1]
+            f1 = f0 + blocks * s
+            for t in range(d):  # flat entry (b, j) of the pair = sum_t theta[start + b*d + t] * basis[t, j]
+                P[t, f0:f1] = (start + torch.arange(blocks) * d + t).repeat_interleave(s)
+                V[t, f0:f1] = basis[t].repeat(blocks)
+            f0 = f1
+        idx = index.cpu()
+        terms = [(P[t, idx].to(self.weight.device), V[t, idx].to(self.weight.device, dtype)) for t in range(dmax)]
+        cache[key] = (index, terms)
+        return terms
+
+    def _entries(self, index: torch.Tensor) -> torch.Tensor:
+        """``_flat_blocks()[index]``: through :class:`_Entries` where it applies, else in torch."""
+        if _term_expansion(self.weight):
+            return _Entries.apply(self.weight, self._terms(index, self.weight.dtype))
+        return self._flat_blocks().index_select(0, index)
+
     def _flat_blocks(self) -> torch.Tensor:
         parts = []
         for name, start, blocks, d in self._pairs:
@@ -187,7 +255,7 @@ class EquivLinear(nn.Module):
 
     def _expand_weight(self, permuted: bool = False) -> torch.Tensor:
         index = self.w_index_perm if permuted else self.w_index
-        return self._flat_blocks().index_select(0, index).view(self.out_size, self.in_size)
+        return self._entries(index).view(self.out_size, self.in_size)
 
     def expand(self, permuted: bool = False):
         """Dense (W, b): W (out, in), b (out,) or None; ``permuted``: columns moved by :meth:`permute_columns`."""
@@ -224,9 +292,9 @@ class EquivLinear(nn.Module):
         if frozen and self._cache is not None and self._cache[0] == key:
             ws, b = self._cache[1], self._cache[2]
         else:
-            flat = self._flat_blocks()
-            ws = [flat.index_select(0, index).view(len(rows), -1) for rows, index in zip(plan.rows, plan.index)]
-            b = None if self.bias is None else self.bias_expansion.to(flat.dtype) @ self.bias
+            entries = self._entries(plan.flat_index).split([len(index) for index in plan.index])
+            ws = [e.view(len(rows), -1) for rows, e in zip(plan.rows, entries)]
+            b = None if self.bias is None else self.bias_expansion.to(self.weight.dtype) @ self.bias
             if frozen:
                 self._cache = (key, ws, b)
         out = torch.cat([part @ w.t() for part, w in zip(x.split(plan.sizes, dim=1), ws)], dim=1)
@@ -237,6 +305,7 @@ class EquivLinear(nn.Module):
         for key in [k for k in state_dict if k.startswith(prefix + "expansion.")
                     and ("in_indices_" in k or "out_indices_" in k)]:
             del state_dict[key]
+        self.__dict__.pop("_term_cache", None)  # the bases may be replaced
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train(self, mode: bool = True):
@@ -245,6 +314,7 @@ class EquivLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         self._cache = None
+        self.__dict__.pop("_term_cache", None)
         return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
