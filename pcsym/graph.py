@@ -108,6 +108,17 @@ def fps_order(pos: torch.Tensor, m: int | None = None) -> torch.Tensor:
     p64 = pos.double()
     centred = p64 - p64.mean(1, keepdim=True)
     cur = centred.pow(2).sum(-1).argmax(1)  # (B,)
+    if (pos.device.type == "cpu" and pos.dtype == torch.float32
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()):  # the loop below, compiled
+        found = native.fps(pos.detach().numpy(), cur.numpy(), m, torch.get_num_threads())
+        if found is not None:
+            return torch.from_numpy(found)
+    return fps_order_torch(pos, m, cur)
+
+
+def fps_order_torch(pos: torch.Tensor, m: int, cur: torch.Tensor) -> torch.Tensor:
+    """:func:`fps_order`'s loop in torch (any device; the compiled kernel's reference) from the first points ``cur``."""
+    b, n, _ = pos.shape
     order = torch.empty(b, m, dtype=torch.long, device=pos.device)
     dist = torch.full((b, n), float("inf"), dtype=pos.dtype, device=pos.device)
     ar = torch.arange(b, device=pos.device)

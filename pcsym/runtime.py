@@ -105,6 +105,12 @@ def fps_order(pos: np.ndarray, m: int) -> np.ndarray:
     b, n, _ = pos.shape
     p64 = pos.astype(np.float64)
     cur = ((p64 - p64.mean(1, keepdims=True)) ** 2).sum(-1).argmax(1)
+    if pos.dtype == np.float32:  # the loop below, compiled (pcsym.native), where it is built
+        from . import native
+
+        found = native.fps(pos, cur, m, native.default_threads())
+        if found is not None:
+            return found
     order = np.empty((b, m), dtype=np.int64)
     dist = np.full((b, n), np.inf, dtype=pos.dtype)
     ar = np.arange(b)

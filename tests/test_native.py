@@ -92,6 +92,43 @@ def test_torch_and_numpy_callers_use_it_and_agree_with_their_fallbacks(fresh, mo
     assert torch.equal(knn(q, keys, 10), ref)
 
 
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler: pcsym falls back to torch / numpy (same loop)")
+@pytest.mark.parametrize("kind", ["ball", "surface", "plane", "far", "ties", "duplicates"])
+def test_fps_kernel_picks_the_same_points_as_torch_and_numpy(fresh, kind, monkeypatch):
+    """The compiled farthest-point loop picks exactly the points of graph.fps_order's torch spelling and of the
+    numpy runtime's (same float32 distances, ties to the lower index, picked points never again), for any
+    thread count; non-finite coordinates are left to the callers' spelling."""
+    from pcsym.graph import fps_order, fps_order_torch
+    from pcsym.runtime import fps_order as np_fps
+
+    if kind == "ties":  # a grid: many exactly equal distances
+        p = np.stack(np.meshgrid(*[np.arange(6, dtype=np.float32)] * 3, indexing="ij"), -1).reshape(1, -1, 3)
+    elif kind == "duplicates":  # every point three times: only zero distances left at the end
+        p = np.concatenate([_clouds("ball", 2, 40, seed=1)] * 3, axis=1)
+    else:
+        p = _clouds(kind, 3, 300, seed=7)
+    t = torch.from_numpy(p)
+    p64 = t.double()
+    start = (p64 - p64.mean(1, keepdim=True)).pow(2).sum(-1).argmax(1)
+    for m in (0, 1, 17, p.shape[1]):
+        ref = fps_order_torch(t, m, start)
+        for threads in (1, 2):
+            got = native.fps(p, start.numpy(), m, threads)
+            assert got is not None and got.dtype == np.int64 and got.shape == (p.shape[0], m)
+            np.testing.assert_array_equal(got, ref.numpy())
+        assert torch.equal(fps_order(t, m), ref)
+        np.testing.assert_array_equal(np_fps(p, m), ref.numpy())
+    assert "compiled" in native.status()
+    bad = p.copy()
+    bad[0, 3, 1] = np.nan
+    assert native.fps(bad, start.numpy(), 5) is None
+    with pytest.raises(ValueError):
+        native.fps(p, np.full(p.shape[0], p.shape[1]), 5)
+    monkeypatch.setenv("PCSYM_NATIVE", "off")  # no kernel: the callers' own loops, the same picks
+    assert native.fps(p, start.numpy(), 5) is None
+    np.testing.assert_array_equal(np_fps(p, 17), fps_order_torch(t, 17, start).numpy())
+
+
 _CHILD = """
 import numpy as np
 from pcsym import native

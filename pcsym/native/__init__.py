@@ -26,6 +26,9 @@ Why kernels (issue 12's profiles):
 * the neighbour aggregation sum_j h_ij^T f_j was a gather of (B, M, k, C) features, a batched matmul of
   tiny (H x k)(k x C) matrices (a few GFLOP/s) and a scatter-add in backward: ``agg.c`` reads the
   neighbours' rows in place, forward and backward.
+* farthest-point sampling (the shipped models' ``random-fps``: 128 + 32 picks per cloud and step) was a
+  Python loop of six small torch ops per pick, ~9 ms per 8 clouds, run by each shard thread: ``pcsym_fps``
+  in ``knn.c`` is the same loop (the same picks), ~0.8 ms.
 """
 
 from __future__ import annotations
@@ -93,6 +96,10 @@ def _open(path: Path) -> ctypes.CDLL:
                    ctypes.c_void_p, ctypes.c_int]
     fn.restype = ctypes.c_int
     p = ctypes.c_void_p
+    fn = lib.pcsym_fps
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                   ctypes.c_int]
+    fn.restype = ctypes.c_int
     fn = lib.pcsym_edge_mlp
     fn.argtypes = [p, p, p, ctypes.c_float, p, p, p, p, p, ctypes.c_int64, p, p, p, ctypes.c_int, ctypes.c_int]
     fn.restype = ctypes.c_int
@@ -144,13 +151,13 @@ def available() -> bool:
 
 
 def status() -> str:
-    """One line: whether the compiled kernels (kNN, edge MLP, aggregation) are in use, and why not."""
+    """One line: whether the compiled kernels (kNN, FPS, edge MLP, aggregation) are in use, and why not."""
     if _disabled():
-        return f"kNN, edge MLP and aggregation: torch/numpy ({_ENV}=off)"
+        return f"kNN, farthest-point sampling, edge MLP and aggregation: torch/numpy ({_ENV}=off)"
     lib = _load()
     if lib is None:
-        return f"kNN, edge MLP and aggregation: torch/numpy ({_state['why']})"
-    return f"kNN, edge MLP and aggregation: compiled ({_state['path']}, {'AVX2+FMA' if lib.pcsym_edge_isa() else 'baseline'} loops)"
+        return f"kNN, farthest-point sampling, edge MLP and aggregation: torch/numpy ({_state['why']})"
+    return f"kNN, farthest-point sampling, edge MLP and aggregation: compiled ({_state['path']}, {'AVX2+FMA' if lib.pcsym_edge_isa() else 'baseline'} loops)"
 
 
 def reset() -> None:
@@ -180,6 +187,28 @@ def knn(query: np.ndarray, keys: np.ndarray, k: int, threads: int = 1) -> np.nda
     out = np.empty((b, m, k), dtype=np.int64)
     err = lib.pcsym_knn(q.ctypes.data, kc.ctypes.data, b, m, kc.shape[1], k, out.ctypes.data, int(threads))
     return out if err == 0 else None
+
+
+def fps(pos: np.ndarray, start: np.ndarray, m: int, threads: int = 1) -> np.ndarray | None:
+    """Farthest-point order (B, m) int64 of ``pos`` (B, N, 3) from the points ``start`` (B,): the loop of
+    :func:`pcsym.graph.fps_order` / :func:`pcsym.runtime.fps_order` (the same picks: the same float32 distances,
+    ties to the lower index). None when the kernel is unavailable or a coordinate is not finite (the callers'
+    spelling then decides, with its own NaN rules)."""
+    lib = _load()
+    if lib is None:
+        return None
+    p = np.ascontiguousarray(pos, dtype=np.float32)
+    if p.ndim != 3 or p.shape[1] == 0 or p.shape[2] != 3 or not np.isfinite(p).all():
+        return None
+    s = np.ascontiguousarray(start, dtype=np.int64)
+    b, n, _ = p.shape
+    if s.shape != (b,) or not 0 <= m <= n or (b and (s.min() < 0 or s.max() >= n)):
+        raise ValueError(f"fps: start must be (B,) indices in [0, {n}) and 0 <= m <= {n}")
+    out = np.empty((b, m), dtype=np.int64)
+    err = lib.pcsym_fps(p.ctypes.data, s.ctypes.data, b, n, m, out.ctypes.data, int(threads))
+    if err:
+        raise MemoryError("fps: out of memory")
+    return out
 
 
 def _ptr(a: np.ndarray | None) -> int | None:

@@ -1,4 +1,5 @@
-/* k nearest neighbours of 3-D points, brute force, for pcsym.native (built on first use; see its docstring).
+/* k nearest neighbours of 3-D points, brute force, for pcsym.native (built on first use; see its docstring);
+ * and farthest-point sampling (pcsym_fps, at the end of the file).
  *
  * For each query: squared distances to every key (exact (q-k)^2, float32, keys copied to a
  * structure-of-arrays buffer once per cloud so the loop vectorises), then one pass that keeps the k
@@ -8,6 +9,7 @@
  * index comes first. Work is split over `threads` POSIX threads by contiguous ranges of (cloud, query).
  */
 #include <float.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -170,6 +172,78 @@ int pcsym_knn(const float *q, const float *keys, int64_t b, int64_t m, int64_t n
     jobs[t] = (job_t){q, keys, b, m, n, k, rows * t / threads, rows * (t + 1) / threads, out, 0};
   }
   run_jobs(run, jobs, sizeof(job_t), threads);
+  for (int t = 0; t < threads; t++) err |= jobs[t].err;
+  return err;
+}
+
+/* Farthest-point sampling (pcsym.graph.fps_order / pcsym.runtime.fps_order, whose loop this is): per cloud, m
+ * picks from start[c]; a point's distance to the picked set is the running minimum of its squared distances,
+ * each spelled as in those functions, (dx*dx + dy*dy) + dz*dz in float32 (this file is built without FMA
+ * contraction, -std=c99), so the same points are picked; a picked point's distance is set to -1 (never picked
+ * twice, even among duplicates) and the next pick is the first point of largest distance. Non-finite input is
+ * the caller's to refuse (their NaN rules are not copied here). */
+typedef struct {
+  const float *pos;
+  const int64_t *start;
+  int64_t n, m, c0, c1;
+  int64_t *out;
+  int err;
+} fps_job_t;
+
+static void *fps_run(void *arg) {
+  fps_job_t *J = (fps_job_t *)arg;
+  const int64_t n = J->n, m = J->m;
+  float *buf = (float *)malloc(sizeof(float) * (size_t)(4 * n));
+  if (!buf) {
+    J->err = 1;
+    return NULL;
+  }
+  float *restrict x = buf, *restrict y = buf + n, *restrict z = buf + 2 * n, *restrict dist = buf + 3 * n;
+  for (int64_t c = J->c0; c < J->c1; c++) {
+    const float *p = J->pos + c * n * 3;
+    for (int64_t j = 0; j < n; j++) {
+      x[j] = p[3 * j];
+      y[j] = p[3 * j + 1];
+      z[j] = p[3 * j + 2];
+      dist[j] = INFINITY;
+    }
+    int64_t cur = J->start[c], *o = J->out + c * m;
+    for (int64_t i = 0; i < m; i++) {
+      o[i] = cur;
+      const float cx = x[cur], cy = y[cur], cz = z[cur];
+      for (int64_t j = 0; j < n; j++) {
+        const float a = x[j] - cx, b = y[j] - cy, e = z[j] - cz;
+        float d = a * a + b * b;
+        d += e * e;
+        dist[j] = d < dist[j] ? d : dist[j];
+      }
+      dist[cur] = -1.0f;
+      float best = dist[0];
+      int64_t arg = 0;
+      for (int64_t j = 1; j < n; j++)
+        if (dist[j] > best) {
+          best = dist[j];
+          arg = j;
+        }
+      cur = arg;
+    }
+  }
+  free(buf);
+  return NULL;
+}
+
+/* pos (b, n, 3) float32, start (b) int64 in [0, n), out (b, m) int64, 0 <= m <= n. Returns 0, 1 when out of
+ * memory, 2 on bad sizes or a start out of range. Threads: contiguous ranges of clouds. */
+int pcsym_fps(const float *pos, const int64_t *start, int64_t b, int64_t n, int64_t m, int64_t *out, int threads) {
+  if (b < 0 || n < 1 || m < 0 || m > n) return 2;
+  for (int64_t c = 0; c < b; c++)
+    if (start[c] < 0 || start[c] >= n) return 2;
+  if (b == 0 || m == 0) return 0;
+  threads = clamp_threads(threads, b);
+  fps_job_t jobs[64];
+  int err = 0;
+  for (int t = 0; t < threads; t++) jobs[t] = (fps_job_t){pos, start, n, m, b * t / threads, b * (t + 1) / threads, out, 0};
+  run_jobs(fps_run, jobs, sizeof(fps_job_t), threads);
   for (int t = 0; t < threads; t++) err |= jobs[t].err;
   return err;
 }
