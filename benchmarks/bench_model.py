@@ -23,7 +23,8 @@ Every configuration runs in a fresh Python process (honest peak-memory figures).
    sampling) cost per step over the plain recipes.
 
     python benchmarks/bench_model.py [--quick] [--threads N] [--idle HOW]
-        [--baseline REF [--rounds R] [--profile] [--levers] [--epoch-data DIR [--epoch-rounds R]]]
+        [--baseline REF [--rounds R] [--profile] [--levers] [--epoch-data DIR [--epoch-rounds R]
+        [--epoch-recipes so3,o2,so3-shipped,o2-shipped]]]
 """
 
 from __future__ import annotations
@@ -413,6 +414,11 @@ def baseline_main(args) -> int:
 
 EPOCH_FLAGS = {"so3": ["--group", "so3", "--widths", "48,96,192", "--max-freq", "2"],
                "o2": ["--group", "o2", "--widths", "32,64,128"]}
+#: the shipped models' training recipes (README, "Shipped models"): the plain ones plus their levers; only refs
+#: that have those flags (balanced sampler, ppf edge features, random-fps sampling) can run them
+_SHIPPED = ["--balance", "sampler", "--edge-features", "ppf", "--sampling", "random-fps"]
+EPOCH_FLAGS.update({"so3-shipped": EPOCH_FLAGS["so3"] + ["--rotate", "so3", "--eval-rotate", "so3"] + _SHIPPED,
+                    "o2-shipped": EPOCH_FLAGS["o2"] + ["--rotate", "z"] + _SHIPPED})
 
 
 def lever_rounds(args, rounds: int, repeats: int, tree: str) -> dict:
@@ -466,8 +472,9 @@ def epoch_rounds(args, trees: dict, sha: str) -> dict:
     import tempfile
 
     rows, ratios = [], {}
+    recipes = {name: EPOCH_FLAGS[name] for name in args.epoch_recipes.split(",")}
     for rnd in range(args.epoch_rounds):
-        for recipe, flags in EPOCH_FLAGS.items():
+        for recipe, flags in recipes.items():
             got = {}
             for which in (("ref", "new") if rnd % 2 == 0 else ("new", "ref")):
                 with tempfile.TemporaryDirectory() as tmp:
@@ -498,7 +505,8 @@ def epoch_rounds(args, trees: dict, sha: str) -> dict:
           "steps + norm re-estimation, validation excluded); old and new alternate.\n\n"
           + C.table(rows, [("round", "round"), ("recipe", "recipe"), ("tree", "tree"),
                            ("shapes_per_second", "shapes/s"), ("epoch_seconds", "epoch s")])
-          + "\n\n" + " ".join(f"{k}: {v:.2f}x." for k, v in speed.items()))
+          + "\n\n" + " ".join(f"{k}: {v:.2f}x." for k, v in speed.items())
+          + "\n\nRecipes: " + "; ".join(f"{k} = `{' '.join(v)}`" for k, v in recipes.items()) + ".")
     return {"rows": rows, "speedup": speed, "headline": headline, "markdown": md, "baseline_sha": sha}
 
 
@@ -518,8 +526,14 @@ def main() -> int:
     p.add_argument("--levers", action="store_true", help="--baseline: also time the shipped models' levers "
                    "(ppf edge features, random-fps sampling) against the plain recipes, on this tree")
     p.add_argument("--epoch-rounds", type=int, default=1, help="--epoch-data: alternating old/new rounds (default 1)")
+    p.add_argument("--epoch-recipes", default="so3,o2", help="--epoch-data: comma-separated recipes of "
+                   f"{', '.join(EPOCH_FLAGS)} (default so3,o2, the issue's; the -shipped ones need a ref that has "
+                   "their flags)")
     p.add_argument("--recipe-worker", help=C.argparse.SUPPRESS)
     args = p.parse_args()
+    unknown = set(args.epoch_recipes.split(",")) - set(EPOCH_FLAGS)
+    if unknown:
+        p.error(f"--epoch-recipes: unknown {', '.join(sorted(unknown))} (choose from {', '.join(EPOCH_FLAGS)})")
     if args.recipe_worker:
         spec = json.loads(args.recipe_worker)
         try:
