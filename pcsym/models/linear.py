@@ -127,8 +127,8 @@ def plan_columns(live: torch.Tensor, index: torch.Tensor) -> ColumnPlan | None:
                       None if torch.equal(order, torch.arange(len(order), device=dev)) else order, torch.cat(entries))
 
 
-def _term_expansion(weight: torch.Tensor) -> bool:
-    """Whether :class:`_Entries` expands this weight (not while tracing or scripting an export, not inside
+def _term_expansion() -> bool:
+    """Whether :class:`_Entries` expands the weights now (not while tracing or scripting an export, not inside
     :func:`pcsym.models.fused.torch_spelling`: FLOP counts see the per-pair products there)."""
     from . import fused
 
@@ -199,8 +199,10 @@ class EquivLinear(nn.Module):
         else:
             self.bias_expansion = None
             self.bias = None
-        with torch.no_grad():  # scale so that W has variance gain/fan_in, like torch's default
-            w = self._expand_weight()
+        # scale so that W has variance gain/fan_in, like torch's default; the torch spelling, as this runs once
+        # (the one-node expansion would build and keep terms for a layout training may never read)
+        with torch.no_grad():
+            w = self._flat_blocks().index_select(0, self.w_index)
             self.weight.mul_(math.sqrt(gain / max(self.in_size, 1)) / w.std().clamp_min(1e-12))
         self._cache = None
 
@@ -240,7 +242,7 @@ class EquivLinear(nn.Module):
 
     def _entries(self, index: torch.Tensor) -> torch.Tensor:
         """``_flat_blocks()[index]``: through :class:`_Entries` where it applies, else in torch."""
-        if _term_expansion(self.weight):
+        if _term_expansion():
             return _Entries.apply(self.weight, self._terms(index, self.weight.dtype))
         return self._flat_blocks().index_select(0, index)
 
