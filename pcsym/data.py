@@ -577,7 +577,7 @@ def load_dataset(
         raise PcsymError("no such dataset file or directory", path=path)
     if path.is_file():
         if path.suffix.lower() != ".npz":
-            raise PcsymError("not a dataset: expected a dataset folder or a .npz cache made by `pcsym prepare`", path=path)
+            raise PcsymError("not a dataset: expected a dataset folder or a .npz cache made by `pcsym data prepare`", path=path)
         data = _read_cache(path)
         if up_axis is not None and check_choice(up_axis, UP_AXES, "up axis") != data.up_axis:
             raise PcsymError(f"cache was prepared with --up-axis {data.up_axis}, not {up_axis}; prepare it again", path=path)

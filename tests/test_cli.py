@@ -46,6 +46,29 @@ def test_version_and_help():
         assert cmd in r.stdout
 
 
+def test_every_command_the_package_names_exists():
+    """Messages and docstrings that tell the user to run `pcsym X Y` name real commands (a message
+    once pointed to `pcsym prepare`, which is `pcsym data prepare`)."""
+    import re
+
+    import typer.main
+
+    root = typer.main.get_command(app)
+    package = Path(__file__).resolve().parents[1] / "pcsym"
+    named = set()
+    for src in package.rglob("*.py"):
+        named |= set(re.findall(r"`pcsym ((?:[a-z][a-z-]*)(?: [a-z][a-z-]*)*)", src.read_text()))
+    assert "data prepare" in named and "classify" in named
+    for words in sorted(named):
+        cmd = root
+        for word in words.split():
+            if not hasattr(cmd, "commands"):
+                break  # the rest are arguments (`pcsym train --data DIR ...`)
+            sub = cmd.commands.get(word)
+            assert sub is not None, f"`pcsym {words}`: no command {word!r}"
+            cmd = sub
+
+
 def test_help_imports_no_heavy_modules_and_bad_flags_exit_2():
     """The fast --help is a design property, pinned here without timing it: no torch, escnn, open3d,
     and none of rich's markdown stack (Typer's rich help formatter) is imported to print help."""
