@@ -23,7 +23,8 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--data", required=True)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--votes", type=int, default=1, help="also report z- and SO(3)-rotated accuracy with N-vote test-time voting")
-ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "protocols"))
+DEFAULT_OUT = Path(__file__).parent / "results" / "protocols"
+ap.add_argument("--out", default=str(DEFAULT_OUT))
 ap.add_argument("models", nargs="+")
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
@@ -73,6 +74,7 @@ for r in rows:
     lines.append(f"| {r['model']} | {r['group']} | {r['train_rotate']} | {r['epochs']} | {r['train_minutes']} | "
                  f"{r['params']:,} | " + " | ".join(cells) + " |")
 votes = f" --votes {args.votes}" if args.votes > 1 else ""
-lines += ["", f"Command: `python benchmarks/protocols.py --data {args.data}{votes} " + " ".join(args.models) + "`"]
+dest = "" if out == DEFAULT_OUT else f" --out {args.out}"  # re-running the line rewrites this file, not another
+lines += ["", f"Command: `python benchmarks/protocols.py --data {args.data}{votes}{dest} " + " ".join(args.models) + "`"]
 out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
