@@ -1,0 +1,119 @@
+"""How much of a validation figure comes from near-duplicates of training shapes?
+
+ModelNet's train split holds many near-copies of one model (chairs, monitors, sofas from the same
+source), so a validation split cut from it contains shapes that have a near twin among the training
+shapes, which the official test split has fewer of. For every validation shape this script finds the
+Chamfer distance to its nearest training shape of the same class (upright, as stored; ``--points``
+points of each cloud), splits the validation shapes into quartiles of that distance, and scores each
+model on each quartile (single pass, the model's own protocol rotation, the run's own split).
+
+Usage: python benchmarks/neardup.py --data DATASET MODEL:ROTATE[=LABEL] ...   e.g.  so3:so3 o2:z
+All models must share one split (seed and validation fraction). Writes benchmarks/results/neardup.{md,json}
+(or --out). Validation figures only; nothing here touches a test split.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pcsym.checkpoint import load_model, train_config_of
+from pcsym.data import load_dataset
+from pcsym.evaluate import predict
+from pcsym.splits import split_indices
+from pcsym.transforms import eval_dataset
+
+DEFAULT_OUT = Path(__file__).parent / "results" / "neardup"
+
+
+def nearest_train_distance(data, va, tr, points: int) -> np.ndarray:
+    """Symmetric Chamfer distance (mean squared nearest-point distance, both ways) from each validation
+    shape to its closest training shape of the same class."""
+    clouds = torch.as_tensor(np.asarray(data.points)[:, :points], dtype=torch.float32)
+    labels = np.asarray(data.labels)
+    out = np.empty(len(va))
+    for c in np.unique(labels[va]):
+        ti = tr[labels[tr] == c]
+        keys = clouds[ti]
+        for row in np.flatnonzero(labels[va] == c):
+            q = clouds[va[row]].expand(len(ti), -1, -1)
+            d = torch.cdist(q, keys).pow(2)
+            out[row] = float((d.min(2).values.mean(1) + d.min(1).values.mean(1)).min())
+    return out
+
+
+def accuracy(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    macc = np.mean([(pred[y == c] == c).mean() for c in np.unique(y)])
+    return float((pred == y).mean()), float(macc)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--points", type=int, default=256, help="points per cloud in the Chamfer distance")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("models", nargs="+")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+
+    data = None
+    rows, split_key, dist, quart = [], None, None, None
+    for spec in args.models:
+        name, _, label = spec.partition("=")
+        path, _, rotate = name.partition(":")
+        model, ckpt = load_model(path)
+        run = train_config_of(ckpt)
+        key = (run.seed, run.val_fraction)
+        if split_key is None:
+            split_key = key
+            data = load_dataset(args.data, points=model.cfg.points)
+            va = split_indices(data, "val", run.val_fraction, run.seed)
+            tr = split_indices(data, "train", run.val_fraction, run.seed)
+            dist = nearest_train_distance(data, va, tr, args.points)
+            edges = np.quantile(dist, [0.25, 0.5, 0.75])
+            quart = np.searchsorted(edges, dist, side="right")  # 0 = nearest quarter ... 3 = farthest
+        elif key != split_key:
+            raise SystemExit(f"{path}: split (seed, fraction) {key} differs from {split_key}")
+        probs, y = predict(model, eval_dataset(data, va, model.cfg.points, rotate or "none", run.seed))
+        pred, y = probs.argmax(1).numpy(), y.numpy()
+        row = {"model": label or name, "rotate": rotate or "none", "all": accuracy(pred, y)}
+        for q in range(4):
+            row[f"q{q + 1}"] = accuracy(pred[quart == q], y[quart == q])
+        row["far_half"] = accuracy(pred[quart >= 2], y[quart >= 2])
+        rows.append(row)
+        print(row, flush=True)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    edges = [float(e) for e in np.quantile(dist, [0.25, 0.5, 0.75])]
+    names = [str(n) for n in data.class_names]
+    labels_va = np.asarray(data.labels)[va]
+    mix = {names[c]: [int(((quart == q) & (labels_va == c)).sum()) for q in range(4)] for c in np.unique(labels_va)}
+    out.with_suffix(".json").write_text(json.dumps({"data": args.data, "points": args.points, "seed": split_key[0],
+                                                    "val_fraction": split_key[1], "n_val": int(len(dist)),
+                                                    "quartile_edges": edges, "class_counts_by_quarter": mix,
+                                                    "rows": rows}, indent=2))
+    cols = [("all", "all"), ("q1", "nearest quarter"), ("q2", "2nd"), ("q3", "3rd"), ("q4", "farthest quarter"),
+            ("far_half", "farther half")]
+    lines = [f"# Validation accuracy by distance to the nearest training shape ({len(dist)} held-out shapes of "
+             f"{args.data}, split seed {split_key[0]})", "",
+             f"Chamfer distance on {args.points} points per cloud, same class, upright; quartile edges "
+             + ", ".join(f"{e:.2e}" for e in edges) + ". Each cell: OA / mAcc, single pass.", "",
+             "| model | rotation | " + " | ".join(c for _, c in cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['rotate']} | "
+                     + " | ".join(f"{100 * r[k][0]:.1f} / {100 * r[k][1]:.1f}" for k, _ in cols) + " |")
+    lines += ["", "Shapes per class in each quarter (nearest to farthest): "
+              + "; ".join(f"{k} {'/'.join(map(str, v))}" for k, v in mix.items()) + "."]
+    dest = "" if out == DEFAULT_OUT else f" --out {args.out}"
+    lines += ["", f"Command: `python benchmarks/neardup.py --data {args.data} --points {args.points}{dest} "
+              + " ".join(args.models) + "`"]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

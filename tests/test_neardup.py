@@ -1,0 +1,56 @@
+"""benchmarks/neardup.py: the distance to the nearest training shape is a true symmetric Chamfer distance,
+taken over training shapes of the same class only, and the script writes its quartile table."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("neardup", ROOT / "benchmarks" / "neardup.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _chamfer(a, b):
+    d = ((a[:, None] - b[None]) ** 2).sum(-1)
+    return d.min(1).mean() + d.min(0).mean()
+
+
+def test_nearest_training_shape_distance_is_same_class_chamfer():
+    nd = _load()
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(7, 40, 3)).astype(np.float32)
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    pts[4] = pts[0]          # an exact copy of validation shape 0, but in another class: must not count
+    pts[2] = pts[1] + 0.01   # validation shape 1 has a near twin (shape 2) in its own class
+    va, tr = np.array([0, 1, 3]), np.array([2, 4, 5, 6])
+    got = nd.nearest_train_distance(SimpleNamespace(points=pts, labels=labels), va, tr, points=40)
+    want = [min(_chamfer(pts[v], pts[t]) for t in tr if labels[t] == labels[v]) for v in va]
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    assert got[0] > 0.1 and got[1] < 1e-3
+    assert nd.accuracy(np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1])) == (0.75, 0.75)
+
+
+def test_neardup_writes_the_quartile_table(tmp_path):
+    out = tmp_path / "nd"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "neardup.py"), "--data",
+                           str(ROOT / "sample_data" / "modelnet10_mini"), "--points", "32", "--out", str(out),
+                           "o2:z=o2"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.with_suffix(".json").read_text())
+    row = res["rows"][0]
+    n_q = [sum(v[q] for v in res["class_counts_by_quarter"].values()) for q in range(4)]
+    assert sum(n_q) == res["n_val"] and min(n_q) >= 1
+    assert row["model"] == "o2" and row["rotate"] == "z" and 0 <= row["far_half"][0] <= 1
+    # the whole split's OA is the quarters' OAs weighted by their sizes
+    assert abs(sum(row[f"q{q + 1}"][0] * n_q[q] for q in range(4)) / sum(n_q) - row["all"][0]) < 1e-9
+    assert f"--out {out}" in out.with_suffix(".md").read_text()
