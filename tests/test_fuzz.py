@@ -13,7 +13,6 @@ The mutation engine lives in scripts/fuzz_readers.py, which also runs longer cam
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import struct
@@ -25,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MESHES = Path(__file__).resolve().parents[2] / "shared" / "meshes"
 
-_spec = importlib.util.spec_from_file_location("fuzz_readers", ROOT / "scripts" / "fuzz_readers.py")
-fz = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fz)
+fz = load_script("scripts/fuzz_readers.py")
 
 SEED = 20240613
 N_MUTANTS = 400  # ~25 s on 2 cores: every (seed file, mutation) pair once, then random stacks

@@ -1,23 +1,14 @@
 """Smoke test of benchmarks/groups_report.py (a few seconds: two groups, 1 epoch of 1 step)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("groups_report", ROOT / "benchmarks" / "groups_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from .conftest import load_script
 
 
 def test_groups_report_quick(tmp_path):
-    gr = _load()
+    gr = load_script("benchmarks/groups_report.py")
     out = tmp_path / "rep"
     rc = gr.main(["--quick", "--groups", "trivial,so3", "--max-steps", "1", "--out", str(out)])
     assert rc == 0
@@ -36,6 +27,6 @@ def test_groups_report_quick(tmp_path):
 
 
 def test_groups_report_rejects_unknown_group():
-    gr = _load()
+    gr = load_script("benchmarks/groups_report.py")
     with pytest.raises(SystemExit):
         gr.parse_args(["--groups", "so4"])

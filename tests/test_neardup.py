@@ -1,7 +1,6 @@
 """benchmarks/neardup.py: the distance to the nearest training shape is a true symmetric Chamfer distance,
 taken over training shapes of the same class only, and the script writes its quartile table."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,14 +9,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("neardup", ROOT / "benchmarks" / "neardup.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _chamfer(a, b):
@@ -26,7 +20,7 @@ def _chamfer(a, b):
 
 
 def test_nearest_training_shape_distance_is_same_class_chamfer():
-    nd = _load()
+    nd = load_script("benchmarks/neardup.py")
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(7, 40, 3)).astype(np.float32)
     labels = np.array([0, 0, 0, 1, 1, 1, 1])

@@ -1,26 +1,16 @@
 """benchmarks/peers.py: the DGCNN and PointNet peers are real point-cloud classifiers (permutation
 invariant, trainable on pcsym's data pipeline), and a --quick run writes its table."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks" / "peers.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from .conftest import load_script
 
 
 def test_peers_are_permutation_invariant_classifiers():
-    peers = _load()
+    peers = load_script("benchmarks/peers.py")
     torch.manual_seed(0)
     pos = torch.randn(2, 64, 3)
     nrm = torch.nn.functional.normalize(torch.randn(2, 64, 3), dim=-1)
@@ -36,7 +26,7 @@ def test_peers_are_permutation_invariant_classifiers():
 
 
 def test_peers_quick_run_writes_its_table(sample_dataset, tmp_path, monkeypatch):
-    peers = _load()
+    peers = load_script("benchmarks/peers.py")
     monkeypatch.setattr(sys, "argv", ["peers.py", "--quick", "--data", str(sample_dataset), "--minutes", "0.2",
                                       "--train-rotations", "z", "--out", str(tmp_path)])
     assert peers.main() == 0
@@ -62,7 +52,7 @@ def test_pcsym_rows_count_cpu_time_where_the_run_recorded_it(tmp_path):
     that column fall back to wall time, and the row says which it used."""
     import csv
 
-    peers = _load()
+    peers = load_script("benchmarks/peers.py")
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"model": {"group": "so3"}, "train": {"rotate": "so3", "eval_rotate": "so3"}}))
