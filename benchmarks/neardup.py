@@ -20,7 +20,7 @@ import torch
 
 from pcsym.checkpoint import load_model, train_config_of
 from pcsym.data import load_dataset
-from pcsym.evaluate import predict
+from pcsym.evaluate import metrics_from_predictions, predict
 from pcsym.splits import split_indices
 from pcsym.transforms import eval_dataset
 
@@ -44,8 +44,10 @@ def nearest_train_distance(data, va, tr, points: int) -> np.ndarray:
 
 
 def accuracy(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    macc = np.mean([(pred[y == c] == c).mean() for c in np.unique(y)])
-    return float((pred == y).mean()), float(macc)
+    """(OA, mAcc over the classes present in ``y``), as ``pcsym evaluate`` computes them."""
+    classes = [str(c) for c in range(int(max(y.max(initial=0), pred.max(initial=0))) + 1)]
+    m = metrics_from_predictions(y, pred, classes)
+    return m["overall_accuracy"], m["mean_class_accuracy"]
 
 
 def main():
@@ -88,7 +90,7 @@ def main():
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    edges = [float(e) for e in np.quantile(dist, [0.25, 0.5, 0.75])]
+    edges = [float(e) for e in edges]
     names = [str(n) for n in data.class_names]
     labels_va = np.asarray(data.labels)[va]
     mix = {names[c]: [int(((quart == q) & (labels_va == c)).sum()) for q in range(4)] for c in np.unique(labels_va)}
