@@ -124,6 +124,12 @@ def test_fps_kernel_picks_the_same_points_as_torch_and_numpy(fresh, kind, monkey
     assert native.fps(bad, start.numpy(), 5) is None
     with pytest.raises(ValueError):
         native.fps(p, np.full(p.shape[0], p.shape[1]), 5)
+    lib, out = native._load(), np.empty((p.shape[0], 5), dtype=np.int64)  # the C checks themselves: code 2,
+    s_bad = np.full(p.shape[0], p.shape[1], dtype=np.int64)  # which the wrapper reads as ValueError
+    assert lib.pcsym_fps(p.ctypes.data, s_bad.ctypes.data, p.shape[0], p.shape[1], 5, out.ctypes.data, 1) == 2
+    s_ok = start.numpy().astype(np.int64)
+    assert lib.pcsym_fps(p.ctypes.data, s_ok.ctypes.data, p.shape[0], p.shape[1], p.shape[1] + 1,
+                         out.ctypes.data, 1) == 2
     monkeypatch.setenv("PCSYM_NATIVE", "off")  # no kernel: the callers' own loops, the same picks
     assert native.fps(p, start.numpy(), 5) is None
     np.testing.assert_array_equal(np_fps(p, 17), fps_order_torch(t, 17, start).numpy())

@@ -202,10 +202,13 @@ def fps(pos: np.ndarray, start: np.ndarray, m: int, threads: int = 1) -> np.ndar
         return None
     s = np.ascontiguousarray(start, dtype=np.int64)
     b, n, _ = p.shape
+    bad_args = f"fps: start must be (B,) indices in [0, {n}) and 0 <= m <= {n}"
     if s.shape != (b,) or not 0 <= m <= n or (b and (s.min() < 0 or s.max() >= n)):
-        raise ValueError(f"fps: start must be (B,) indices in [0, {n}) and 0 <= m <= {n}")
+        raise ValueError(bad_args)
     out = np.empty((b, m), dtype=np.int64)
     err = lib.pcsym_fps(p.ctypes.data, s.ctypes.data, b, n, m, out.ctypes.data, int(threads))
+    if err == 2:  # the C function's own size/start checks (unreachable after the ones above)
+        raise ValueError(bad_args)
     if err:
         raise MemoryError("fps: out of memory")
     return out
