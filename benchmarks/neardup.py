@@ -60,28 +60,29 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-
-    data = None
-    rows, split_key, dist, quart = [], None, None, None
+    models = []  # every model loaded and checked first: a mismatch stops the script before minutes of work
     for spec in args.models:
         name, _, label = spec.partition("=")
         path, _, rotate = name.partition(":")
         model, ckpt = load_model(path)
         run = train_config_of(ckpt)
-        key = (run.seed, run.val_fraction)
-        if split_key is None:
-            split_key = key
-            data = load_dataset(args.data, points=model.cfg.points)
-            va = split_indices(data, "val", run.val_fraction, run.seed)
-            tr = split_indices(data, "train", run.val_fraction, run.seed)
-            dist = nearest_train_distance(data, va, tr, args.points)
-            edges = np.quantile(dist, [0.25, 0.5, 0.75])
-            quart = np.searchsorted(edges, dist, side="right")  # 0 = nearest quarter ... 3 = farthest
-        elif key != split_key:
-            raise SystemExit(f"{path}: split (seed, fraction) {key} differs from {split_key}")
-        probs, y = predict(model, eval_dataset(data, va, model.cfg.points, rotate or "none", run.seed))
+        key = (run.seed, run.val_fraction, model.cfg.points)  # the clouds are loaded once, at one size
+        if models and key != models[0][0]:
+            raise SystemExit(f"{path}: split seed, fraction and points per cloud {key} differ from the first "
+                             f"model's {models[0][0]}: score them in separate runs")
+        models.append((key, model, label or name, rotate or "none"))
+
+    (seed, fraction, n_points), rows = models[0][0], []
+    data = load_dataset(args.data, points=n_points)
+    va = split_indices(data, "val", fraction, seed)
+    tr = split_indices(data, "train", fraction, seed)
+    dist = nearest_train_distance(data, va, tr, args.points)
+    edges = np.quantile(dist, [0.25, 0.5, 0.75])
+    quart = np.searchsorted(edges, dist, side="right")  # 0 = nearest quarter ... 3 = farthest
+    for _, model, label, rotate in models:
+        probs, y = predict(model, eval_dataset(data, va, n_points, rotate, seed))
         pred, y = probs.argmax(1).numpy(), y.numpy()
-        row = {"model": label or name, "rotate": rotate or "none", "all": accuracy(pred, y)}
+        row = {"model": label, "rotate": rotate, "all": accuracy(pred, y)}
         for q in range(4):
             row[f"q{q + 1}"] = accuracy(pred[quart == q], y[quart == q])
         row["far_half"] = accuracy(pred[quart >= 2], y[quart >= 2])
@@ -94,14 +95,14 @@ def main():
     names = [str(n) for n in data.class_names]
     labels_va = np.asarray(data.labels)[va]
     mix = {names[c]: [int(((quart == q) & (labels_va == c)).sum()) for q in range(4)] for c in np.unique(labels_va)}
-    out.with_suffix(".json").write_text(json.dumps({"data": args.data, "points": args.points, "seed": split_key[0],
-                                                    "val_fraction": split_key[1], "n_val": int(len(dist)),
+    out.with_suffix(".json").write_text(json.dumps({"data": args.data, "points": args.points, "seed": seed,
+                                                    "val_fraction": fraction, "n_val": int(len(dist)),
                                                     "quartile_edges": edges, "class_counts_by_quarter": mix,
                                                     "rows": rows}, indent=2))
     cols = [("all", "all"), ("q1", "nearest quarter"), ("q2", "2nd"), ("q3", "3rd"), ("q4", "farthest quarter"),
             ("far_half", "farther half")]
     lines = [f"# Validation accuracy by distance to the nearest training shape ({len(dist)} held-out shapes of "
-             f"{args.data}, split seed {split_key[0]})", "",
+             f"{args.data}, split seed {seed})", "",
              f"Chamfer distance on {args.points} points per cloud, same class, upright; quartile edges "
              + ", ".join(f"{e:.2e}" for e in edges) + ". Each cell: OA / mAcc, single pass.", "",
              "| model | rotation | " + " | ".join(c for _, c in cols) + " |", "|---|---|" + "---|" * len(cols)]

@@ -48,3 +48,25 @@ def test_neardup_writes_the_quartile_table(tmp_path):
     # the whole split's OA is the quarters' OAs weighted by their sizes
     assert abs(sum(row[f"q{q + 1}"][0] * n_q[q] for q in range(4)) / sum(n_q) - row["all"][0]) < 1e-9
     assert f"--out {out}" in out.with_suffix(".md").read_text()
+
+
+def test_neardup_refuses_a_model_that_reads_another_cloud_size(tmp_path):
+    """The clouds are loaded once, at the first model's point count: a later model with another count would
+    be scored on clouds of the wrong size, so the script stops with a one-line reason instead."""
+    import torch
+
+    from pcsym.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint("o2")
+    ckpt["model_config"] = {**ckpt["model_config"], "points": 512}
+    other = tmp_path / "o2_512.pt"
+    torch.save(ckpt, other)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "neardup.py"), "--data",
+                           str(ROOT / "sample_data" / "modelnet10_mini"), "--points", "32", "--out",
+                           str(tmp_path / "nd"), "o2:z=o2", f"{other}:z=o2-512"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (f"{other}: split seed, fraction and points per cloud "
+                                                    "(0, 0.2, 512) differ from the first model's (0, 0.2, 1024): "
+                                                    "score them in separate runs")
+    assert not (tmp_path / "nd.md").exists()
