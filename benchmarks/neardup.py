@@ -8,7 +8,7 @@ points of each cloud), splits the validation shapes into quartiles of that dista
 model on each quartile (single pass, the model's own protocol rotation, the run's own split).
 
 Usage: python benchmarks/neardup.py --data DATASET MODEL:ROTATE[=LABEL] ...   e.g.  so3:so3 o2:z
-All models must share one split (seed and validation fraction). Writes benchmarks/results/neardup.{md,json}
+All models must share one split (seed and validation fraction) and one cloud size. Writes benchmarks/results/neardup.{md,json}
 (or --out). Validation figures only; nothing here touches a test split.
 """
 import argparse

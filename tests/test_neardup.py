@@ -34,11 +34,16 @@ def test_nearest_training_shape_distance_is_same_class_chamfer():
     assert nd.accuracy(np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1])) == (0.75, 0.75)
 
 
+def _neardup(out, *models):
+    """The script on the shipped ModelNet10 sample, 32 points per cloud in the Chamfer distance."""
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "neardup.py"), "--data",
+                           str(ROOT / "sample_data" / "modelnet10_mini"), "--points", "32", "--out", str(out),
+                           *models], capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
 def test_neardup_writes_the_quartile_table(tmp_path):
     out = tmp_path / "nd"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "neardup.py"), "--data",
-                           str(ROOT / "sample_data" / "modelnet10_mini"), "--points", "32", "--out", str(out),
-                           "o2:z=o2"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = _neardup(out, "o2:z=o2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.with_suffix(".json").read_text())
     row = res["rows"][0]
@@ -61,10 +66,7 @@ def test_neardup_refuses_a_model_that_reads_another_cloud_size(tmp_path):
     ckpt["model_config"] = {**ckpt["model_config"], "points": 512}
     other = tmp_path / "o2_512.pt"
     torch.save(ckpt, other)
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "neardup.py"), "--data",
-                           str(ROOT / "sample_data" / "modelnet10_mini"), "--points", "32", "--out",
-                           str(tmp_path / "nd"), "o2:z=o2", f"{other}:z=o2-512"],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = _neardup(tmp_path / "nd", "o2:z=o2", f"{other}:z=o2-512")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (f"{other}: split seed, fraction and points per cloud "
                                                     "(0, 0.2, 512) differ from the first model's (0, 0.2, 1024): "
