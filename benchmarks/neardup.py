@@ -55,6 +55,7 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--points", type=int, default=256, help="points per cloud in the Chamfer distance")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--votes", type=int, default=1, help="predictions averaged over N augmented copies")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("models", nargs="+")
     args = ap.parse_args()
@@ -80,7 +81,7 @@ def main():
     edges = np.quantile(dist, [0.25, 0.5, 0.75])
     quart = np.searchsorted(edges, dist, side="right")  # 0 = nearest quarter ... 3 = farthest
     for _, model, label, rotate in models:
-        probs, y = predict(model, eval_dataset(data, va, n_points, rotate, seed))
+        probs, y = predict(model, eval_dataset(data, va, n_points, rotate, seed), votes=args.votes)
         pred, y = probs.argmax(1).numpy(), y.numpy()
         row = {"model": label, "rotate": rotate, "all": accuracy(pred, y)}
         for q in range(4):
@@ -96,7 +97,8 @@ def main():
     labels_va = np.asarray(data.labels)[va]
     mix = {names[c]: [int(((quart == q) & (labels_va == c)).sum()) for q in range(4)] for c in np.unique(labels_va)}
     out.with_suffix(".json").write_text(json.dumps({"data": args.data, "points": args.points, "seed": seed,
-                                                    "val_fraction": fraction, "n_val": int(len(dist)),
+                                                    "val_fraction": fraction, "votes": args.votes,
+                                                    "n_val": int(len(dist)),
                                                     "quartile_edges": edges, "class_counts_by_quarter": mix,
                                                     "rows": rows}, indent=2))
     cols = [("all", "all"), ("q1", "nearest quarter"), ("q2", "2nd"), ("q3", "3rd"), ("q4", "farthest quarter"),
@@ -104,7 +106,8 @@ def main():
     lines = [f"# Validation accuracy by distance to the nearest training shape ({len(dist)} held-out shapes of "
              f"{args.data}, split seed {seed})", "",
              f"Chamfer distance on {args.points} points per cloud, same class, upright; quartile edges "
-             + ", ".join(f"{e:.2e}" for e in edges) + ". Each cell: OA / mAcc, single pass.", "",
+             + ", ".join(f"{e:.2e}" for e in edges) + ". Each cell: OA / mAcc, "
+             + ("single pass." if args.votes == 1 else f"{args.votes} votes."), "",
              "| model | rotation | " + " | ".join(c for _, c in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for r in rows:
         lines.append(f"| {r['model']} | {r['rotate']} | "
@@ -112,6 +115,7 @@ def main():
     lines += ["", "Shapes per class in each quarter (nearest to farthest): "
               + "; ".join(f"{k} {'/'.join(map(str, v))}" for k, v in mix.items()) + "."]
     dest = "" if out == DEFAULT_OUT else f" --out {args.out}"
+    dest += "" if args.votes == 1 else f" --votes {args.votes}"
     lines += ["", f"Command: `python benchmarks/neardup.py --data {args.data} --points {args.points}{dest} "
               + " ".join(args.models) + "`"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -204,6 +204,7 @@ class TrainConfig(_Config):
     freeze_trunk: bool = False  # fine-tune: train only the head
     balance: str = "none"  # none | loss | sampler (see BALANCES)
     optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
+    ema: float = 0.0  # decay of the weights' moving average that is validated and saved (0 = off; pcsym.ema)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -228,6 +229,8 @@ class TrainConfig(_Config):
             raise PcsymError(f"--scale needs 0 < LOW <= HIGH, got '{','.join(f'{s:g}' for s in self.scale)}'")
         if not 0 <= self.point_dropout < 1 or not 0 < self.val_fraction < 1:
             raise PcsymError("--point-dropout must be in [0, 1) and --val-fraction in (0, 1)")
+        if not 0 <= self.ema < 1:
+            raise PcsymError(f"--ema must be in [0, 1) (0 = off; e.g. 0.999), got {self.ema:g}")
         if self.shards < 0:
             raise PcsymError("--shards must be 0 (one per CPU thread) or more")
         for name in ("epochs", "batch_size"):

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_weights, read_checkpoint, save_checkpoint
+from .ema import WeightAverage
 from .config import ModelConfig, TrainConfig
 from .distributed import World, rank_batches, setup, synchronise_norms
 from .errors import PcsymError
@@ -236,8 +237,9 @@ class RunState:
         return d
 
 
-def restore(last_path: Path, model, optimizer, scheduler) -> RunState:
-    """Load model, optimizer and scheduler from ``last.pt``; the run state to continue from."""
+def restore(last_path: Path, model, optimizer, scheduler, ema: WeightAverage | None = None) -> RunState:
+    """Load model, optimizer, scheduler (and the weight average) from ``last.pt``; the run state to continue
+    from. The model ends up holding the trained weights, the average in ``ema``."""
     if not last_path.exists():
         raise PcsymError("nothing to resume: no last.pt", path=last_path.parent)
     ckpt = read_checkpoint(last_path)
@@ -248,6 +250,10 @@ def restore(last_path: Path, model, optimizer, scheduler) -> RunState:
                          path=last_path.parent)
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
+    if ema is not None:
+        ema.load(ckpt["ema"])
+        if ema.swapped:  # saved at an epoch's end, the model holding the average
+            ema.swap()
     return RunState(epoch=int(ckpt["epoch"]), best=float(ckpt["best_val_acc"]),
                     history=list(ckpt.get("history", [])), partial=ckpt.get("partial"))
 
@@ -315,6 +321,7 @@ class Trainer:
                 raise PcsymError("--freeze-trunk needs --init MODEL (a trunk to keep)")
             self.model.blocks.requires_grad_(False)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.ema = WeightAverage(self.model, tcfg.ema) if tcfg.ema else None
         # foreach: the multi-tensor update, ~0.5 ms a step less on CPU than torch's per-tensor default and
         # the same bits (tests/test_training.py)
         if tcfg.optimizer == "sgd":
@@ -348,8 +355,10 @@ class Trainer:
     def _save_last(self, state: RunState) -> None:
         if not self.world.main:
             return
-        save_checkpoint(self.out / "last.pt", self.model, self.mcfg, state.extra(self.tcfg, self.optimizer,
-                                                                                   self.scheduler))
+        extra = state.extra(self.tcfg, self.optimizer, self.scheduler)
+        if self.ema is not None:
+            extra["ema"] = self.ema.state()
+        save_checkpoint(self.out / "last.pt", self.model, self.mcfg, extra)
 
     def run_epoch(self, epoch: int, state: RunState) -> dict:
         """Train one epoch (from ``state.partial``'s step when resuming mid-epoch), re-estimate the
@@ -389,10 +398,14 @@ class Trainer:
                 logits, loss = forward_backward(self.net, shards, pos, nrm, y, self.loss_fn)
                 self.optimizer.step()
                 self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update()
                 n, c, l = self.world_sum(len(y), int((logits.argmax(1) == y).sum()), float(loss.detach()) * len(y))
                 tot, correct, loss_sum = tot + n, correct + c, loss_sum + l
                 if self.on_step:
                     self.on_step(step + 1, self.steps_per_epoch, loss_sum / tot, correct / tot)
+        if self.ema is not None:  # norms, validation and this epoch's checkpoints: the average (run() swaps back)
+            self.ema.swap()
         recalibrate_norms(model, self.train_ds, min(tcfg.bn_batches, self.steps_per_epoch), tcfg.batch_size,
                           tcfg.seed, epoch, tcfg.workers, self.device, frozen=model.blocks if tcfg.freeze_trunk else None,
                           world=self.world, shards=self.shards)
@@ -446,7 +459,7 @@ class Trainer:
     def run(self, resume: bool = False) -> dict:
         state = RunState()
         if resume:
-            state = restore(self.out / "last.pt", self.model, self.optimizer, self.scheduler)
+            state = restore(self.out / "last.pt", self.model, self.optimizer, self.scheduler, self.ema)
         if self.world.main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.out / "config.json", json.dumps(
@@ -461,6 +474,8 @@ class Trainer:
         try:
             for epoch in range(state.epoch + 1, self.tcfg.epochs):
                 self.end_epoch(self.run_epoch(epoch, state), state)
+                if self.ema is not None:
+                    self.ema.swap()  # training goes on from the trained weights
             if self.world.main and (self.out / "best.pt").exists():
                 self.calibrate_unknown()
         except TrainingInterrupted:

@@ -323,7 +323,7 @@ def test_config_file_with_flag_override(tmp_path, sample_dataset):
                    "schedule: step\npoint_dropout: 0.3\nmax_freq: 2\n")
     out = tmp_path / "run"
     r = run("-q", "train", "--config", cfg, "--data", sample_dataset, "--out", out, "--group", "inv",
-            "--anisotropic-scale", "--scale", "0.9,1.1", "--jitter", "0", "--eval-rotate", "so3")
+            "--anisotropic-scale", "--scale", "0.9,1.1", "--jitter", "0", "--eval-rotate", "so3", "--ema", "0.9")
     assert r.exit_code == 0, r.output
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["group"] == "inv"  # the flag wins
@@ -331,7 +331,8 @@ def test_config_file_with_flag_override(tmp_path, sample_dataset):
     assert saved["model"]["max_freq"] == 2
     t = saved["train"]
     assert (t["schedule"], t["point_dropout"], t["anisotropic_scale"]) == ("step", 0.3, True)
-    assert (t["scale"], t["jitter"], t["eval_rotate"]) == ([0.9, 1.1], 0.0, "so3")
+    assert (t["scale"], t["jitter"], t["eval_rotate"], t["ema"]) == ([0.9, 1.1], 0.0, "so3", 0.9)
+    assert torch.load(out / "last.pt", weights_only=True)["ema"]["updates"] == 2
     for bad_flag, msg in ((["--schedule", "linear"], "unknown --schedule 'linear'"),
                           (["--scale", "1.2,0.8"], "--scale needs 0 < LOW <= HIGH"),
                           (["--eval-rotate", "x"], "unknown --eval-rotate 'x'"),

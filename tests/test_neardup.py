@@ -43,7 +43,7 @@ def _neardup(out, *models):
 
 def test_neardup_writes_the_quartile_table(tmp_path):
     out = tmp_path / "nd"
-    proc = _neardup(out, "o2:z=o2")
+    proc = _neardup(out, "--votes", "2", "o2:z=o2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.with_suffix(".json").read_text())
     row = res["rows"][0]
@@ -52,7 +52,8 @@ def test_neardup_writes_the_quartile_table(tmp_path):
     assert row["model"] == "o2" and row["rotate"] == "z" and 0 <= row["far_half"][0] <= 1
     # the whole split's OA is the quarters' OAs weighted by their sizes
     assert abs(sum(row[f"q{q + 1}"][0] * n_q[q] for q in range(4)) / sum(n_q) - row["all"][0]) < 1e-9
-    assert f"--out {out}" in out.with_suffix(".md").read_text()
+    md = out.with_suffix(".md").read_text()
+    assert res["votes"] == 2 and "OA / mAcc, 2 votes." in md and f"--out {out} --votes 2 o2:z=o2" in md
 
 
 def test_neardup_refuses_a_model_that_reads_another_cloud_size(tmp_path):

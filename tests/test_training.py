@@ -1,5 +1,7 @@
 """Training learns for real, and evaluation metrics agree with scikit-learn."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -30,9 +32,10 @@ def test_train_rejects_unusable_settings_before_touching_anything(tmp_path):
                      ({"scale": (1.2, 0.8)}, "--scale needs 0 < LOW <= HIGH, got '1.2,0.8'"),
                      ({"val_fraction": 1.0}, "--val-fraction in (0, 1)"),
                      ({"balance": "yes"}, "unknown --balance 'yes': use none, loss or sampler"),
-                     ({"optimizer": "adam"}, "unknown --optimizer 'adam': use adamw or sgd")):
+                     ({"optimizer": "adam"}, "unknown --optimizer 'adam': use adamw or sgd"),
+                     ({"ema": 1.0}, "--ema must be in [0, 1) (0 = off; e.g. 0.999), got 1")):
         out = tmp_path / "never"
-        with pytest.raises(PcsymError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(PcsymError, match=re.escape(msg)):
             train(ModelConfig(group="m"), TrainConfig(data=str(tmp_path / "missing"), out=str(out), **bad))
         assert not out.exists()
 
@@ -214,3 +217,75 @@ def test_trainer_optimiser_takes_the_multi_tensor_update_with_the_same_bits(samp
             tr.optimizer.step()
             single.step()
         assert all(torch.equal(p, q) for p, q in zip(params, twins))
+
+
+def test_weight_average_follows_its_formula_swaps_and_restores():
+    from pcsym.ema import WeightAverage
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[1].bias.requires_grad_(False)  # frozen parameters are not averaged
+    ema = WeightAverage(model, 0.75)
+    assert "1.bias" not in ema.names
+    expected = [p.detach().clone() for p in ema.params]
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update()
+        expected = [0.75 * e + 0.25 * p.detach() for e, p in zip(expected, ema.params)]
+    assert all(torch.allclose(s, e, atol=1e-6) for s, e in zip(ema.shadow, expected))
+    trained, average = [p.detach().clone() for p in ema.params], [s.clone() for s in ema.shadow]
+    ema.swap()
+    assert ema.swapped and all(torch.equal(p, a) for p, a in zip(ema.params, average))
+    with pytest.raises(RuntimeError, match="swap"):
+        ema.update()  # the model holds the average: training it would corrupt both
+    other = WeightAverage(model, 0.75)
+    other.load(ema.state())
+    assert other.swapped and other.updates == 3 and all(torch.equal(s, t) for s, t in zip(other.shadow, trained))
+    ema.swap()
+    assert all(torch.equal(p, t) for p, t in zip(ema.params, trained))
+    with pytest.raises(ValueError, match="does not match"):
+        WeightAverage(torch.nn.Linear(3, 4), 0.75).load(ema.state())
+
+
+def test_ema_run_saves_the_average_and_resumes_exactly(sample_dataset, tmp_path):
+    """--ema: last.pt/best.pt hold the average (not the trained weights), and a run stopped mid-epoch or
+    between epochs resumes to the same bits as an uninterrupted one."""
+    from pcsym.train import Trainer
+
+    mcfg = dict(group="so2", points=256, widths=(8, 16), strides=(2, 4), invariant_dims=16)
+    common = dict(data=str(sample_dataset), batch_size=8, seed=2, threads=1, epochs=3, max_steps=4, bn_batches=2,
+                  ema=0.8)
+
+    def trainer(name):
+        return Trainer(ModelConfig(**mcfg), TrainConfig(out=str(tmp_path / name), **common))
+
+    trainer("ref").run()
+    ref = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)
+    assert ref["ema"]["updates"] == 12 and ref["ema"]["swapped"]
+    trained = ref["ema"]["shadow"]  # the model holds the average; the trained weights wait beside it
+    assert not all(torch.equal(ref["state_dict"][n], w) for n, w in trained.items())
+    best = torch.load(tmp_path / "ref" / "best.pt", weights_only=False)
+    assert best["epoch"] <= 2 and set(trained) <= set(best["state_dict"])
+
+    for name, where in (("mid", "step"), ("between", "epoch")):
+        tr = trainer(name)
+        calls = []
+
+        def stop(*a, tr=tr, calls=calls):
+            calls.append(a)
+            if len(calls) == 6:  # after step 2 of epoch 2 (4 steps an epoch)
+                tr.stop = True
+
+        if where == "step":
+            tr.on_step = stop
+        else:
+            tr.on_epoch = lambda row, tr=tr: setattr(tr, "stop", row["epoch"] == 1)
+        assert tr.run()["interrupted"]
+        saved = torch.load(tmp_path / name / "last.pt", weights_only=False)
+        assert saved["ema"]["swapped"] is False and saved["partial"]["epoch"] == 1
+        trainer(name).run(resume=True)
+        got = torch.load(tmp_path / name / "last.pt", weights_only=False)
+        assert all(torch.equal(got["state_dict"][k], v) for k, v in ref["state_dict"].items()), name
+        assert all(torch.equal(got["ema"]["shadow"][k], v) for k, v in trained.items()), name

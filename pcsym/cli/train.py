@@ -68,6 +68,8 @@ def train(
     balance: str = typer.Option(_T.balance, "--balance",
                                 help=f"{' or '.join(BALANCES)}: class-weighted loss or class-balanced sampling "
                                      "of the training split."),
+    ema: float = typer.Option(_T.ema, "--ema", help="Validate and save a moving average of the weights with this "
+                                                    "decay per step (0 = off; e.g. 0.999)."),
     optimizer: str = typer.Option(_T.optimizer, "--optimizer", help=f"{' or '.join(OPTIMIZERS)} (SGD: momentum 0.9)."),
     init: Optional[str] = typer.Option(None, "--init", help="Fine-tune: start from this model's equivariant trunk "
                                                             "(shipped name so3/o2, checkpoint or run folder) with a "
