@@ -44,6 +44,13 @@ class WeightAverage:
             s.copy_(held)
         self.swapped = not self.swapped
 
+    @torch.no_grad()
+    def restart(self) -> None:
+        """Start the average afresh from the model's current weights."""
+        for p, s in zip(self.params, self.shadow):
+            s.copy_(p)
+        self.updates, self.swapped = 0, False
+
     def state(self) -> dict:
         """What a checkpoint needs to continue the run: the tensors the model does not hold now."""
         return {"decay": self.decay, "updates": self.updates, "swapped": self.swapped,

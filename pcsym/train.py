@@ -250,10 +250,17 @@ def restore(last_path: Path, model, optimizer, scheduler, ema: WeightAverage | N
                          path=last_path.parent)
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
-    if ema is not None:
-        ema.load(ckpt["ema"])
-        if ema.swapped:  # saved at an epoch's end, the model holding the average
-            ema.swap()
+    average = ckpt.get("ema")
+    if average is not None:
+        held = ema if ema is not None else WeightAverage(model, average["decay"])
+        try:
+            held.load(average)
+        except ValueError as e:  # e.g. --freeze-trunk changed: other parameters are trained
+            raise PcsymError(f"cannot resume: {e}", path=last_path.parent) from None
+        if held.swapped:  # saved at an epoch's end, the model holding the average: back to the trained weights
+            held.swap()
+    elif ema is not None:  # --ema given to a run trained without it: the average starts here
+        ema.restart()
     return RunState(epoch=int(ckpt["epoch"]), best=float(ckpt["best_val_acc"]),
                     history=list(ckpt.get("history", [])), partial=ckpt.get("partial"))
 

@@ -289,3 +289,23 @@ def test_ema_run_saves_the_average_and_resumes_exactly(sample_dataset, tmp_path)
         got = torch.load(tmp_path / name / "last.pt", weights_only=False)
         assert all(torch.equal(got["state_dict"][k], v) for k, v in ref["state_dict"].items()), name
         assert all(torch.equal(got["ema"]["shadow"][k], v) for k, v in trained.items()), name
+
+
+def test_resuming_with_ema_switched_on_or_off_continues_from_the_trained_weights(sample_dataset, tmp_path):
+    """--ema added to, or dropped from, a resumed run: training goes on from the trained weights (not the
+    average the last checkpoint's state_dict holds), and a new average starts from them."""
+    from pcsym.train import Trainer, restore
+
+    mcfg = dict(group="so2", points=256, widths=(8, 16), strides=(2, 4), invariant_dims=16)
+    common = dict(data=str(sample_dataset), batch_size=8, seed=2, threads=1, epochs=1, max_steps=3, bn_batches=2)
+    for ema_before, ema_after in ((0.8, 0.0), (0.0, 0.8)):
+        out = tmp_path / f"run_{ema_before}"
+        Trainer(ModelConfig(**mcfg), TrainConfig(out=str(out), ema=ema_before, **common)).run()
+        last = torch.load(out / "last.pt", weights_only=False)
+        tr = Trainer(ModelConfig(**mcfg), TrainConfig(out=str(out), ema=ema_after, **common))
+        restore(out / "last.pt", tr.model, tr.optimizer, tr.scheduler, tr.ema)
+        trained = last["ema"]["shadow"] if ema_before else last["state_dict"]
+        params = dict(tr.model.named_parameters())
+        assert all(torch.equal(params[n], w) for n, w in trained.items() if n in params)
+        if ema_after:
+            assert tr.ema.updates == 0 and all(torch.equal(s, p) for s, p in zip(tr.ema.shadow, tr.ema.params))
