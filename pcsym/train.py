@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from .checkpoint import load_weights, read_checkpoint, save_checkpoint
-from .ema import WeightAverage
 from .config import ModelConfig, TrainConfig
 from .distributed import World, rank_batches, setup, synchronise_norms
+from .ema import WeightAverage
 from .errors import PcsymError
 from .evaluate import evaluate_model
 from .files import atomic_write_bytes
