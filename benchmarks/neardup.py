@@ -5,7 +5,7 @@ source), so a validation split cut from it contains shapes that have a near twin
 shapes, which the official test split has fewer of. For every validation shape this script finds the
 Chamfer distance to its nearest training shape of the same class (upright, as stored; ``--points``
 points of each cloud), splits the validation shapes into quartiles of that distance, and scores each
-model on each quartile (single pass, the model's own protocol rotation, the run's own split).
+model on each quartile (single pass or ``--votes N``, the model's own protocol rotation, the run's own split).
 
 Usage: python benchmarks/neardup.py --data DATASET MODEL:ROTATE[=LABEL] ...   e.g.  so3:so3 o2:z
 All models must share one split (seed and validation fraction) and one cloud size. Writes benchmarks/results/neardup.{md,json}

@@ -34,11 +34,12 @@ def test_nearest_training_shape_distance_is_same_class_chamfer():
     assert nd.accuracy(np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1])) == (0.75, 0.75)
 
 
-def _neardup(out, *models):
-    """The script on the shipped ModelNet10 sample, 32 points per cloud in the Chamfer distance."""
+def _neardup(out, *args):
+    """The script on the shipped ModelNet10 sample, 32 points per cloud in the Chamfer distance; ``args``:
+    further options, then the models."""
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "neardup.py"), "--data",
                            str(ROOT / "sample_data" / "modelnet10_mini"), "--points", "32", "--out", str(out),
-                           *models], capture_output=True, text=True, timeout=600, cwd=ROOT)
+                           *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 
 def test_neardup_writes_the_quartile_table(tmp_path):

@@ -11,6 +11,9 @@ from pcsym.config import TrainConfig
 from pcsym.evaluate import metrics_from_predictions
 from pcsym.train import train
 
+#: the small so2 model the Trainer tests build (seconds per epoch on the sample data)
+TINY_MODEL = dict(group="so2", points=256, widths=(8, 16), strides=(2, 4), invariant_dims=16)
+
 
 def test_metrics_on_a_known_confusion():
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix
@@ -201,7 +204,7 @@ def test_trainer_optimiser_takes_the_multi_tensor_update_with_the_same_bits(samp
     from pcsym.train import Trainer
 
     for name in ("adamw", "sgd"):
-        tr = Trainer(ModelConfig(group="so2", points=256, widths=(8, 16), strides=(2, 4), invariant_dims=16),
+        tr = Trainer(ModelConfig(**TINY_MODEL),
                      TrainConfig(data=str(sample_dataset), out=str(tmp_path / name), optimizer=name, threads=1))
         assert tr.optimizer.defaults["foreach"] is True
         params = [p for p in tr.model.parameters() if p.requires_grad]
@@ -254,12 +257,11 @@ def test_ema_run_saves_the_average_and_resumes_exactly(sample_dataset, tmp_path)
     between epochs resumes to the same bits as an uninterrupted one."""
     from pcsym.train import Trainer
 
-    mcfg = dict(group="so2", points=256, widths=(8, 16), strides=(2, 4), invariant_dims=16)
     common = dict(data=str(sample_dataset), batch_size=8, seed=2, threads=1, epochs=3, max_steps=4, bn_batches=2,
                   ema=0.8)
 
     def trainer(name):
-        return Trainer(ModelConfig(**mcfg), TrainConfig(out=str(tmp_path / name), **common))
+        return Trainer(ModelConfig(**TINY_MODEL), TrainConfig(out=str(tmp_path / name), **common))
 
     trainer("ref").run()
     ref = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)
@@ -296,13 +298,12 @@ def test_resuming_with_ema_switched_on_or_off_continues_from_the_trained_weights
     average the last checkpoint's state_dict holds), and a new average starts from them."""
     from pcsym.train import Trainer, restore
 
-    mcfg = dict(group="so2", points=256, widths=(8, 16), strides=(2, 4), invariant_dims=16)
     common = dict(data=str(sample_dataset), batch_size=8, seed=2, threads=1, epochs=1, max_steps=3, bn_batches=2)
     for ema_before, ema_after in ((0.8, 0.0), (0.0, 0.8)):
         out = tmp_path / f"run_{ema_before}"
-        Trainer(ModelConfig(**mcfg), TrainConfig(out=str(out), ema=ema_before, **common)).run()
+        Trainer(ModelConfig(**TINY_MODEL), TrainConfig(out=str(out), ema=ema_before, **common)).run()
         last = torch.load(out / "last.pt", weights_only=False)
-        tr = Trainer(ModelConfig(**mcfg), TrainConfig(out=str(out), ema=ema_after, **common))
+        tr = Trainer(ModelConfig(**TINY_MODEL), TrainConfig(out=str(out), ema=ema_after, **common))
         restore(out / "last.pt", tr.model, tr.optimizer, tr.scheduler, tr.ema)
         trained = last["ema"]["shadow"] if ema_before else last["state_dict"]
         params = dict(tr.model.named_parameters())
