@@ -7,7 +7,8 @@ Chamfer distance to its nearest training shape of the same class (upright, as st
 points of each cloud), splits the validation shapes into quartiles of that distance, and scores each
 model on each quartile (single pass or ``--votes N``, the model's own protocol rotation, the run's own split).
 
-Usage: python benchmarks/neardup.py --data DATASET MODEL:ROTATE[=LABEL] ...   e.g.  so3:so3 o2:z
+Usage: python benchmarks/neardup.py --data DATASET MODEL[+MODEL...]:ROTATE[=LABEL] ...   e.g.  so3:so3 o2:z
+``a.pt+b.pt:so3`` scores an ensemble: the members' class probabilities averaged, same clouds and rotations.
 All models must share one split (seed and validation fraction) and one cloud size. Writes benchmarks/results/neardup.{md,json}
 (or --out). Validation figures only; nothing here touches a test split.
 """
@@ -64,14 +65,18 @@ def main():
     models = []  # every model loaded and checked first: a mismatch stops the script before minutes of work
     for spec in args.models:
         name, _, label = spec.partition("=")
-        path, _, rotate = name.partition(":")
-        model, ckpt = load_model(path)
-        run = train_config_of(ckpt)
-        key = (run.seed, run.val_fraction, model.cfg.points)  # the clouds are loaded once, at one size
-        if models and key != models[0][0]:
-            raise SystemExit(f"{path}: split seed, fraction and points per cloud {key} differ from the first "
-                             f"model's {models[0][0]}: score them in separate runs")
-        models.append((key, model, label or name, rotate or "none"))
+        paths, _, rotate = name.partition(":")
+        members = []  # a+b: an ensemble, its members' class probabilities averaged
+        for path in paths.split("+"):
+            model, ckpt = load_model(path)
+            run = train_config_of(ckpt)
+            key = (run.seed, run.val_fraction, model.cfg.points)  # the clouds are loaded once, at one size
+            first = models[0][0] if models else members[0][0] if members else key
+            if key != first:
+                raise SystemExit(f"{path}: split seed, fraction and points per cloud {key} differ from the first "
+                                 f"model's {first}: score them in separate runs")
+            members.append((key, model))
+        models.append((key, [m for _, m in members], label or name, rotate or "none"))
 
     (seed, fraction, n_points), rows = models[0][0], []
     data = load_dataset(args.data, points=n_points)
@@ -80,8 +85,10 @@ def main():
     dist = nearest_train_distance(data, va, tr, args.points)
     edges = np.quantile(dist, [0.25, 0.5, 0.75])
     quart = np.searchsorted(edges, dist, side="right")  # 0 = nearest quarter ... 3 = farthest
-    for _, model, label, rotate in models:
-        probs, y = predict(model, eval_dataset(data, va, n_points, rotate, seed), votes=args.votes)
+    for _, members, label, rotate in models:
+        probs, y = zip(*(predict(m, eval_dataset(data, va, n_points, rotate, seed), votes=args.votes)
+                         for m in members))  # every member sees the same rotated clouds
+        probs, y = sum(probs) / len(members), y[0]
         pred, y = probs.argmax(1).numpy(), y.numpy()
         row = {"model": label, "rotate": rotate, "all": accuracy(pred, y)}
         for q in range(4):

@@ -44,17 +44,20 @@ def _neardup(out, *args):
 
 def test_neardup_writes_the_quartile_table(tmp_path):
     out = tmp_path / "nd"
-    proc = _neardup(out, "--votes", "2", "o2:z=o2")
+    proc = _neardup(out, "--votes", "2", "o2:z=o2", "o2+o2:z=o2x2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.with_suffix(".json").read_text())
-    row = res["rows"][0]
+    row, pair = res["rows"]
+    # an ensemble of a model with itself sees the same clouds and rotations: the same figures
+    assert pair["model"] == "o2x2" and {k: v for k, v in pair.items() if k != "model"} == \
+        {k: v for k, v in row.items() if k != "model"}
     n_q = [sum(v[q] for v in res["class_counts_by_quarter"].values()) for q in range(4)]
     assert sum(n_q) == res["n_val"] and min(n_q) >= 1
     assert row["model"] == "o2" and row["rotate"] == "z" and 0 <= row["far_half"][0] <= 1
     # the whole split's OA is the quarters' OAs weighted by their sizes
     assert abs(sum(row[f"q{q + 1}"][0] * n_q[q] for q in range(4)) / sum(n_q) - row["all"][0]) < 1e-9
     md = out.with_suffix(".md").read_text()
-    assert res["votes"] == 2 and "OA / mAcc, 2 votes." in md and f"--out {out} --votes 2 o2:z=o2" in md
+    assert res["votes"] == 2 and "OA / mAcc, 2 votes." in md and f"--out {out} --votes 2 o2:z=o2 o2+o2:z=o2x2" in md
 
 
 def test_neardup_refuses_a_model_that_reads_another_cloud_size(tmp_path):
@@ -74,3 +77,5 @@ def test_neardup_refuses_a_model_that_reads_another_cloud_size(tmp_path):
                                                     "(0, 0.2, 512) differ from the first model's (0, 0.2, 1024): "
                                                     "score them in separate runs")
     assert not (tmp_path / "nd.md").exists()
+    proc = _neardup(tmp_path / "nd", f"o2+{other}:z=ensemble")  # the same holds inside an ensemble
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(f"{other}: split seed")
