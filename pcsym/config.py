@@ -205,6 +205,7 @@ class TrainConfig(_Config):
     balance: str = "none"  # none | loss | sampler (see BALANCES)
     optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
     ema: float = 0.0  # decay of the weights' moving average that is validated and saved (0 = off; pcsym.ema)
+    mix: float = 0.0  # probability that a training shape gets a part of another (point CutMix; pcsym.mix)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -231,6 +232,8 @@ class TrainConfig(_Config):
             raise PcsymError("--point-dropout must be in [0, 1) and --val-fraction in (0, 1)")
         if not 0 <= self.ema < 1:
             raise PcsymError(f"--ema must be in [0, 1) (0 = off; e.g. 0.999), got {self.ema:g}")
+        if not 0 <= self.mix <= 1:
+            raise PcsymError(f"--mix must be in [0, 1] (the probability a training shape is mixed), got {self.mix:g}")
         if self.shards < 0:
             raise PcsymError("--shards must be 0 (one per CPU thread) or more")
         for name in ("epochs", "batch_size"):

@@ -30,6 +30,7 @@ from .ema import WeightAverage
 from .errors import PcsymError
 from .evaluate import evaluate_model
 from .files import atomic_write_bytes
+from .mix import mix_generator, point_cutmix
 from .shards import Shards, forward, forward_backward
 
 #: the validation figure each ``--select`` choice compares (keys of a metrics row)
@@ -400,9 +401,13 @@ class Trainer:
                                      "cpu_seconds": time.process_time() - c0}
                     self._save_last(state)
                     raise TrainingInterrupted()
-                pos, nrm, y = pos.to(self.device), nrm.to(self.device), y.to(self.device)
+                target = y  # --mix: soft targets of mixed shapes (the accuracy still counts y, the base shape's class)
+                if tcfg.mix:
+                    pos, nrm, target = point_cutmix(pos, nrm, y, self.mcfg.num_classes, tcfg.mix,
+                                                    mix_generator(tcfg.seed, epoch, step, self.world.rank))
+                pos, nrm, y, target = (t.to(self.device) for t in (pos, nrm, y, target))
                 self.optimizer.zero_grad(set_to_none=True)
-                logits, loss = forward_backward(self.net, shards, pos, nrm, y, self.loss_fn)
+                logits, loss = forward_backward(self.net, shards, pos, nrm, target, self.loss_fn)
                 self.optimizer.step()
                 self.scheduler.step()
                 if self.ema is not None:

@@ -36,7 +36,8 @@ def test_train_rejects_unusable_settings_before_touching_anything(tmp_path):
                      ({"val_fraction": 1.0}, "--val-fraction in (0, 1)"),
                      ({"balance": "yes"}, "unknown --balance 'yes': use none, loss or sampler"),
                      ({"optimizer": "adam"}, "unknown --optimizer 'adam': use adamw or sgd"),
-                     ({"ema": 1.0}, "--ema must be in [0, 1) (0 = off; e.g. 0.999), got 1")):
+                     ({"ema": 1.0}, "--ema must be in [0, 1) (0 = off; e.g. 0.999), got 1"),
+                     ({"mix": 1.5}, "--mix must be in [0, 1] (the probability a training shape is mixed), got 1.5")):
         out = tmp_path / "never"
         with pytest.raises(PcsymError, match=re.escape(msg)):
             train(ModelConfig(group="m"), TrainConfig(data=str(tmp_path / "missing"), out=str(out), **bad))
@@ -146,15 +147,16 @@ def test_balanced_sampler_draws_classes_equally_and_is_seeded(sample_dataset):
 
 
 def test_training_with_the_accuracy_levers(sample_dataset, tmp_path):
-    """SGD, a class-weighted loss or balanced sampling, and point-pair edge features together: short runs
-    train (finite, falling loss), use SGD's momentum, and save models whose config rebuilds them."""
+    """SGD, a class-weighted loss or balanced sampling, point CutMix's soft targets and point-pair edge
+    features together: short runs train (finite, falling loss), use SGD's momentum, and save models whose
+    config rebuilds them."""
     import torch
 
     from pcsym.checkpoint import read_checkpoint
 
     mcfg = dict(group="so2", points=256, widths=(12, 16), strides=(2, 4), invariant_dims=16, edge_features="ppf")
     common = dict(data=str(sample_dataset), batch_size=16, seed=1, threads=2, rotate="z", eval_rotate="z",
-                  optimizer="sgd", lr=0.05, bn_batches=2, epochs=3)
+                  optimizer="sgd", lr=0.05, bn_batches=2, epochs=3, mix=0.5)
     for balance in ("loss", "sampler"):
         out = tmp_path / balance
         summary = train(ModelConfig(**mcfg), TrainConfig(out=str(out), balance=balance, **common))
@@ -164,7 +166,7 @@ def test_training_with_the_accuracy_levers(sample_dataset, tmp_path):
         assert "momentum_buffer" in next(iter(last["optimizer"]["state"].values()))
         ckpt = read_checkpoint(out / "best.pt")
         assert ckpt["model_config"]["edge_features"] == "ppf"
-        assert ckpt["train_config"]["balance"] == balance
+        assert ckpt["train_config"]["balance"] == balance and ckpt["train_config"]["mix"] == 0.5
 
 
 def test_prefetch_yields_the_loaders_batches_in_order_and_stops_cleanly(sample_dataset):
@@ -254,11 +256,12 @@ def test_weight_average_follows_its_formula_swaps_and_restores():
 
 def test_ema_run_saves_the_average_and_resumes_exactly(sample_dataset, tmp_path):
     """--ema: last.pt/best.pt hold the average (not the trained weights), and a run stopped mid-epoch or
-    between epochs resumes to the same bits as an uninterrupted one."""
+    between epochs resumes to the same bits as an uninterrupted one (with --mix too: its draws are seeded
+    by the step)."""
     from pcsym.train import Trainer
 
     common = dict(data=str(sample_dataset), batch_size=8, seed=2, threads=1, epochs=3, max_steps=4, bn_batches=2,
-                  ema=0.8)
+                  ema=0.8, mix=0.5)
 
     def trainer(name):
         return Trainer(ModelConfig(**TINY_MODEL), TrainConfig(out=str(tmp_path / name), **common))

@@ -70,6 +70,8 @@ def train(
                                      "of the training split."),
     ema: float = typer.Option(_T.ema, "--ema", help="Validate and save a moving average of the weights with this "
                                                     "decay per step (0 = off; e.g. 0.999)."),
+    mix: float = typer.Option(_T.mix, "--mix", help="Probability that a training shape gets a ball of another "
+                                                    "shape's points, with a soft target (point CutMix; 0 = off)."),
     optimizer: str = typer.Option(_T.optimizer, "--optimizer", help=f"{' or '.join(OPTIMIZERS)} (SGD: momentum 0.9)."),
     init: Optional[str] = typer.Option(None, "--init", help="Fine-tune: start from this model's equivariant trunk "
                                                             "(shipped name so3/o2, checkpoint or run folder) with a "
