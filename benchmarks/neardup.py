@@ -62,7 +62,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    models = []  # every model loaded and checked first: a mismatch stops the script before minutes of work
+    models, first = [], None  # every model loaded and checked first: a mismatch stops the script before minutes of work
     for spec in args.models:
         name, _, label = spec.partition("=")
         paths, _, rotate = name.partition(":")
@@ -71,23 +71,23 @@ def main():
             model, ckpt = load_model(path)
             run = train_config_of(ckpt)
             key = (run.seed, run.val_fraction, model.cfg.points)  # the clouds are loaded once, at one size
-            first = models[0][0] if models else members[0][0] if members else key
+            first = first or key
             if key != first:
                 raise SystemExit(f"{path}: split seed, fraction and points per cloud {key} differ from the first "
                                  f"model's {first}: score them in separate runs")
-            members.append((key, model))
-        models.append((key, [m for _, m in members], label or name, rotate or "none"))
+            members.append(model)
+        models.append((members, label or name, rotate or "none"))
 
-    (seed, fraction, n_points), rows = models[0][0], []
+    (seed, fraction, n_points), rows = first, []
     data = load_dataset(args.data, points=n_points)
     va = split_indices(data, "val", fraction, seed)
     tr = split_indices(data, "train", fraction, seed)
     dist = nearest_train_distance(data, va, tr, args.points)
     edges = np.quantile(dist, [0.25, 0.5, 0.75])
     quart = np.searchsorted(edges, dist, side="right")  # 0 = nearest quarter ... 3 = farthest
-    for _, members, label, rotate in models:
-        probs, y = zip(*(predict(m, eval_dataset(data, va, n_points, rotate, seed), votes=args.votes)
-                         for m in members))  # every member sees the same rotated clouds
+    for members, label, rotate in models:
+        ds = eval_dataset(data, va, n_points, rotate, seed)  # every member sees the same rotated clouds
+        probs, y = zip(*(predict(m, ds, votes=args.votes) for m in members))
         probs, y = sum(probs) / len(members), y[0]
         pred, y = probs.argmax(1).numpy(), y.numpy()
         row = {"model": label, "rotate": rotate, "all": accuracy(pred, y)}

@@ -24,17 +24,16 @@ def point_cutmix(pos: torch.Tensor, normals: torch.Tensor | None, labels: torch.
                  prob: float, gen: torch.Generator):
     """(pos, normals, target): the mixed batch (B, N, 3) and soft targets (B, num_classes)."""
     b, n, _ = pos.shape
-    target = torch.nn.functional.one_hot(labels, num_classes).to(pos.dtype)
+    one_hot = torch.nn.functional.one_hot(labels, num_classes).to(pos.dtype)
     chosen = torch.rand(b, generator=gen) < prob
     partner = torch.randperm(b, generator=gen)
     keep = torch.rand(b, generator=gen)
     centres = torch.randint(n, (b, 2), generator=gen)
     if not chosen.any():
-        return pos, normals, target
-    pos, target = pos.clone(), target.clone()
+        return pos, normals, one_hot
+    src_pos, src_nrm = pos, normals  # the batch as it came: partners give their original points
+    pos, target = pos.clone(), one_hot.clone()
     normals = None if normals is None else normals.clone()
-    src_pos = pos.clone()
-    src_nrm = None if normals is None else normals.clone()
     for i in torch.nonzero(chosen).flatten().tolist():
         j = int(partner[i])
         m = n - int(round(float(keep[i]) * n))
@@ -47,5 +46,5 @@ def point_cutmix(pos: torch.Tensor, normals: torch.Tensor | None, labels: torch.
         if normals is not None:
             normals[i, out] = src_nrm[j, inn]
         r = 1.0 - m / n
-        target[i] = r * target[i] + (1 - r) * torch.nn.functional.one_hot(labels[j], num_classes).to(pos.dtype)
+        target[i] = r * one_hot[i] + (1 - r) * one_hot[j]
     return pos, normals, target
