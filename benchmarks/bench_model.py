@@ -61,7 +61,11 @@ def make_batch(b: int, n: int, seed: int = 0):
 def edge_count(model, n: int, k: int) -> int:
     """Number of kNN edges (query points x neighbours) over all blocks for n input points."""
     total, n_in = 0, n
-    sizes = model.cfg.layer_points(n) if hasattr(model.cfg, "layer_points") else model.layer_points(n)  # older refs
+    cfg = model.cfg
+    if hasattr(cfg, "block_points"):
+        sizes = [m for m, _ in cfg.block_points(n)]
+    else:  # older refs
+        sizes = cfg.layer_points(n) if hasattr(cfg, "layer_points") else model.layer_points(n)
     for n_out in sizes:
         total += n_out * min(k, n_in)
         n_in = n_out

@@ -123,6 +123,10 @@ class ModelConfig(_Config):
     head_dims: int = 128
     dropout: float = 0.3
     edge_features: str = "none"  # none | ppf (see EDGE_FEATURES)
+    #: steerable blocks per stage (one value: every stage): the first downsamples, the other depth - 1 are
+    #: residual blocks on the stage's own points (f <- f + block(f), an identity shortcut between fields
+    #: of the same type)
+    depth: tuple[int, ...] = (1,)
 
     @property
     def num_classes(self) -> int:
@@ -135,6 +139,17 @@ class ModelConfig(_Config):
             n = max(1, n // s)
             sizes.append(n)
         return sizes
+
+    def block_points(self, n: int | None = None) -> list[tuple[int, bool]]:
+        """(points kept, residual?) of every steerable block in order, the invariant layer last:
+        each stage of :meth:`layer_points` is one downsampling block and ``depth - 1`` residual blocks."""
+        sizes = self.layer_points(n)
+        plan = [(m, r > 0) for m, d in zip(sizes[:-1], self.stage_depths()) for r in range(d)]
+        return plan + [(sizes[-1], False)]
+
+    def stage_depths(self) -> tuple[int, ...]:
+        """Steerable blocks of each stage (``depth``, one value repeated for every stage)."""
+        return tuple(self.depth) * len(self.widths) if len(self.depth) == 1 else tuple(self.depth)
 
     @classmethod
     def parse(cls, name: str, value):
@@ -161,6 +176,9 @@ class ModelConfig(_Config):
             raise PcsymError("widths and strides must have the same length")
         if self.k < 1:
             raise PcsymError("k must be at least 1")
+        if len(self.depth) not in (1, len(self.widths)) or min(self.depth, default=0) < 1:
+            raise PcsymError(f"depth must be one count of steerable blocks per stage (or one for all), each at "
+                             f"least 1, got {','.join(map(str, self.depth))}")
         if self.estimated_normals < 0:
             raise PcsymError(f"estimated_normals must be 0 or a point count, got {self.estimated_normals}")
         n = self.points
@@ -244,7 +262,8 @@ class TrainConfig(_Config):
 
 #: model settings that shape the equivariant trunk: a fine-tuned run takes them from its --init model
 TRUNK_FIELDS = ("group", "kernel", "widths", "strides", "invariant_dims", "max_freq", "kernel_dims", "kernel_layers",
-                "lmax", "n_radial", "use_normals", "use_positions", "edge_features")
+                "lmax", "n_radial", "use_normals", "use_positions", "edge_features",
+                "depth")
 
 #: settings a resumed run does not take from its saved config: where to read and write, the machine
 MACHINE_SETTINGS = ("data", "out", "device", "threads", "shards", "workers")

@@ -242,8 +242,9 @@ class NumpyClassifier:
         feat = np.concatenate(feats + [np.ones_like(pos[..., :1])], axis=-1)
         order = sampling_order(pos, self.cfg.sampling, self.a["sizes"], orders[vote])[..., None]
         pos, feat, normals = (np.take_along_axis(x, order, axis=1) for x in (pos, feat, normals))
-        for i, n in enumerate(self.a["sizes"]):
-            pos, feat = self._block(i, pos, feat, int(n), normals)
+        for i, (n, residual) in enumerate(self.cfg.block_points()):
+            pos, out = self._block(i, pos, feat, n, normals)
+            feat = feat + out if residual else out
             normals = normals[:, : int(n)]
         features = np.concatenate([feat.max(1), feat.mean(1)], axis=-1)
         x = elu(self._linear(features, "head.0") * self.a["head.bn.scale"] + self.a["head.bn.shift"])

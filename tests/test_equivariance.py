@@ -252,3 +252,55 @@ def test_farthest_point_sampling_models_are_invariant_end_to_end_and_export(samp
         with torch.no_grad():
             want = model(pf, nf, vote=v).numpy()
         assert np.abs(net(pf.numpy(), nf.numpy(), vote=v) - want).max() < 1e-5 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("name", ["so3", "o2", "m"])
+def test_residual_blocks_keep_the_model_invariant_and_export(name, tmp_path):
+    """--depth 2: a residual block (f + block(f)) on each stage's own points after the downsampling one.
+    Every layer stays equivariant, the shortcut changes what the model computes, and the numpy runtime
+    reproduces it."""
+    from pcsym.export import export_model
+    from pcsym.runtime import NumpyClassifier
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(group=name, points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16, depth=(2,),
+                      edge_features="ppf", sampling="random-fps", class_names=[str(i) for i in range(5)])
+    assert cfg.block_points() == [(128, False), (128, True), (32, False), (32, True), (32, False)]
+    model = build_model(cfg)
+    assert len(model.blocks) == 5
+    rows = check_model(model, *_cloud(), n_random=2)
+    assert any(r.in_group for r in rows)
+    for r in rows:
+        if r.in_group:
+            assert len(r.layers) == 5 and r.worst_rel < 1e-9, (r.element, r.logits_rel, r.layers)
+    model.float().train()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        p2, n2 = (torch.stack([a, b]).float() for a, b in zip(_cloud(seed=1), _cloud(seed=2)))
+        model(p2, n2)
+    model.eval()
+    p, n = (x[None].float() for x in _cloud(seed=5))
+    with torch.no_grad():
+        ref = model(p, n).numpy()
+        shortcut = type(model.blocks[1]).forward
+        try:  # drop the residual blocks' convolution: the logits must change
+            type(model.blocks[1]).forward = lambda self, ps, f, m, nr=None: (ps[:, :m], torch.zeros_like(f[:, :m])) \
+                if self in (model.blocks[1], model.blocks[3]) else shortcut(self, ps, f, m, nr)
+            skipped = model(p, n).numpy()
+        finally:
+            type(model.blocks[1]).forward = shortcut
+    assert np.abs(ref - skipped).max() > 1e-4
+    net = NumpyClassifier(export_model(model, tmp_path / "m.npz", "numpy"))
+    assert net.cfg.depth == (2,)
+    out = net(p.numpy(), n.numpy())
+    assert np.abs(out - ref).max() < 1e-5 * max(1.0, np.abs(ref).max())
+
+
+def test_depth_counts_blocks_per_stage():
+    from pcsym.errors import PcsymError
+
+    for bad in ((0,), (1, 2), (1, 0, 2)):
+        with pytest.raises(PcsymError, match="depth must be one count of steerable blocks per stage"):
+            ModelConfig(depth=bad, class_names=["a"]).validate()
+    assert ModelConfig().block_points(1024) == [(512, False), (128, False), (32, False), (32, False)]
+    assert ModelConfig(depth=(1, 2, 2)).block_points(1024) == [(512, False), (128, False), (128, True), (32, False),
+                                                               (32, True), (32, False)]

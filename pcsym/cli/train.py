@@ -65,6 +65,9 @@ def train(
     edge_features: str = typer.Option(_M.edge_features, "--edge-features",
                                       help=f"{' or '.join(EDGE_FEATURES)}: ppf feeds the point-pair invariants "
                                            "n_i.n_j, n_i.d, n_j.d of every edge to the kernel MLP (needs normals)."),
+    depth: str = typer.Option(_csv(_M.depth), "--depth", help="Steerable blocks per stage (one value, or one per "
+                                                             "stage): the first downsamples, the others are "
+                                                             "residual blocks on the stage's points."),
     balance: str = typer.Option(_T.balance, "--balance",
                                 help=f"{' or '.join(BALANCES)}: class-weighted loss or class-balanced sampling "
                                      "of the training split."),

@@ -1,5 +1,7 @@
 """The equivariant point-cloud classifier: steerable conv blocks -> invariant layer -> pooling -> MLP.
 
+With ``depth`` > 1, each stage adds residual blocks on its own points after the downsampling one.
+
 Downsampling uses one point *order* per cloud (:func:`pcsym.graph.sampling_order`: random,
 farthest-point, or random then farthest-point); layer l keeps the first N_l points of it and
 convolves over the k nearest of the previous layer's points. A cloud and its transformed copy
@@ -69,10 +71,11 @@ class EquivariantClassifier(nn.Module):
         self.in_reps = in_reps
         blocks = []
         reps = in_reps
-        for width in cfg.widths:
+        for width, depth in zip(cfg.widths, cfg.stage_depths()):
             pre, act, kind = channel_types(group, channels_for(group, width))
-            blocks.append(SteerableBlock(cfg, group, reps, pre, act, kind))
-            reps = act
+            for _ in range(depth):  # a downsampling block, then residual blocks (act -> act)
+                blocks.append(SteerableBlock(cfg, group, reps, pre, act, kind))
+                reps = act
         inv = [group.trivial] * cfg.invariant_dims
         blocks.append(SteerableBlock(cfg, group, reps, inv, inv, "regular"))
         self.blocks = nn.ModuleList(blocks)
@@ -111,13 +114,14 @@ class EquivariantClassifier(nn.Module):
         """The equivariant trunk on points already in sampling order: the pooled invariant features
         (B, D) the head takes. ``normals`` (same order) are needed by models with edge features;
         ``outs``, when given, receives each block's :class:`LayerOutput`."""
-        sizes = self.cfg.layer_points(pos.shape[1])
+        plan = self.cfg.block_points(pos.shape[1])
         if self.cfg.edge_features == "none":
             normals = None
         elif normals is None:
             raise ValueError("a model with edge features needs the points' normals")
-        for i, (block, n) in enumerate(zip(self.blocks, sizes)):
-            pos, feat = block(pos, feat, n, normals)
+        for i, (block, (n, residual)) in enumerate(zip(self.blocks, plan)):
+            pos, out = block(pos, feat, n, normals)
+            feat = feat + out if residual else out
             normals = None if normals is None else normals[:, :n]
             if outs is not None:
                 last = i == len(self.blocks) - 1
