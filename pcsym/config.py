@@ -77,7 +77,8 @@ class _Config:
         flag = "--" + name.replace("_", "-")
         try:
             if typing.get_origin(hint) is tuple:
-                items = value.split(",") if isinstance(value, str) else list(value)
+                items = value.split(",") if isinstance(value, str) else \
+                    list(value) if isinstance(value, (list, tuple)) else [value]  # a config file's `depth: 2`
                 return tuple(args[0](x) for x in items)
             if hint is bool:
                 if isinstance(value, str):

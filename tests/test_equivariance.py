@@ -302,5 +302,7 @@ def test_depth_counts_blocks_per_stage():
         with pytest.raises(PcsymError, match="depth must be one count of steerable blocks per stage"):
             ModelConfig(depth=bad, class_names=["a"]).validate()
     assert ModelConfig().block_points(1024) == [(512, False), (128, False), (32, False), (32, False)]
+    # a flag's string, a config file's list or scalar (`depth: 2`) all read as a tuple
+    assert [ModelConfig.parse("depth", v) for v in ("1,2,2", [1, 2, 2], 2)] == [(1, 2, 2), (1, 2, 2), (2,)]
     assert ModelConfig(depth=(1, 2, 2)).block_points(1024) == [(512, False), (128, False), (128, True), (32, False),
                                                                (32, True), (32, False)]
