@@ -263,8 +263,7 @@ class TrainConfig(_Config):
 
 #: model settings that shape the equivariant trunk: a fine-tuned run takes them from its --init model
 TRUNK_FIELDS = ("group", "kernel", "widths", "strides", "invariant_dims", "max_freq", "kernel_dims", "kernel_layers",
-                "lmax", "n_radial", "use_normals", "use_positions", "edge_features",
-                "depth")
+                "lmax", "n_radial", "use_normals", "use_positions", "edge_features", "depth")
 
 #: settings a resumed run does not take from its saved config: where to read and write, the machine
 MACHINE_SETTINGS = ("data", "out", "device", "threads", "shards", "workers")
