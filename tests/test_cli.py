@@ -476,7 +476,11 @@ def test_train_refuses_bad_accuracy_lever_flags(tmp_path):
     for args, msg in ((["--balance", "yes"], "unknown --balance 'yes': use none, loss or sampler"),
                       (["--optimizer", "adam"], "unknown --optimizer 'adam': use adamw or sgd"),
                       (["--edge-features", "ppf", "--kernel", "basis"],
-                       "edge features 'ppf' need the implicit kernel and normals")):
+                       "edge features 'ppf' need the implicit kernel and normals"),
+                      (["--depth", "1,2"], "depth must be one count of steerable blocks per stage (or one for all), "
+                                           "each at least 1, got 1,2"),
+                      (["--depth", "0"], "each at least 1, got 0"),
+                      (["--depth", "two"], "--depth must be comma-separated numbers, got 'two'")):
         out = tmp_path / "never"
         r = run("train", "--data", MINI, "--out", out, *args)
         assert r.exit_code == 2 and msg in r.stderr, (args, r.output)
