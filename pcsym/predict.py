@@ -82,6 +82,20 @@ def max_votes(cfg) -> int:
     return 1 if cfg.sampling == "fps" else VOTE_ORDERS
 
 
+def file_kind(path: Path) -> str:
+    """"numpy" (an .npz export), "torchscript" or "checkpoint", by the suffix or, under another name,
+    by the zip's contents: an export saved as ``model.bin`` loads as what it is."""
+    import zipfile
+
+    if path.suffix in (".npz", ".ts") or not path.is_file() or not zipfile.is_zipfile(path):
+        return {".npz": "numpy", ".ts": "torchscript"}.get(path.suffix, "checkpoint")
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    if "meta.npy" in names:
+        return "numpy"
+    return "torchscript" if any(n.split("/")[1:2] == ["code"] for n in names) else "checkpoint"
+
+
 def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classifier:
     """A shipped model name (``so3``, ``o2``), a numpy export, a TorchScript export, a checkpoint
     or a run folder, loaded for inference."""
@@ -89,7 +103,8 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
 
     p = resolve_checkpoint(name_or_path)
     fast = p.with_suffix(".npz") if str(name_or_path) in PRETRAINED else p
-    if fast.suffix == ".npz" and fast.exists():
+    kind = file_kind(fast) if fast.exists() else None
+    if kind == "numpy":
         from .runtime import NumpyClassifier
 
         net = NumpyClassifier(fast)
@@ -99,7 +114,7 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
 
     if threads:
         torch.set_num_threads(threads)
-    if p.suffix == ".ts":
+    if kind == "torchscript":
         from .export import ScriptedClassifier
 
         net = ScriptedClassifier(p)

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -307,9 +308,16 @@ def test_export_torchscript_onnx_and_numpy_give_the_same_logits(tiny_run, tmp_pa
     from pcsym.runtime import NumpyClassifier
 
     assert np.abs(NumpyClassifier(tmp_path / "m.npz")(p.numpy(), n.numpy()) - ref.numpy()).max() < 1e-4
+    answers = []
     for ext in ("ts", "npz"):
         r = run("classify", sample_mesh, "--model", tmp_path / f"m.{ext}", "--json")
         assert r.exit_code == 0, r.output
+        answers.append(json.loads(r.stdout)["results"][0]["top"])
+        # an export saved under another name loads as what it is, not as a torch checkpoint
+        shutil.copy(tmp_path / f"m.{ext}", tmp_path / f"m_{ext}.bin")
+        r = run("classify", sample_mesh, "--model", tmp_path / f"m_{ext}.bin", "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["results"][0]["top"] == answers[-1]
     r = run("export", tiny_run, "--format", "tflite")
     assert r.exit_code == 2 and "unknown --format 'tflite': use torchscript, onnx or numpy" in r.stderr
     (tmp_path / "junk.npz").write_bytes(b"PK not really a zip")
