@@ -245,7 +245,7 @@ class NumpyClassifier:
         for i, (n, residual) in enumerate(self.cfg.block_points()):
             pos, out = self._block(i, pos, feat, n, normals)
             feat = feat + out if residual else out
-            normals = normals[:, : int(n)]
+            normals = normals[:, :n]
         features = np.concatenate([feat.max(1), feat.mean(1)], axis=-1)
         x = elu(self._linear(features, "head.0") * self.a["head.bn.scale"] + self.a["head.bn.shift"])
         logits = self._linear(x, "head.1")
