@@ -419,9 +419,11 @@ def baseline_main(args) -> int:
 EPOCH_FLAGS = {"so3": ["--group", "so3", "--widths", "48,96,192", "--max-freq", "2"],
                "o2": ["--group", "o2", "--widths", "32,64,128"]}
 #: the shipped models' training recipes (README, "Shipped models"): the plain ones plus their levers; only refs
-#: that have those flags (balanced sampler, ppf edge features, random-fps sampling) can run them
+#: that have those flags (balanced sampler, ppf edge features, random-fps sampling; so3 since 2026-12-04 also
+#: residual blocks and k = 16, `--depth` from c265324 on; results written before then timed so3 without them)
 _SHIPPED = ["--balance", "sampler", "--edge-features", "ppf", "--sampling", "random-fps"]
-EPOCH_FLAGS.update({"so3-shipped": EPOCH_FLAGS["so3"] + ["--rotate", "so3", "--eval-rotate", "so3"] + _SHIPPED,
+EPOCH_FLAGS.update({"so3-shipped": EPOCH_FLAGS["so3"] + ["--rotate", "so3", "--eval-rotate", "so3", "--depth", "1,2,2",
+                                                         "--k", "16"] + _SHIPPED,
                     "o2-shipped": EPOCH_FLAGS["o2"] + ["--rotate", "z"] + _SHIPPED})
 
 
