@@ -9,7 +9,11 @@
 If the shipped model (pcsym/pretrained/) is missing, the classify timing is skipped with a message; pass
 ``--model PATH`` to time ``classify`` with another checkpoint instead.
 
-    python benchmarks/bench_cli.py [--quick] [--threads N] [--model so3|PATH]
+``--forward-baseline REF`` adds the shipped model's numpy forward pass (with its "unknown" score), timed in
+this process, against the same shipped model at git ref REF (``git show REF:pcsym/pretrained/NAME.npz``),
+alternating, median of 7: what a change of the shipped model costs ``classify`` apart from process start-up.
+
+    python benchmarks/bench_cli.py [--quick] [--threads N] [--model so3|PATH] [--forward-baseline REF]
 """
 
 from __future__ import annotations
@@ -66,9 +70,37 @@ def shipped_model_path(name: str) -> Path | None:
         return None
 
 
+def forward_rows(name: str, ref: str, repeats: int = 7) -> list[dict]:
+    """In-process numpy forward pass (+ unknown score) of shipped model ``name`` now and at git ``ref``,
+    alternating on the benchmark mesh; rows in :func:`time_command`'s shape."""
+    import tempfile
+
+    from pcsym.predict import load_classifier, read_input
+
+    with tempfile.TemporaryDirectory() as tmp:
+        old_path = Path(tmp) / f"{name}_{ref}.npz"
+        got = subprocess.run(["git", "show", f"{ref}:pcsym/pretrained/{name}.npz"], capture_output=True, cwd=str(C.REPO))
+        if got.returncode != 0:
+            raise SystemExit(f"error: no pcsym/pretrained/{name}.npz at {ref}: {got.stderr.decode().strip()}")
+        old_path.write_bytes(got.stdout)
+        models = {"now": load_classifier(name), ref: load_classifier(old_path)}
+        pts, nrm = read_input(MESH, models["now"].cfg.points, seed=0, estimated_normals=models["now"].cfg.estimated_normals)
+        times = {k: [] for k in models}
+        for _ in range(repeats):
+            for k, clf in models.items():
+                t = time.perf_counter()
+                clf.predict(pts, nrm)
+                times[k].append(time.perf_counter() - t)
+    return [{"name": f"numpy forward, in process, median of {repeats}" + ("" if k == "now" else " (baseline)"),
+             "command": f"load_classifier({name!r}{'' if k == 'now' else f' at {ref}'}).predict", "times_s": v,
+             "median_s": C.median(v), "returncode": 0} for k, v in times.items()]
+
+
 def main() -> int:
     p = C.parser(__doc__.split("\n\n")[0])
     p.add_argument("--model", default="so3", help="shipped model name or checkpoint path for classify (default so3)")
+    p.add_argument("--forward-baseline", metavar="REF", help="also time the shipped model's numpy forward pass "
+                   "against the same shipped model at git ref REF")
     args = p.parse_args()
     repeats = 1 if args.quick else 3
     env = C.environment(args.threads, args.quick, args.idle)
@@ -106,6 +138,12 @@ def main() -> int:
             print(f"  pcsym classify --model {model_path.name}: {b['median_s']:.3f} s (rc {b['returncode']})",
                   flush=True)
 
+    if args.forward_baseline and shipped:
+        fw = forward_rows(args.model, args.forward_baseline, 3 if args.quick else 7)
+        rows += fw
+        print(f"  numpy forward: {1e3 * fw[0]['median_s']:.1f} ms, at {args.forward_baseline}: "
+              f"{1e3 * fw[1]['median_s']:.1f} ms", flush=True)
+
     help_s = rows[0]["median_s"]
     cls = next((x for x in rows if x["name"] == "classify cold"), None)
     cls_txt = (f"{cls['median_s']:.1f}s" + ("" if cls["returncode"] == 0 else " (FAILED)")) if cls else "skipped"
@@ -115,6 +153,10 @@ def main() -> int:
     if cls and base and cls["returncode"] == 0 and base["returncode"] == 0:
         cls_txt += f" ({base['median_s'] / cls['median_s']:.1f}x faster than from the checkpoint)"
     headline = f"help {help_s:.2f}s, classify cold {cls_txt}"
+    fw = [x for x in rows if x["name"].startswith("numpy forward")]
+    if fw:
+        headline += (f"; numpy forward {1e3 * fw[0]['median_s']:.0f} ms, {fw[0]['median_s'] / fw[1]['median_s']:.2f}x "
+                     f"the {args.model} model at {args.forward_baseline}")
     cols = [("name", "what"), ("command", "command"), ("median_s", f"median s (of {repeats})"),
             ("returncode", "exit code")]
     md = "\n\n".join([

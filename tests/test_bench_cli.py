@@ -1,0 +1,20 @@
+"""benchmarks/bench_cli.py --forward-baseline: the shipped model's numpy forward pass against the same
+shipped model at a git ref, both really run (a missing ref is a one-line error, not a traceback)."""
+import pytest
+
+from .conftest import load_script
+
+
+def test_forward_rows_time_both_models():
+    bench = load_script("benchmarks/bench_cli.py")
+    rows = bench.forward_rows("so3", "HEAD", repeats=2)
+    assert [r["name"] for r in rows] == ["numpy forward, in process, median of 2",
+                                         "numpy forward, in process, median of 2 (baseline)"]
+    assert all(len(r["times_s"]) == 2 and 0 < r["median_s"] < 5 for r in rows)
+    assert rows[1]["command"] == "load_classifier('so3' at HEAD).predict"
+
+
+def test_forward_baseline_without_the_model_is_a_clear_error():
+    bench = load_script("benchmarks/bench_cli.py")
+    with pytest.raises(SystemExit, match=r"^error: no pcsym/pretrained/so3.npz at no-such-ref-xyz: "):
+        bench.forward_rows("so3", "no-such-ref-xyz", repeats=1)
