@@ -265,6 +265,10 @@ class TrainConfig(_Config):
 TRUNK_FIELDS = ("group", "kernel", "widths", "strides", "invariant_dims", "max_freq", "kernel_dims", "kernel_layers",
                 "lmax", "n_radial", "use_normals", "use_positions", "edge_features", "depth")
 
+#: model settings a fine-tuned run takes from its --init model unless given: the neighbourhood and downsampling
+#: its trunk was trained with (the shipped so3: k = 16, random-fps), which a fine-tune may change
+INIT_DEFAULTS = ("k", "sampling")
+
 #: settings a resumed run does not take from its saved config: where to read and write, the machine
 MACHINE_SETTINGS = ("data", "out", "device", "threads", "shards", "workers")
 
@@ -317,7 +321,7 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
     (``positions`` for ``use_positions``). Keys that are not settings (``resume``, ...) are ignored.
     When the merged settings name an ``init`` model, ``init_model(init)`` (its model config, read from
     the checkpoint) fixes the :data:`TRUNK_FIELDS`; a flag or config-file value that contradicts it is an
-    error.
+    error. The :data:`INIT_DEFAULTS` come from the model too unless given (or resumed).
     """
     names = ModelConfig.field_names() | TrainConfig.field_names()
     merged = {k: v for k, v in flags.items() if k in names}
@@ -343,6 +347,9 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
                 raise PcsymError(f"--{key.replace('_', '-')} {merged[key]} conflicts with --init {merged['init']}, "
                                  f"whose model has {key}={trunk[key]}; drop it (the trunk comes from the model)")
             merged[key] = theirs
+        for key in INIT_DEFAULTS:
+            if key not in explicit and key not in file_keys and not resume:
+                merged[key] = trunk[key]
     n_layers = len(ModelConfig.parse("widths", merged["widths"]))
     if "strides" not in merged or len(ModelConfig.parse("strides", merged["strides"])) != n_layers:
         merged["strides"] = default_strides(n_layers)  # strides follow the widths unless a run saved its own

@@ -29,7 +29,8 @@ def _three_classes(root):
 
 def test_fine_tune_loads_the_trunk_and_rebuilds_the_head(tmp_path, sample_dataset):
     base = tmp_path / "base"
-    r = _invoke("-q", "train", "--data", sample_dataset, "--out", base, "--group", "m", "--widths", "8,16", *TINY)
+    r = _invoke("-q", "train", "--data", sample_dataset, "--out", base, "--group", "m", "--widths", "8,16", "--k", "6",
+                "--sampling", "random-fps", *TINY)
     assert r.exit_code == 0, r.output
     mine = _three_classes(tmp_path / "mine")
     ft = tmp_path / "ft"
@@ -40,6 +41,8 @@ def test_fine_tune_loads_the_trunk_and_rebuilds_the_head(tmp_path, sample_datase
     new = torch.load(ft / "last.pt", weights_only=True)
     assert new["model_config"]["group"] == "m" and new["model_config"]["widths"] == [8, 16]
     assert new["model_config"]["class_names"] == ["bed", "teapot", "tub"]
+    # the neighbourhood and downsampling the trunk was trained with, not the defaults (k 10, random)
+    assert (new["model_config"]["k"], new["model_config"]["sampling"]) == (6, "random-fps")
     # normals follow each run's data: PCA estimates in the sample's 1024-point h5 clouds, the meshes' own
     assert old["model_config"]["estimated_normals"] == 1024 and new["model_config"]["estimated_normals"] == 0
     assert new["state_dict"]["head.out.weight"].shape[0] == 3
@@ -47,9 +50,11 @@ def test_fine_tune_loads_the_trunk_and_rebuilds_the_head(tmp_path, sample_datase
     assert trunk and all(torch.equal(old["state_dict"][k], new["state_dict"][k]) for k in trunk)  # frozen
     # without --freeze-trunk the trunk starts from the model and then trains
     r = _invoke("-q", "train", "--data", mine, "--out", tmp_path / "ft2", "--init", base, "--val-fraction", "0.34",
-                *TINY)
+                "--k", "8", *TINY)
     assert r.exit_code == 0, r.output
-    moved = torch.load(tmp_path / "ft2" / "last.pt", weights_only=True)["state_dict"]
+    ft2 = torch.load(tmp_path / "ft2" / "last.pt", weights_only=True)
+    assert (ft2["model_config"]["k"], ft2["model_config"]["sampling"]) == (8, "random-fps")  # given: yours
+    moved = ft2["state_dict"]
     assert any(not torch.equal(old["state_dict"][k], moved[k]) for k in trunk if k.endswith("weight"))
 
 

@@ -29,7 +29,7 @@ def train(
     data_format: Optional[str] = format_option(),
     group: str = typer.Option(_M.group, "--group", help="Symmetry group (see `pcsym groups`)."),
     kernel: str = typer.Option(_M.kernel, "--kernel", help="implicit (MLP kernel) or basis (escnn R3PointConv)."),
-    k: int = typer.Option(_M.k, "--k", help="Neighbours per layer."),
+    k: int = typer.Option(_M.k, "--k", help="Neighbours per layer (with --init: the model's unless given)."),
     points: int = typer.Option(_M.points, "--points", help="Points per cloud."),
     epochs: int = typer.Option(_T.epochs, "--epochs"),
     batch_size: int = typer.Option(_T.batch_size, "--batch-size",
@@ -40,7 +40,7 @@ def train(
     widths: str = typer.Option(_csv(_M.widths), "--widths", help="Approx. feature dims of the steerable layers."),
     sampling: str = typer.Option(_M.sampling, "--sampling",
                                  help=f"Downsampling: {', '.join(SAMPLINGS)} (random-fps: random first layer, "
-                                      "farthest-point deeper layers)."),
+                                      "farthest-point deeper layers; with --init: the model's unless given)."),
     max_freq: Optional[int] = typer.Option(_M.max_freq, "--max-freq",
                                            help="Band limit of hidden fields of continuous groups "
                                                 "(default: the group's, see `pcsym groups`)."),
