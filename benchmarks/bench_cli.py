@@ -138,6 +138,7 @@ def main() -> int:
             print(f"  pcsym classify --model {model_path.name}: {b['median_s']:.3f} s (rc {b['returncode']})",
                   flush=True)
 
+    fw = []
     if args.forward_baseline and shipped:
         fw = forward_rows(args.model, args.forward_baseline, 3 if args.quick else 7)
         rows += fw
@@ -149,11 +150,10 @@ def main() -> int:
     cls_txt = (f"{cls['median_s']:.1f}s" + ("" if cls["returncode"] == 0 else " (FAILED)")) if cls else "skipped"
     if cls and not shipped:
         cls_txt += f" (model {Path(args.model).name})"
-    base = next((x for x in rows if x["name"].endswith("(baseline)")), None)
+    base = next((x for x in rows if x["name"] == "classify cold, checkpoint (baseline)"), None)
     if cls and base and cls["returncode"] == 0 and base["returncode"] == 0:
         cls_txt += f" ({base['median_s'] / cls['median_s']:.1f}x faster than from the checkpoint)"
     headline = f"help {help_s:.2f}s, classify cold {cls_txt}"
-    fw = [x for x in rows if x["name"].startswith("numpy forward")]
     if fw:
         headline += (f"; numpy forward {1e3 * fw[0]['median_s']:.0f} ms, {fw[0]['median_s'] / fw[1]['median_s']:.2f}x "
                      f"the {args.model} model at {args.forward_baseline}")
