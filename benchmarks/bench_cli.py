@@ -12,6 +12,7 @@ If the shipped model (pcsym/pretrained/) is missing, the classify timing is skip
 ``--forward-baseline REF`` adds the shipped model's numpy forward pass (with its "unknown" score), timed in
 this process, against the same shipped model at git ref REF (``git show REF:pcsym/pretrained/NAME.npz``),
 alternating, median of 7: what a change of the shipped model costs ``classify`` apart from process start-up.
+It needs ``--model so3`` or ``o2`` (a checkpoint path is refused, exit 2).
 
     python benchmarks/bench_cli.py [--quick] [--threads N] [--model so3|PATH] [--forward-baseline REF]
 """
@@ -102,6 +103,9 @@ def main() -> int:
     p.add_argument("--forward-baseline", metavar="REF", help="also time the shipped model's numpy forward pass "
                    "against the same shipped model at git ref REF")
     args = p.parse_args()
+    if args.forward_baseline and args.model not in ("so3", "o2"):
+        p.error(f"--forward-baseline times a shipped model (so3 or o2) against itself at REF; "
+                f"{args.model!r} is not one")
     repeats = 1 if args.quick else 3
     env = C.environment(args.threads, args.quick, args.idle)
     if env["contention_note"]:
@@ -139,7 +143,7 @@ def main() -> int:
                   flush=True)
 
     fw = []
-    if args.forward_baseline and shipped:
+    if args.forward_baseline:
         fw = forward_rows(args.model, args.forward_baseline, 3 if args.quick else 7)
         rows += fw
         print(f"  numpy forward: {1e3 * fw[0]['median_s']:.1f} ms, at {args.forward_baseline}: "

@@ -18,3 +18,14 @@ def test_forward_baseline_without_the_model_is_a_clear_error():
     bench = load_script("benchmarks/bench_cli.py")
     with pytest.raises(SystemExit, match=r"^error: no pcsym/pretrained/so3.npz at no-such-ref-xyz: "):
         bench.forward_rows("so3", "no-such-ref-xyz", repeats=1)
+
+
+def test_forward_baseline_with_a_checkpoint_path_is_refused_before_timing(monkeypatch, capsys):
+    bench = load_script("benchmarks/bench_cli.py")
+    monkeypatch.setattr("sys.argv", ["bench_cli.py", "--model", "runs/x/best.pt", "--forward-baseline", "HEAD"])
+    with pytest.raises(SystemExit) as e:
+        bench.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: --forward-baseline times a shipped model (so3 or o2) against itself at REF; " \
+           "'runs/x/best.pt' is not one" in err
