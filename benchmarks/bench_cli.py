@@ -103,7 +103,8 @@ def main() -> int:
     p.add_argument("--forward-baseline", metavar="REF", help="also time the shipped model's numpy forward pass "
                    "against the same shipped model at git ref REF")
     args = p.parse_args()
-    if args.forward_baseline and args.model not in ("so3", "o2"):
+    shipped = args.model in ("so3", "o2")
+    if args.forward_baseline and not shipped:
         p.error(f"--forward-baseline times a shipped model (so3 or o2) against itself at REF; "
                 f"{args.model!r} is not one")
     repeats = 1 if args.quick else 3
@@ -118,7 +119,6 @@ def main() -> int:
     rows.append(r)
     print(f"  pcsym --help: {r['median_s']:.3f} s (rc {r['returncode']})", flush=True)
 
-    shipped = args.model in ("so3", "o2")
     model_path = shipped_model_path(args.model) if shipped else (Path(args.model) if Path(args.model).exists() else None)
     skipped = None
     if model_path is None:
