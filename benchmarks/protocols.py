@@ -15,7 +15,7 @@ import torch
 from pcsym.checkpoint import load_model, train_config_of
 from pcsym.config import TrainConfig
 from pcsym.data import load_dataset
-from pcsym.splits import split_indices
+from pcsym.splits import run_split
 from pcsym.evaluate import evaluate_model
 from pcsym.transforms import eval_dataset
 
@@ -35,7 +35,7 @@ for spec in args.models:
     model, ckpt = load_model(path)
     data = load_dataset(args.data, points=model.cfg.points)
     run = train_config_of(ckpt) or TrainConfig()
-    va = split_indices(data, "val", run.val_fraction, run.seed)  # the shapes the run held out
+    va = run_split(data, "val", run)  # the shapes the run held out
     train_rot = (ckpt.get("train_config") or {}).get("rotate", "?")
     hist = ckpt.get("history") or []
     row = {"model": label or path, "group": model.cfg.group, "kernel": model.cfg.kernel, "train_rotate": train_rot,

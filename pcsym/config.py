@@ -206,6 +206,7 @@ class TrainConfig(_Config):
     label_smoothing: float = 0.1
     seed: int = 0
     val_fraction: float = 0.2
+    train_fraction: float = 1.0  # part of the training split used (learning curves; validation unchanged)
     rotate: str = "z"  # none | z | so3 (train-time augmentation)
     jitter: float = 0.01
     scale: tuple[float, ...] = (0.8, 1.2)  # range of the random isotropic scale factor
@@ -249,6 +250,8 @@ class TrainConfig(_Config):
             raise PcsymError(f"--scale needs 0 < LOW <= HIGH, got '{','.join(f'{s:g}' for s in self.scale)}'")
         if not 0 <= self.point_dropout < 1 or not 0 < self.val_fraction < 1:
             raise PcsymError("--point-dropout must be in [0, 1) and --val-fraction in (0, 1)")
+        if not 0 < self.train_fraction <= 1:
+            raise PcsymError(f"--train-fraction must be in (0, 1], got {self.train_fraction:g}")
         if not 0 <= self.ema < 1:
             raise PcsymError(f"--ema must be in [0, 1) (0 = off; e.g. 0.999), got {self.ema:g}")
         if not 0 <= self.mix <= 1:

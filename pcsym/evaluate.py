@@ -171,7 +171,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     from .checkpoint import load_model, train_config_of
     from .config import ROTATIONS, SAMPLINGS, TrainConfig, check_choice
     from .data import load_dataset, with_estimated_normals
-    from .splits import SPLITS, default_split, split_indices
+    from .splits import SPLITS, default_split, run_split
     from .transforms import eval_dataset
 
     check_choice(rotate, ROTATIONS, "--rotate")
@@ -188,14 +188,15 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
                          f"({len(cfg.class_names)})", path=data)
     run = train_config_of(ckpt) or TrainConfig()
     split = split or default_split(ds_all)
-    idx = split_indices(ds_all, split, run.val_fraction, run.seed)
+    idx = run_split(ds_all, split, run)
     if cfg.estimated_normals and not ds_all.normals_estimated:  # the data's own normals: estimate as in training
         ds_all, idx = with_estimated_normals(ds_all, cfg.estimated_normals, run.seed, rows=idx), np.arange(len(idx))
     ds = eval_dataset(ds_all, idx, cfg.points, rotate, run.seed)
     m = evaluate_model(model, ds, batch_size=batch_size, device=device, votes=votes,
                        prior=None if prior is None else read_prior(prior, cfg.class_names))
     m.update({"checkpoint": str(checkpoint), "rotate": rotate, "split": split, "votes": votes,
-              "sampling": cfg.sampling, "split_seed": run.seed, "val_fraction": run.val_fraction})
+              "sampling": cfg.sampling, "split_seed": run.seed, "val_fraction": run.val_fraction,
+              "train_fraction": run.train_fraction})
     if prior is not None:
         m["prior"] = str(prior)
     return m

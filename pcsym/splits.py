@@ -38,12 +38,15 @@ def default_split(data: PointCloudData) -> str:
     return "test" if (np.asarray(data.split) == "test").any() else "val"
 
 
-def split_indices(data: PointCloudData, split: str, val_fraction: float, seed: int) -> np.ndarray:
+def split_indices(data: PointCloudData, split: str, val_fraction: float, seed: int,
+                  train_fraction: float = 1.0) -> np.ndarray:
     """Shape indices of ``split`` — the one definition of pcsym's splits, used by training,
     evaluation and the benchmarks.
 
     ``train`` and ``val`` divide the dataset's official train split with :func:`train_val_split`
-    (``val_fraction``, ``seed``: pass a run's own settings to get the shapes it held out); ``test``
+    (``val_fraction``, ``seed``: pass a run's own settings to get the shapes it held out, or use
+    :func:`run_split`); ``train_fraction`` < 1 keeps that stratified, seeded part of ``train`` (learning
+    curves: the validation shapes stay the same, the shapes dropped are used by nothing); ``test``
     is the official test split; ``all`` is everything. A dataset without a train split has no
     ``train``/``val``, and one without a test split no ``test``: asking for them is an error.
     """
@@ -65,5 +68,18 @@ def split_indices(data: PointCloudData, split: str, val_fraction: float, seed: i
     if thin:
         raise PcsymError(f"class '{thin[0]}' has only 1 shape in the train split; a train/val split needs at least 2 "
                          f"per class ({len(thin)} such class(es))", path=data.path)
-    tr, va = train_val_split(np.asarray(data.labels)[pool], val_fraction, seed)
-    return pool[va] if split == "val" else pool[tr]
+    labels = np.asarray(data.labels)[pool]
+    tr, va = train_val_split(labels, val_fraction, seed)
+    if split == "val":
+        return pool[va]
+    if not 0 < train_fraction <= 1:
+        raise PcsymError(f"the training fraction must be in (0, 1], got {train_fraction:g}")
+    if train_fraction < 1:  # the same stratified draw, seeded apart from the validation one
+        tr = tr[train_val_split(labels[tr], 1.0 - train_fraction, seed + 1)[0]]
+    return pool[tr]
+
+
+def run_split(data: PointCloudData, split: str, run) -> np.ndarray:
+    """:func:`split_indices` with a run's own settings (its :class:`~pcsym.config.TrainConfig`): the shapes
+    it trained on (``train``) or held out (``val``)."""
+    return split_indices(data, split, run.val_fraction, run.seed, run.train_fraction)

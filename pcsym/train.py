@@ -288,7 +288,7 @@ class Trainer:
                  on_step: Callable[[int, int, float, float], None] | None = None):
         from .allocator import keep_freed_memory
         from .data import load_dataset
-        from .splits import split_indices
+        from .splits import run_split
         from .models.classifier import build_model
         from .transforms import PointCloudDataset, eval_dataset
 
@@ -308,8 +308,7 @@ class Trainer:
         # progress and files come from rank 0 alone
         self.on_epoch, self.on_step = (on_epoch, on_step) if self.world.main else (None, None)
         data = load_dataset(tcfg.data, points=mcfg.points, up_axis=tcfg.up_axis, fmt=tcfg.data_format)
-        tr_idx = split_indices(data, "train", tcfg.val_fraction, tcfg.seed)
-        va_idx = split_indices(data, "val", tcfg.val_fraction, tcfg.seed)
+        tr_idx, va_idx = run_split(data, "train", tcfg), run_split(data, "val", tcfg)
         mcfg.class_names = [str(c) for c in data.class_names]
         mcfg.estimated_normals = data.estimated_normals  # inference makes its normals alike
         if len(tr_idx) < 2:

@@ -17,7 +17,7 @@ from pcsym.data import load_dataset
 from pcsym.evaluate import metrics_from_predictions, predict
 from pcsym.export import export_model
 from pcsym.runtime import neighbour_similarity
-from pcsym.splits import split_indices
+from pcsym.splits import run_split
 from pcsym.transforms import eval_dataset
 from pcsym.unknown import calibrate, feature_bank, pooled_features, score_threshold, unknown_threshold
 
@@ -35,8 +35,7 @@ path = resolve_checkpoint(args.checkpoint)
 model, ckpt = load_model(path)
 run = train_config_of(ckpt) or TrainConfig()
 data = load_dataset(args.data, points=model.cfg.points)
-tr = split_indices(data, "train", run.val_fraction, run.seed)
-va = split_indices(data, "val", run.val_fraction, run.seed)
+tr, va = run_split(data, "train", run), run_split(data, "val", run)
 ds = eval_dataset(data, va, model.cfg.points, run.eval_rotate, run.seed)
 probs, labels = predict(model, ds)
 if args.check:

@@ -41,6 +41,28 @@ def test_split_indices_partition_the_train_split_and_leave_test_alone():
         split_indices(d, "dev", 0.2, 0)
 
 
+def test_train_fraction_keeps_a_stratified_part_of_the_training_shapes_and_the_same_validation():
+    d = _data(["train"] * 120)
+    full, va = split_indices(d, "train", 0.2, 3), split_indices(d, "val", 0.2, 3)
+    part = split_indices(d, "train", 0.2, 3, train_fraction=0.75)
+    assert set(part) < set(full) and len(part) == 72  # 32 training shapes per class, 24 of each kept
+    assert np.bincount(d.labels[part]).tolist() == [24, 24, 24]
+    np.testing.assert_array_equal(part, split_indices(d, "train", 0.2, 3, train_fraction=0.75))  # seeded
+    assert not np.array_equal(part, split_indices(d, "train", 0.2, 4, train_fraction=0.75)[: len(part)])
+    np.testing.assert_array_equal(split_indices(d, "train", 0.2, 3, train_fraction=1.0), full)
+    for bad in (0.0, 1.5):
+        with pytest.raises(PcsymError, match="training fraction must be in \\(0, 1\\]"):
+            split_indices(d, "train", 0.2, 3, train_fraction=bad)
+    assert len(np.intersect1d(part, va)) == 0
+
+
+def test_train_fraction_flag_is_checked_before_any_work(tmp_path):
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"),
+                            "--train-fraction", "0"])
+    assert r.exit_code == 2 and "--train-fraction must be in (0, 1], got 0" in r.output, r.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_prior_weighted_accuracy():
     y_true = np.array([0, 0, 0, 0, 1, 1, 2, 2])
     y_pred = np.array([0, 0, 0, 1, 1, 0, 2, 2])  # per class 0.75, 0.5, 1.0
@@ -94,7 +116,7 @@ def seeded_run(tmp_path_factory, sample_dataset):
     out = tmp_path_factory.mktemp("run") / "m"
     r = runner.invoke(app, [str(a) for a in ("-q", "train", "--data", sample_dataset, "--out", out, "--group", "m",
                                              "--epochs", "2", "--max-steps", "2", "--seed", "3",
-                                             "--val-fraction", "0.1", *TINY)])
+                                             "--val-fraction", "0.1", "--train-fraction", "0.5", *TINY)])
     assert r.exit_code == 0, r.output
     return out
 
@@ -109,6 +131,16 @@ def test_evaluate_val_uses_the_runs_own_split(seeded_run, sample_dataset):
     assert (m["split"], m["n"], m["split_seed"], m["val_fraction"]) == ("val", 30, 3, 0.1)
     held_out = split_indices(load_dataset(sample_dataset), "val", 0.1, 3)
     assert sum(m["support"].values()) == len(held_out) == 30
+
+
+def test_evaluate_train_uses_the_runs_own_training_fraction(seeded_run, sample_dataset):
+    """Trained with --train-fraction 0.5 of 27 training shapes per class: --split train scores the 13 of each
+    it trained on (its checkpoint records the fraction)."""
+    r = runner.invoke(app, ["evaluate", str(seeded_run), "--data", str(sample_dataset), "--split", "train", "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert m["n"] == 130 and set(m["support"].values()) == {13}
+    assert torch.load(seeded_run / "best.pt", weights_only=True)["train_config"]["train_fraction"] == 0.5
 
 
 def test_best_checkpoint_is_selected_on_validation_macc(seeded_run):

@@ -51,6 +51,9 @@ def train(
     schedule: str = typer.Option(_T.schedule, "--schedule", help="Learning-rate schedule: cosine or step."),
     label_smoothing: float = typer.Option(_T.label_smoothing, "--label-smoothing"),
     val_fraction: float = typer.Option(_T.val_fraction, "--val-fraction", help="Held-out part of the train split."),
+    train_fraction: float = typer.Option(_T.train_fraction, "--train-fraction",
+                                         help="Part of the training shapes used, stratified and seeded (learning "
+                                              "curves; the validation shapes stay the same)."),
     jitter: float = typer.Option(_T.jitter, "--jitter", help="Std of Gaussian point jitter (0 = off)."),
     scale: str = typer.Option(_csv(_T.scale), "--scale", help="Range of random isotropic scaling (1,1 = off)."),
     anisotropic_scale: bool = typer.Option(_T.anisotropic_scale, "--anisotropic-scale",
