@@ -33,8 +33,9 @@ from .files import atomic_write_bytes
 from .mix import mix_generator, point_cutmix
 from .shards import Shards, forward, forward_backward
 
-#: the validation figure each ``--select`` choice compares (keys of a metrics row)
-SELECT_COLUMN = {"macc": "val_macc", "oa": "val_acc"}
+#: the validation figure each ``--select`` choice compares (keys of a metrics row); ``last`` compares
+#: nothing: best.pt is the last epoch (a small validation split cannot pick an epoch), its figure mAcc
+SELECT_COLUMN = {"macc": "val_macc", "oa": "val_acc", "last": "val_macc"}
 
 
 def resolve_device(device: str) -> str:
@@ -446,8 +447,8 @@ class Trainer:
         state.history.append(row)
         state.epoch, state.partial = row["epoch"] - 1, None
         figure = row[SELECT_COLUMN[self.tcfg.select]]
-        is_best = figure > state.best
-        state.best = max(state.best, figure)
+        is_best = self.tcfg.select == "last" or figure > state.best
+        state.best = figure if self.tcfg.select == "last" else max(state.best, figure)
         if not self.world.main:
             return
         if is_best:

@@ -151,6 +151,17 @@ def test_best_checkpoint_is_selected_on_validation_macc(seeded_run):
     assert best["epoch"] == int(np.argmax([h["val_macc"] for h in hist]))
 
 
+def test_select_last_keeps_the_last_epoch(tmp_path, sample_dataset):
+    out = tmp_path / "last"
+    r = runner.invoke(app, [str(a) for a in ("train", "--data", sample_dataset, "--out", out, "--group", "m",
+                                             "--epochs", "3", "--max-steps", "1", "--select", "last", *TINY)])
+    assert r.exit_code == 0, r.output
+    hist = torch.load(out / "last.pt", weights_only=True)["history"]
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["epoch"] == 2 and best["best_val_acc"] == hist[-1]["val_macc"]
+    assert f"last epoch's val mean class accuracy {hist[-1]['val_macc']:.4f}" in r.output
+
+
 def test_evaluate_defaults_to_test_and_refuses_val_without_train(tmp_path, seeded_run, sample_dataset):
     """A dataset with only a test split: evaluated on all of it by default; --split val is an error."""
     with np.load(sample_dataset) as z:

@@ -63,8 +63,9 @@ def train(
     bn_batches: int = typer.Option(_T.bn_batches, "--bn-batches",
                                    help="Batches used to re-estimate batch-norm statistics after each epoch."),
     select: str = typer.Option(_T.select, "--select",
-                               help=f"Validation figure that picks best.pt: {' or '.join(SELECT_METRICS)} (mean class "
-                                    "accuracy tracks a balanced test split; OA favours the big classes)."),
+                               help=f"What picks best.pt: {' or '.join(SELECT_METRICS)} (mean class accuracy tracks a "
+                                    "balanced test split; OA favours the big classes; last: the last epoch, for "
+                                    "a validation split too small to pick one)."),
     edge_features: str = typer.Option(_M.edge_features, "--edge-features",
                                       help=f"{' or '.join(EDGE_FEATURES)}: ppf feeds the point-pair invariants "
                                            "n_i.n_j, n_i.d, n_j.d of every edge to the kernel MLP (needs normals)."),
@@ -151,6 +152,7 @@ def _train_with_progress(mcfg, tcfg, resume: bool, quiet: bool):
         typer.echo(f"interrupted: state saved in {tcfg.out}/last.pt; continue with "
                    f"`pcsym train --data {tcfg.data} --out {tcfg.out} --resume`", err=True)
         raise typer.Exit(130)
-    what = {"macc": "mean class accuracy", "oa": "accuracy"}[summary["select"]]
-    console().print(f"best val {what} {summary['best_val_acc']:.4f}; checkpoints in {tcfg.out}/ "
+    what = {"macc": "best val mean class accuracy", "oa": "best val accuracy",
+            "last": "last epoch's val mean class accuracy"}[summary["select"]]
+    console().print(f"{what} {summary['best_val_acc']:.4f}; checkpoints in {tcfg.out}/ "
                     f"(best.pt, last.pt, metrics.csv)")
