@@ -81,7 +81,7 @@ def main():
     (seed, fraction, n_points), rows = first, []
     data = load_dataset(args.data, points=n_points)
     va = split_indices(data, "val", fraction, seed)
-    tr = split_indices(data, "train", fraction, seed)
+    tr = split_indices(data, "train", fraction, seed)  # the whole training split, also for a --train-fraction run
     dist = nearest_train_distance(data, va, tr, args.points)
     edges = np.quantile(dist, [0.25, 0.5, 0.75])
     quart = np.searchsorted(edges, dist, side="right")  # 0 = nearest quarter ... 3 = farthest
@@ -123,6 +123,7 @@ def main():
               + "; ".join(f"{k} {'/'.join(map(str, v))}" for k, v in mix.items()) + "."]
     dest = "" if out == DEFAULT_OUT else f" --out {args.out}"
     dest += "" if args.votes == 1 else f" --votes {args.votes}"
+    dest += "" if args.threads == 2 else f" --threads {args.threads}"
     lines += ["", f"Command: `python benchmarks/neardup.py --data {args.data} --points {args.points}{dest} "
               + " ".join(args.models) + "`"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

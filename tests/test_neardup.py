@@ -44,7 +44,7 @@ def _neardup(out, *args):
 
 def test_neardup_writes_the_quartile_table(tmp_path):
     out = tmp_path / "nd"
-    proc = _neardup(out, "--votes", "2", "o2:z=o2", "o2+o2:z=o2x2")
+    proc = _neardup(out, "--votes", "2", "--threads", "1", "o2:z=o2", "o2+o2:z=o2x2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.with_suffix(".json").read_text())
     row, pair = res["rows"]
@@ -57,7 +57,7 @@ def test_neardup_writes_the_quartile_table(tmp_path):
     # the whole split's OA is the quarters' OAs weighted by their sizes
     assert abs(sum(row[f"q{q + 1}"][0] * n_q[q] for q in range(4)) / sum(n_q) - row["all"][0]) < 1e-9
     md = out.with_suffix(".md").read_text()
-    assert res["votes"] == 2 and "OA / mAcc, 2 votes." in md and f"--out {out} --votes 2 o2:z=o2 o2+o2:z=o2x2" in md
+    assert res["votes"] == 2 and "OA / mAcc, 2 votes." in md and f"--out {out} --votes 2 --threads 1 o2:z=o2 o2+o2:z=o2x2" in md
 
 
 def test_neardup_refuses_a_model_that_reads_another_cloud_size(tmp_path):
