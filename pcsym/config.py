@@ -30,7 +30,7 @@ SCHEDULES = ("cosine", "step")
 UP_AXES = ("y", "z")
 DATA_FORMATS = ("h5", "normal_resampled", "off", "folder")
 DEVICES = ("auto", "cpu", "cuda")
-#: validation figure that picks best.pt: mean class accuracy (tracks a balanced test split), or OA
+#: what picks best.pt: validation mean class accuracy (tracks a balanced test split), OA, or the last epoch
 SELECT_METRICS = ("macc", "oa", "last")
 #: scalar edge features fed to the implicit kernel's MLP beside the harmonic embedding of x_i - x_j:
 #: none, or the point-pair invariants n_i.n_j, n_i.d, n_j.d (d the scaled x_i - x_j; needs normals)
