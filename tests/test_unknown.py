@@ -50,7 +50,7 @@ def test_training_stores_both_detectors_and_exports_carry_them(run_dir, tmp_path
     from pcsym.checkpoint import load_model, train_config_of
     from pcsym.data import load_dataset
     from pcsym.runtime import neighbour_similarity
-    from pcsym.splits import split_indices
+    from pcsym.splits import run_split
     from pcsym.transforms import eval_dataset
     from pcsym.unknown import pooled_features
 
@@ -60,8 +60,7 @@ def test_training_stores_both_detectors_and_exports_carry_them(run_dir, tmp_path
     model, ckpt = load_model(run_dir / "best.pt")
     run = train_config_of(ckpt)
     data = load_dataset(run.data, points=model.cfg.points)
-    train_idx = split_indices(data, "train", run.val_fraction, run.seed)
-    val_idx = split_indices(data, "val", run.val_fraction, run.seed)
+    train_idx, val_idx = run_split(data, "train", run), run_split(data, "val", run)
     # the bank: one unit row of pooled features per training shape
     assert unk["bank"].dtype == torch.float16 and unk["bank"].shape == (len(train_idx), 2 * model.cfg.invariant_dims)
     np.testing.assert_allclose(unk["bank"].float().norm(dim=1).numpy(), 1.0, atol=2e-3)
