@@ -1,9 +1,10 @@
-"""Rotation protocols for trained models: accuracy on the held-out 20% validation split with
-test-time rotations none / z / SO(3) (train/test protocols z/z, z/SO3, SO3/SO3).
+"""Rotation protocols for trained models: accuracy with test-time rotations none / z / SO(3)
+(train/test protocols z/z, z/SO3, SO3/SO3), on the official test split when the dataset has one,
+else on the validation split each run held out (``--split`` chooses, like ``pcsym evaluate``).
 
-Usage: python benchmarks/protocols.py --data DATASET [--votes N] MODEL[=LABEL] ...   (MODEL: so3, o2, a run dir)
-Writes benchmarks/results/protocols.{json,md}; equivalent to `pcsym evaluate MODEL --data DATASET
---rotate R` for each R.
+Usage: python benchmarks/protocols.py --data DATASET [--split val|test] [--votes N] MODEL[=LABEL] ...
+(MODEL: so3, o2, a run dir). Writes benchmarks/results/protocols.{json,md}; equivalent to
+`pcsym evaluate MODEL --data DATASET --split S --rotate R [--votes N]` for each R.
 """
 import argparse
 import json
@@ -15,13 +16,16 @@ import torch
 from pcsym.checkpoint import load_model, train_config_of
 from pcsym.config import TrainConfig
 from pcsym.data import load_dataset
-from pcsym.splits import run_split
+from pcsym.errors import PcsymError
+from pcsym.splits import default_split, run_split
 from pcsym.evaluate import evaluate_model
 from pcsym.transforms import eval_dataset
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--data", required=True)
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--split", choices=("val", "test"), default=None,
+                help="default: test when the dataset has an official test split, else each run's own validation split")
 ap.add_argument("--votes", type=int, default=1, help="also report z- and SO(3)-rotated accuracy with N-vote test-time voting")
 DEFAULT_OUT = Path(__file__).parent / "results" / "protocols"
 ap.add_argument("--out", default=str(DEFAULT_OUT))
@@ -32,10 +36,14 @@ torch.set_num_threads(args.threads)
 rows = []
 for spec in args.models:
     path, _, label = spec.partition("=")
-    model, ckpt = load_model(path)
-    data = load_dataset(args.data, points=model.cfg.points)
-    run = train_config_of(ckpt) or TrainConfig()
-    va = run_split(data, "val", run)  # the shapes the run held out
+    try:  # a missing model or dataset, or --split test of a dataset without one: one line, exit 1
+        model, ckpt = load_model(path)
+        data = load_dataset(args.data, points=model.cfg.points)
+        run = train_config_of(ckpt) or TrainConfig()
+        split = args.split or default_split(data)
+        va = run_split(data, split, run)  # the official test split, or the shapes the run held out
+    except PcsymError as exc:
+        raise SystemExit(f"error: {exc}")
     train_rot = (ckpt.get("train_config") or {}).get("rotate", "?")
     hist = ckpt.get("history") or []
     row = {"model": label or path, "group": model.cfg.group, "kernel": model.cfg.kernel, "train_rotate": train_rot,
@@ -58,14 +66,18 @@ for spec in args.models:
 
 out = Path(args.out)
 out.parent.mkdir(parents=True, exist_ok=True)
-out.with_suffix(".json").write_text(json.dumps({"data": args.data, "n_val": int(len(va)), "votes": args.votes,
+out.with_suffix(".json").write_text(json.dumps({"data": args.data, "split": split, "n_shapes": int(len(va)), "votes": args.votes,
                                                 "rows": rows}, indent=2))
 cols = [("none", "no rotation"), ("z", "z-rotated"), ("so3", "SO(3)-rotated")]
 if args.votes > 1:
     cols += [("z_votes", f"z-rotated, {args.votes} votes"), ("so3_votes", f"SO(3)-rotated, {args.votes} votes")]
-lines = [f"# Rotation protocols on the validation split ({len(va)} held-out shapes of {args.data})", "",
-         "Validation figures (the run's own held-out split, never the official test split). Each cell: "
-         "OA / mAcc (overall / mean class accuracy); mAcc is the figure that tracked the balanced test split.", "",
+what = (f"the official test split ({len(va)} shapes of {args.data})" if split == "test" else
+        f"the validation split ({len(va)} held-out shapes of {args.data})")
+about = ("Official-test figures" if split == "test" else
+         "Validation figures (the run's own held-out split, never the official test split)")
+lines = [f"# Rotation protocols on {what}", "",
+         f"{about}. Each cell: OA / mAcc (overall / mean class accuracy); on validation, mAcc is the figure "
+         "that tracked the balanced test split.", "",
          "| model | group | trained with | epoch of best ckpt | train min to it (sum of epoch times) | params | "
          + " | ".join(f"{label}" for _, label in cols) + " |",
          "|---|---|---|---|---|---|" + "---|" * len(cols)]
@@ -73,7 +85,7 @@ for r in rows:
     cells = [f"{r['oa_' + key]:.4f} / {r['macc_' + key]:.4f}" for key, _ in cols]
     lines.append(f"| {r['model']} | {r['group']} | {r['train_rotate']} | {r['epochs']} | {r['train_minutes']} | "
                  f"{r['params']:,} | " + " | ".join(cells) + " |")
-votes = f" --votes {args.votes}" if args.votes > 1 else ""
+votes = (f" --split {args.split}" if args.split else "") + (f" --votes {args.votes}" if args.votes > 1 else "")
 dest = "" if out == DEFAULT_OUT else f" --out {args.out}"  # re-running the line rewrites this file, not another
 lines += ["", f"Command: `python benchmarks/protocols.py --data {args.data}{votes}{dest} " + " ".join(args.models) + "`"]
 out.with_suffix(".md").write_text("\n".join(lines) + "\n")

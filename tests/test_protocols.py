@@ -1,0 +1,63 @@
+"""benchmarks/protocols.py: the one command that scores shipped models on the official test split (the
+split issue 14's targets are measured on) or, without one, on each run's own validation split."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pcsym.evaluate import evaluate_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ROOT / "sample_data" / "modelnet10_mini"
+
+
+def _protocols(*args):
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "protocols.py"), "--threads", "1", *args],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def _test_only_copy(dest: Path, per_class: int = 3) -> Path:
+    """The h5 layout with only a test split (like the official ModelNet10 test release): a few shapes
+    of each class of the shipped sample."""
+    dest.mkdir()
+    with h5py.File(MINI / "ply_data_train0.h5") as f:
+        labels = f["label"][:, 0]
+        idx = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
+        with h5py.File(dest / "ply_data_test0.h5", "w") as g:
+            g["data"], g["label"] = f["data"][idx], f["label"][idx]
+    (dest / "shape_names.txt").write_text((MINI / "shape_names.txt").read_text())
+    (dest / "test_files.txt").write_text("data/modelnet40_ply_hdf5_2048/ply_data_test0.h5\n")
+    return dest
+
+
+def test_protocols_score_the_official_test_split_by_default(tmp_path):
+    data = _test_only_copy(tmp_path / "mn10_test")
+    out = tmp_path / "prot"
+    proc = _protocols("--data", str(data), "--votes", "2", "--out", str(out), "o2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert res["split"] == "test" and res["n_shapes"] == 30
+    (row,) = res["rows"]
+    # the same figures as `pcsym evaluate o2 --data DIR --rotate z` (its default split is test here too)
+    want = evaluate_checkpoint("o2", data, rotate="z")
+    assert want["split"] == "test"
+    assert (row["oa_z"], row["macc_z"]) == (want["overall_accuracy"], want["mean_class_accuracy"])
+    want = evaluate_checkpoint("o2", data, rotate="z", votes=2)
+    assert (row["oa_z_votes"], row["macc_z_votes"]) == (want["overall_accuracy"], want["mean_class_accuracy"])
+    md = out.with_suffix(".md").read_text()
+    assert md.startswith(f"# Rotation protocols on the official test split (30 shapes of {data})")
+    assert "Official-test figures." in md and "z-rotated, 2 votes" in md
+
+
+def test_protocols_refuse_a_split_the_dataset_lacks_in_one_line(tmp_path):
+    data = _test_only_copy(tmp_path / "mn10_test")
+    proc = _protocols("--data", str(data), "--split", "val", "--out", str(tmp_path / "prot"), "o2")
+    assert proc.returncode == 1
+    err = proc.stderr.strip()  # names the dataset (its cache file, which says where the data came from)
+    assert err.startswith(f"error: {data}") and "\n" not in err
+    assert err.endswith(": the dataset has no train split, so no 'val' split (use --split test or all)")
+    assert not (tmp_path / "prot.md").exists()
