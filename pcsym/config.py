@@ -32,9 +32,10 @@ DATA_FORMATS = ("h5", "normal_resampled", "off", "folder")
 DEVICES = ("auto", "cpu", "cuda")
 #: what picks best.pt: validation mean class accuracy (tracks a balanced test split), OA, or the last epoch
 SELECT_METRICS = ("macc", "oa", "last")
-#: scalar edge features fed to the implicit kernel's MLP beside the harmonic embedding of x_i - x_j:
-#: none, or the point-pair invariants n_i.n_j, n_i.d, n_j.d (d the scaled x_i - x_j; needs normals)
-EDGE_FEATURES = ("none", "ppf")
+#: edge features fed to the implicit kernel's MLP beside the harmonic embedding of x_i - x_j: none, the
+#: point-pair invariants n_i.n_j, n_i.d, n_j.d (d the scaled x_i - x_j; needs normals), or those and the two
+#: normals n_i, n_j themselves as vector fields (the kernel may then turn with the surface, not only with d)
+EDGE_FEATURES = ("none", "ppf", "ppf+normals")
 #: class balancing of training: none, a class-weighted loss, or a class-balanced sampler
 BALANCES = ("none", "loss", "sampler")
 OPTIMIZERS = ("adamw", "sgd")
@@ -123,7 +124,7 @@ class ModelConfig(_Config):
     sampling: str = "random"  # random | fps | random-fps (see SAMPLINGS)
     head_dims: int = 128
     dropout: float = 0.3
-    edge_features: str = "none"  # none | ppf (see EDGE_FEATURES)
+    edge_features: str = "none"  # none | ppf | ppf+normals (see EDGE_FEATURES)
     #: steerable blocks per stage (one value: every stage): the first downsamples, the other depth - 1 are
     #: residual blocks on the stage's own points (f <- f + block(f), an identity shortcut between fields
     #: of the same type)

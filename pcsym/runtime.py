@@ -211,9 +211,11 @@ class NumpyClassifier:
         scale = np.maximum(np.linalg.norm(rel, axis=-1).mean(axis=(1, 2)), 1e-8)[:, None, None, None]
         rel = rel / scale
         h = self._embed(rel, p + ".embed")
-        if self.cfg.edge_features == "ppf":  # pcsym.models.classifier.point_pair_features
+        if self.cfg.edge_features != "none":  # pcsym.models.classifier.edge_features
             n_i, n_j = normals[:, :n_out, None, :], gather(normals, idx)
             h = np.concatenate([h, np.stack([(n_i * n_j).sum(-1), (n_i * rel).sum(-1), (n_j * rel).sum(-1)], -1)], -1)
+            if self.cfg.edge_features == "ppf+normals":
+                h = np.concatenate([h, np.broadcast_to(n_i, n_j.shape), n_j], -1)
         j = 0
         while f"{p}.mlp{j}.w" in self.a:
             h = self._act(self._linear(h, f"{p}.mlp{j}"), f"{p}.mlp{j}")

@@ -179,19 +179,21 @@ def test_group_table_prints_the_constructor_the_code_calls():
     assert get_group("so3").constructor == "rot3dOnR3()" and get_group("so3").continuous
 
 
-@pytest.mark.parametrize("name", ["so3", "o2", "m"])
-def test_edge_feature_model_is_invariant_and_exports(name, tmp_path):
-    """--edge-features ppf (point-pair invariants fed to every kernel MLP) keeps the model exactly
-    invariant, changes what it computes, and the numpy runtime reproduces it."""
+@pytest.mark.parametrize("name,edges", [("so3", "ppf"), ("o2", "ppf"), ("m", "ppf"), ("so3", "ppf+normals"),
+                                        ("o3", "ppf+normals"), ("o2", "ppf+normals"), ("m", "ppf+normals")])
+def test_edge_feature_model_is_invariant_and_exports(name, edges, tmp_path):
+    """--edge-features ppf (point-pair invariants fed to every kernel MLP) and ppf+normals (the two normals
+    as vector fields besides) keep the model exactly invariant, change what it computes, and the numpy
+    runtime reproduces it."""
     from pcsym.export import export_model
     from pcsym.runtime import NumpyClassifier
 
     torch.manual_seed(0)
     base = dict(group=name, points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16,
                 class_names=[str(i) for i in range(5)])
-    model = build_model(ModelConfig(**base, edge_features="ppf"))
+    model = build_model(ModelConfig(**base, edge_features=edges))
     first = model.blocks[0].conv.mlp[0]
-    assert first.in_size == model.blocks[0].conv.embed.size + 3
+    assert first.in_size == model.blocks[0].conv.embed.size + {"ppf": 3, "ppf+normals": 9}[edges]
     rows = check_model(model, *_cloud(), n_random=2)
     for r in rows:
         if r.in_group:
@@ -203,7 +205,7 @@ def test_edge_feature_model_is_invariant_and_exports(name, tmp_path):
         flipped = model(p, -n)  # the invariants see the normals, not only the input field
     assert (ref - flipped).abs().max() > 1e-4
     net = NumpyClassifier(export_model(model, tmp_path / "m.npz", "numpy"))
-    assert net.cfg.edge_features == "ppf"
+    assert net.cfg.edge_features == edges
     out = net(p.numpy(), n.numpy())
     assert np.abs(out - ref.numpy()).max() < 1e-5 * max(1.0, np.abs(ref.numpy()).max())
 

@@ -22,11 +22,12 @@ HAS_CC = shutil.which(os.environ.get("CC") or "cc") is not None
 needs_cc = pytest.mark.skipif(not HAS_CC, reason="no C compiler: the torch path is the only one (tested elsewhere)")
 
 
-def _conv(group: str, lmax=2, layers=2, edge_dims=0, seed=0) -> ImplicitKernelConv:
+def _conv(group: str, lmax=2, layers=2, edge_dims=0, seed=0, edge_vectors=0) -> ImplicitKernelConv:
     g = resolve(group)
     torch.manual_seed(seed)
     pre, act, _ = channel_types(g, 3)
-    return ImplicitKernelConv(g, act, pre, kernel_dims=16, kernel_layers=layers, lmax=lmax, edge_dims=edge_dims)
+    return ImplicitKernelConv(g, act, pre, kernel_dims=16, kernel_layers=layers, lmax=lmax, edge_dims=edge_dims,
+                              edge_vectors=edge_vectors)
 
 
 def _both(conv, rel, edge, dh):
@@ -66,6 +67,22 @@ def test_same_values_and_weight_gradients_as_torch(group, lmax, layers, edge_dim
     assert h.shape == h_ref.shape and torch.all(h[:, -1] == 1)
     assert _close(h, h_ref, 1e-5)
     assert g.keys() == g_ref.keys() and len(g) >= layers
+    for name in g:
+        assert _close(g[name], g_ref[name], 1e-4), name
+
+
+@needs_cc
+@pytest.mark.parametrize("group", ["so3", "o3", "o2"])
+def test_vector_edge_features_same_values_and_gradients_as_torch(group):
+    """--edge-features ppf+normals: 3 scalars and 2 vectors per edge, 9 columns after the embedding."""
+    conv = _conv(group, edge_dims=3, edge_vectors=2)
+    assert conv.edge_cols == 9 and conv.mlp[0].in_size == conv.embed.size + 9
+    gen = torch.Generator().manual_seed(1)
+    rel, edge = torch.randn(77, 3, generator=gen), torch.randn(77, 9, generator=gen)
+    dh = torch.randn(77, conv.h_size, generator=gen)
+    assert fused.kernel_hidden(conv, rel, edge) is not None, native.status()
+    (h, g), (h_ref, g_ref) = _both(conv, rel, edge, dh)
+    assert _close(h, h_ref, 1e-5) and g.keys() == g_ref.keys()
     for name in g:
         assert _close(g[name], g_ref[name], 1e-4), name
 

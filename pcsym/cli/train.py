@@ -68,7 +68,8 @@ def train(
                                     "a validation split too small to pick one)."),
     edge_features: str = typer.Option(_M.edge_features, "--edge-features",
                                       help=f"{' or '.join(EDGE_FEATURES)}: ppf feeds the point-pair invariants "
-                                           "n_i.n_j, n_i.d, n_j.d of every edge to the kernel MLP (needs normals)."),
+                                           "n_i.n_j, n_i.d, n_j.d of every edge to the kernel MLP (needs normals); "
+                                           "ppf+normals also the normals n_i, n_j as vectors."),
     depth: str = typer.Option(_csv(_M.depth), "--depth", help="Steerable blocks per stage (one value, or one per "
                                                              "stage): the first downsamples, the others are "
                                                              "residual blocks on the stage's points."),

@@ -19,7 +19,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..graph import gather, knn, random_order, sampling_order, take
 from ..groups import Group, resolve
-from .layers import KERNELS, EquivBatchNorm, FieldNonlinearity, channel_types, channels_for
+from .layers import EDGE_FIELDS, KERNELS, EquivBatchNorm, FieldNonlinearity, channel_types, channels_for
 
 
 @dataclass
@@ -40,6 +40,7 @@ class SteerableBlock(nn.Module):
         self.act = FieldNonlinearity(act_reps, kind)
         self.k = cfg.k
         self.act_reps = list(act_reps)
+        self.edge_vectors = EDGE_FIELDS[cfg.edge_features][1] > 0
 
     def forward(self, pos_src, feat_src, n_out: int, normals_src=None):
         """``normals_src`` (B, N, 3): the points' normals, for models with edge features."""
@@ -49,16 +50,20 @@ class SteerableBlock(nn.Module):
         rel = query[:, :, None, :] - gather(pos_src, idx)  # x_i - x_j
         scale = rel.norm(dim=-1).mean(dim=(1, 2), keepdim=True).clamp_min(1e-8)[..., None]  # invariant
         rel = rel / scale
-        edge = None if normals_src is None else point_pair_features(normals_src[:, :n_out], gather(normals_src, idx), rel)
+        edge = None if normals_src is None else edge_features(normals_src[:, :n_out], gather(normals_src, idx), rel,
+                                                                self.edge_vectors)
         out = self.conv.convolve(rel, feat_src, idx, edge)
         return query, self.act(self.norm(out))
 
 
-def point_pair_features(n_query: torch.Tensor, n_nb: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
-    """Invariant scalars of each edge (B, M, k, 3): n_i.n_j, n_i.d, n_j.d with d = x_i - x_j (scaled);
-    dot products of vectors, so invariant under every subgroup of O(3). |d| is in the radial embedding."""
+def edge_features(n_query: torch.Tensor, n_nb: torch.Tensor, rel: torch.Tensor, vectors: bool = False) -> torch.Tensor:
+    """Features of each edge (B, M, k, E) for the kernel MLP (layers.EDGE_FIELDS): the invariant scalars
+    n_i.n_j, n_i.d, n_j.d with d = x_i - x_j (scaled), dot products of vectors, so invariant under every
+    subgroup of O(3) (|d| is in the radial embedding); with ``vectors`` also n_i and n_j, which turn with
+    the cloud like positions (outward normals: under reflections too)."""
     n_i = n_query[:, :, None, :]
-    return torch.stack([(n_i * n_nb).sum(-1), (n_i * rel).sum(-1), (n_nb * rel).sum(-1)], dim=-1)
+    ppf = torch.stack([(n_i * n_nb).sum(-1), (n_i * rel).sum(-1), (n_nb * rel).sum(-1)], dim=-1)
+    return torch.cat([ppf, n_i.expand_as(n_nb), n_nb], dim=-1) if vectors else ppf
 
 
 class EquivariantClassifier(nn.Module):

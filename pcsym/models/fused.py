@@ -48,7 +48,7 @@ def _constants(conv) -> dict:
     if const is None:
         emb = conv.embed
         const = {"lmax": emb.lmax, "cob": [getattr(emb, f"cob_{l}").float().numpy() for l in range(1, emb.lmax + 1)],
-                 "centres": emb.centres.float().numpy(), "width": emb.width, "n_edge": conv.edge_dims,
+                 "centres": emb.centres.float().numpy(), "width": emb.width, "n_edge": conv.edge_cols,
                  "chan": [gate_channels(act.is_scalar.numpy(), act.gate_of.numpy()) for act in conv.mlp[1::2]]}
         conv.__dict__["_edge_constants"] = const
     return const

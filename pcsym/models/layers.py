@@ -290,13 +290,15 @@ class ImplicitKernelConv(nn.Module):
     """
 
     def __init__(self, group: Group, in_reps, out_reps, kernel_dims: int = 16, kernel_layers: int = 2,
-                 lmax: int = 2, n_radial: int = 4, edge_dims: int = 0):
+                 lmax: int = 2, n_radial: int = 4, edge_dims: int = 0, edge_vectors: int = 0):
         super().__init__()
         self.in_size, self.out_size = type_size(in_reps), type_size(out_reps)
         self.embed = HarmonicEmbedding(group, lmax, n_radial)
-        self.edge_dims = edge_dims  # invariant edge features appended to the embedding (scalar fields)
+        # edge features appended to the embedding: edge_dims invariant scalars, then edge_vectors vectors
+        # (x, y, z columns, acted on like positions)
+        self.edge_cols = edge_dims + 3 * edge_vectors
         pre, act, kind = channel_types(group, channels_for(group, kernel_dims))
-        mlp, reps = [], self.embed.reps + [group.trivial] * edge_dims
+        mlp, reps = [], self.embed.reps + [group.trivial] * edge_dims + [group.vector] * edge_vectors
         for _ in range(kernel_layers):
             mlp += [EquivLinear(group, reps, pre), FieldNonlinearity(act, kind)]
             reps = act
@@ -329,15 +331,16 @@ class ImplicitKernelConv(nn.Module):
 
     @classmethod
     def from_config(cls, group: Group, in_reps, out_reps, cfg) -> "ImplicitKernelConv":
+        scalars, vectors = EDGE_FIELDS[cfg.edge_features]
         return cls(group, in_reps, out_reps, kernel_dims=cfg.kernel_dims, kernel_layers=cfg.kernel_layers,
-                   lmax=cfg.lmax, n_radial=cfg.n_radial, edge_dims=EDGE_DIMS[cfg.edge_features])
+                   lmax=cfg.lmax, n_radial=cfg.n_radial, edge_dims=scalars, edge_vectors=vectors)
 
     def kernel_hidden(self, rel: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
         h = fused.kernel_hidden(self, rel, edge)  # the compiled kernel where it applies (same maths)
         if h is not None:
             return h
         e = self.embed(rel)
-        if self.edge_dims:
+        if self.edge_cols:
             e = torch.cat([e, edge.to(e.dtype)], dim=-1)
         h = self.mlp(e)
         return torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
@@ -360,7 +363,7 @@ class ImplicitKernelConv(nn.Module):
 
     def forward(self, rel: torch.Tensor, f_nb: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
         """rel (B, M, k, 3) relative positions (already scaled), f_nb (B, M, k, C_in), edge (B, M, k, E)
-        invariant edge features (models with edge features) -> (B, M, C_out)."""
+        the edge features (models with edge features: EDGE_FIELDS) -> (B, M, C_out)."""
         b, m, k, _ = rel.shape
         h = self.kernel_hidden(rel, edge)  # (B, M, k, H)
         agg = torch.bmm(h.reshape(b * m, k, self.h_size).transpose(1, 2), f_nb.reshape(b * m, k, self.in_size))
@@ -445,8 +448,9 @@ class BasisKernelConv(nn.Module):
         return out if bias is None else out + bias
 
 
-#: invariant scalars per edge of each ``ModelConfig.edge_features`` (config.EDGE_FEATURES)
-EDGE_DIMS = {"none": 0, "ppf": 3}
+#: (invariant scalars, vectors) per edge of each ``ModelConfig.edge_features`` (config.EDGE_FEATURES); their
+#: columns, in this order, are :func:`pcsym.models.classifier.edge_features`'
+EDGE_FIELDS = {"none": (0, 0), "ppf": (3, 0), "ppf+normals": (3, 2)}
 
 #: The steerable convolutions by ``ModelConfig.kernel`` name (``config.KERNELS`` lists the same names
 #: without importing torch; a test keeps the two equal); each is built with
