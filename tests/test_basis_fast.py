@@ -228,8 +228,8 @@ def test_numpy_export_of_a_basis_model_gives_its_logits(name, tmp_path):
     assert np.abs(ref).max() > 1e-3
 
 
-def test_torchscript_export_of_a_basis_model(tmp_path):
-    from pcsym.export import ScriptedClassifier, export_model
+def test_torchscript_and_onnx_export_of_a_basis_model(tmp_path):
+    from pcsym.export import ScriptedClassifier, export_model, prepare_inputs
 
     torch.manual_seed(2)
     cfg = ModelConfig(group="o2", kernel="basis", points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16,
@@ -240,6 +240,11 @@ def test_torchscript_export_of_a_basis_model(tmp_path):
     with torch.no_grad():
         ref, out = model(p, n), net(p, n)
     assert float((out - ref).abs().max()) < 1e-5 * max(1.0, float(ref.abs().max()))
+    ort = pytest.importorskip("onnxruntime")
+    export_model(model, tmp_path / "m.onnx", "onnx")
+    pp, nn_ = prepare_inputs(p, n, cfg)
+    out = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"pos": pp.numpy(), "normals": nn_.numpy()})[0]
+    assert np.abs(out - ref.numpy()).max() < 1e-4 * max(1.0, float(ref.abs().max()))
 
 
 def test_compiled_aggregation_and_torch_spelling_agree():

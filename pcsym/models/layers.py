@@ -408,7 +408,8 @@ class ImplicitKernelConv(nn.Module):
 
 
 class BasisKernelConv(nn.Module):
-    """The paper's baseline: escnn's group-restricted steerable basis (``R3PointConv``).
+    """The paper's baseline: escnn's group-restricted steerable basis (``R3PointConv``). The reference
+    spelling: ``--kernel basis`` builds :class:`pcsym.models.basis.FastBasisKernelConv` (same basis and messages).
 
     Same interface as :class:`ImplicitKernelConv`; messages are computed by escnn's own basis
     sampler (``R3PointConv.basissampler.compute_messages``) on the same kNN edges, and averaged.
