@@ -125,7 +125,8 @@ def worker(spec: dict) -> dict:
         from groups_report import search_widths
 
         target = count_parameters(build_model(cfg))
-        _, widths, _ = search_widths(replace(cfg, kernel=kernel, class_names=list(CLASSES)), target)
+        # multipliers of 0.3-1.5 match the default widths; hi=4 spares building 12x-wide probe models
+        _, widths, _ = search_widths(replace(cfg, kernel=kernel, class_names=list(CLASSES)), target, hi=4.0)
         cfg = replace(cfg, kernel=kernel, widths=widths, class_names=list(CLASSES))
         res["implicit_params"] = target
         torch.manual_seed(0)

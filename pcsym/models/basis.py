@@ -125,11 +125,14 @@ def basis_spec(group: Group, in_reps, out_reps, width: float = 3.0, n_rings: int
         assert sampler._weights_ranges[pair] == (start, start + n_out * n_in * d)  # escnn's weight order: (u, v, k)
         start += n_out * n_in * d
         basis = T.transpose(3, 1, 0, 2).reshape(d, o, H * i, 1)  # [k, r, a*i + c] = T[a, r, c, k]
-        # block (u, v) of the pair -> W[rows[u*o + r], a*in_size + cols[v*i + c]]
-        u, v, r, a, c = np.meshgrid(np.arange(n_out), np.arange(n_in), np.arange(o), np.arange(H), np.arange(i),
-                                    indexing="ij")
-        index[rows[u * o + r] * (H * in_size) + a * in_size + cols[v * i + c]] = offset + np.arange(u.size).reshape(u.shape)
-        offset += u.size
+        # entry (r, a*i + c) of block (u, v) -> W[rows[u*o + r], a*in_size + cols[v*i + c]]; one output field
+        # at a time (W has H times the entries of a hidden layer: no W-sized temporaries)
+        r_, a_, v_, c_ = np.ix_(np.arange(o), np.arange(H), np.arange(n_in), np.arange(i))
+        col = a_ * in_size + cols.reshape(n_in, i)[v_, c_]
+        local = (v_ * o + r_) * (H * i) + a_ * i + c_
+        for u in range(n_out):
+            index[rows[u * o + r_] * (H * in_size) + col] = offset + u * n_in * o * H * i + local
+        offset += n_out * n_in * o * H * i
         spec["names"].append(f"{j}_" + re.sub(r"\W", "_", f"{pair[0]}__{pair[1]}"))
         spec["blocks"].append(n_out * n_in)
         spec[f"basis_{j}"] = basis.astype(np.float32)
@@ -195,39 +198,44 @@ class BasisEmbedding(nn.Module):
 
 
 class _BasisLinear(EquivLinear):
-    """The contraction W(w): an :class:`EquivLinear` whose per-entry expansion keeps only each entry's non-zero
-    terms. The base class's one-node expansion sums over all d coefficients of a pair for every entry of W
-    (d reaches 100+ here, and W has H times more columns than a hidden layer's); an entry of this W is reached
-    by a few basis elements only (those of its harmonic), so the terms are packed per entry."""
+    """The contraction W(w): an :class:`EquivLinear` expanded through its bases' sparsity. Each pair's basis
+    (d, o·H·i) has a few non-zero coefficients per column (the basis elements of that column's harmonic) of
+    d = 10-130: W's flat blocks are, per pair, a sum of a few gathered columns of the parameters times
+    constants — per pair tables of (basis element, value) per column, no per-entry index arrays (the base
+    class's one-node expansion keeps d of them for every entry of W, and W has H times the entries of a
+    hidden layer's). Plain torch, so autograd differentiates it and exports trace it."""
 
-    def _terms(self, index: torch.Tensor, dtype: torch.dtype) -> list:
+    def _tables(self) -> list:
+        """Per pair: (t (n, s), v (n, s)): column c of the pair's basis = Σ_r e_{t[r, c]} v[r, c] (v = 0 pads)."""
         cache = self.__dict__.setdefault("_term_cache", {})
-        key = (id(index), dtype, self.weight.device)
-        hit = cache.get(key)
-        if hit is not None and hit[0] is index:
-            return hit[1]
-        parts, f0 = [], 0  # per pair: (entry, rank among the entry's terms, parameter, value)
-        for name, start, blocks, d in self._pairs:
-            basis = getattr(self.expansion, name).sampled_basis.detach().cpu().double().reshape(d, -1).numpy()
-            s = basis.shape[1]
-            tt, ss = np.nonzero(basis)
-            order = np.lexsort((tt, ss))
-            tt, ss = tt[order], ss[order]
-            rank = np.arange(len(ss)) - np.searchsorted(ss, ss)
-            b = np.arange(blocks)[:, None]
-            parts.append(((f0 + b * s + ss).ravel(), np.broadcast_to(rank, (blocks, len(ss))).ravel(),
-                          (start + b * d + tt).ravel(), np.broadcast_to(basis[tt, ss], (blocks, len(ss))).ravel()))
-            f0 += blocks * s
-        entry, rank, param, value = (np.concatenate(x) for x in zip(*parts))
-        n_terms = int(rank.max()) + 1 if rank.size else 1
-        P = np.zeros((n_terms, f0 + 1), dtype=np.int64)  # the last entry: the structural zero (V = 0)
-        V = np.zeros((n_terms, f0 + 1))
-        P[rank, entry], V[rank, entry] = param, value
-        idx = index.cpu().numpy()
-        terms = [(torch.as_tensor(P[t, idx]).to(self.weight.device), torch.as_tensor(V[t, idx]).to(self.weight.device, dtype))
-                 for t in range(n_terms)]
-        cache[key] = (index, terms)
-        return terms
+        key = ("tables", self.weight.device)
+        if key not in cache:
+            tables = []
+            for name, _, _, d in self._pairs:
+                basis = getattr(self.expansion, name).sampled_basis.detach().cpu().double().reshape(d, -1).numpy()
+                cols, rows = np.nonzero(basis.T)  # by column, then basis element
+                rank = np.arange(len(cols)) - np.searchsorted(cols, cols)
+                n = int(rank.max()) + 1 if rank.size else 1
+                t, v = np.zeros((n, basis.shape[1]), dtype=np.int64), np.zeros((n, basis.shape[1]))
+                t[rank, cols], v[rank, cols] = rows, basis[rows, cols]
+                tables.append((torch.as_tensor(t).to(self.weight.device), torch.as_tensor(v).to(self.weight.device)))
+            cache[key] = tables
+        return cache[key]
+
+    def _flat_blocks(self) -> torch.Tensor:
+        parts = []
+        for (name, start, blocks, d), (t, v) in zip(self._pairs, self._tables()):
+            coeff = self.weight[start : start + blocks * d].view(blocks, d)
+            flat = None
+            for r in range(t.shape[0]):
+                term = coeff.index_select(1, t[r]) * v[r].to(coeff.dtype)
+                flat = term if flat is None else flat + term
+            parts.append(flat.reshape(-1))
+        parts.append(self.weight.new_zeros(1))
+        return torch.cat(parts)
+
+    def _entries(self, index: torch.Tensor) -> torch.Tensor:
+        return self._flat_blocks().index_select(0, index)
 
 
 class FastBasisKernelConv(nn.Module):
@@ -249,7 +257,7 @@ class FastBasisKernelConv(nn.Module):
         self.contract = _BasisLinear(group, None, out_reps, spec=spec)
         # the (h, f) outer product is flattened in W's own column order: the identity permutation
         self.register_buffer("perm", torch.arange(self.h_size * self.in_size), persistent=False)
-        self.contract.permute_columns(self.perm)
+        self.contract.w_index_perm = self.contract.w_index  # what permute_columns(perm) would copy
         with torch.no_grad():  # the escnn-sampled conv's init: unit output variance on unit-variance random input
             self.contract.weight.normal_()
             if self.contract.bias is not None:
