@@ -1,5 +1,7 @@
 """One steerable point-convolution layer, forward + backward: pcsym's implicit kernel vs pcsym's basis
-kernel vs escnn's ``R3PointConv`` used directly (torch_geometric message passing) on the same kNN graph.
+kernel (escnn's basis through the implicit kernel's contraction, ``pcsym.models.basis``) vs escnn's
+``R3PointConv`` used directly (torch_geometric message passing) on the same kNN graph; optionally
+(``--methods ...,basis-escnn``) pcsym's previous basis kernel, which calls escnn's basis sampler.
 
 For each group the input field type is the hidden activation type of 16 channels and the output type the
 matching pre-activation type (``channel_types(g, 16)`` -> act_reps in, pre_reps out), for all three layers.
@@ -18,12 +20,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-GROUPS = ["so2", "o2", "so3", "o3", "m", "inv"]
+GROUPS = ["so2", "o2", "so3", "o3", "m", "inv", "f", "trivial"]  # the paper's comparison (Fig. 3)
 METHODS = ["implicit", "basis", "escnn"]
-LABEL = {"implicit": "pcsym implicit", "basis": "pcsym basis", "escnn": "escnn R3PointConv"}
+LABEL = {"implicit": "pcsym implicit", "basis": "pcsym basis", "basis-escnn": "pcsym basis (escnn sampler)",
+         "escnn": "escnn R3PointConv"}
 # escnn R3PointConv fwd+bwd, 8x1024 points, k=10, 16 channels, 2 threads (anchor figures from the brief, s)
 ANCHOR_S = {"so3": 6.7, "o3": 6.7, "so2": 10.5, "o2": 11.4, "m": 2.1, "inv": 2.0}
-# basis of the escnn baseline: the same as pcsym's BasisKernelConv defaults
+# basis of the escnn baseline: the same as pcsym's basis kernel's defaults (pcsym.models.basis.BASIS_DEFAULTS)
 BASIS_KW = dict(width=3.0, n_rings=3, frequencies_cutoff=2.0)
 
 
@@ -72,6 +75,7 @@ def worker(spec: dict) -> dict:
 
     from pcsym.graph import gather, knn
     from pcsym.groups import quiet_stdout, resolve
+    from pcsym.models.basis import FastBasisKernelConv
     from pcsym.models.layers import (BasisKernelConv, ImplicitKernelConv, channel_types, direct_sum_matrix,
                                      type_size)
 
@@ -84,9 +88,10 @@ def worker(spec: dict) -> dict:
     gs = group.gspace
     if method == "implicit":
         conv = ImplicitKernelConv(group, act, pre)
-    elif method == "basis":
-        conv = BasisKernelConv(group, act, pre, max_radius=BASIS_KW["width"], n_rings=BASIS_KW["n_rings"],
-                               frequencies_cutoff=BASIS_KW["frequencies_cutoff"])
+    elif method in ("basis", "basis-escnn"):
+        cls = FastBasisKernelConv if method == "basis" else BasisKernelConv
+        conv = cls(group, act, pre, max_radius=BASIS_KW["width"], n_rings=BASIS_KW["n_rings"],
+                   frequencies_cutoff=BASIS_KW["frequencies_cutoff"])
     else:
         with quiet_stdout():
             in_type, out_type = enn.FieldType(gs, list(act)), enn.FieldType(gs, list(pre))
@@ -163,8 +168,9 @@ def worker(spec: dict) -> dict:
 def main() -> int:
     p = C.parser(__doc__.split("\n\n")[0])
     p.add_argument("--worker", help=C.argparse.SUPPRESS)
-    p.add_argument("--groups", default=",".join(GROUPS), help="comma-separated groups (default: all six)")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated: implicit,basis,escnn")
+    p.add_argument("--groups", default=",".join(GROUPS), help="comma-separated groups (default: all eight)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated: implicit,basis,escnn "
+                   "(and basis-escnn: pcsym's escnn-sampled basis kernel, as slow as escnn)")
     args = p.parse_args()
     if args.worker:
         specs = json.loads(args.worker)
@@ -199,25 +205,30 @@ def main() -> int:
         for method in methods:
             r = next(results)
             if "error" in r:
-                print(f"  {group:4s} {LABEL[method]:18s} FAILED: {r['error']}", flush=True)
+                print(f"  {group:4s} {LABEL[method]:27s} FAILED: {r['error']}", flush=True)
                 r = {"group": group, "method": method, "error": r["error"]}
             else:
-                print(f"  {group:4s} {LABEL[method]:18s} {r['median_s']:8.3f} s  peak +{r['peak_mem_mb']:.0f} MiB  "
+                print(f"  {group:4s} {LABEL[method]:27s} {r['median_s']:8.3f} s  peak +{r['peak_mem_mb']:.0f} MiB  "
                       f"equiv {r['equiv_rel_err']:.1e}", flush=True)
             by[method] = r
         ref = by.get("escnn", {}).get("median_s")
+        imp = by.get("implicit", {}).get("median_s")
         for method in methods:
             r = by[method]
             r["label"] = LABEL[method]
             r["speedup_vs_escnn"] = (ref / r["median_s"]) if ref and r.get("median_s") else None
+            r["speed_vs_implicit"] = (imp / r["median_s"]) if imp and r.get("median_s") else None
             r["anchor_escnn_s"] = ANCHOR_S.get(group) if not quick else None
             rows.append(r)
 
     speedups = [r["speedup_vs_escnn"] for r in rows if r["method"] == "implicit" and r.get("speedup_vs_escnn")]
     min_speedup = min(speedups) if speedups else None
+    basis_rel = [r["speed_vs_implicit"] for r in rows if r["method"] == "basis" and r.get("speed_vs_implicit")]
+    basis_esc = [r["speedup_vs_escnn"] for r in rows if r["method"] == "basis" and r.get("speedup_vs_escnn")]
     cols = [("group", "group"), ("label", "layer"), ("c_in", "C in"), ("c_out", "C out"), ("params", "params"),
             ("median_s", "fwd+bwd s (median)"), ("forward_s", "fwd s"), ("speedup_vs_escnn", "speedup vs escnn"),
-            ("peak_mem_mb", "peak +MiB"), ("equiv_rel_err", "equiv rel err (f32)")]
+            ("speed_vs_implicit", "speed vs implicit"), ("peak_mem_mb", "peak +MiB"),
+            ("equiv_rel_err", "equiv rel err (f32)")]
     flop_rows = [dict(group=r["group"], gflop=r["flops"]["total"] / 1e9, gflops=r["gflops"],
                       contract=r["flops"]["contract_mm"] / r["flops"]["total"],
                       dense=r["dense_mm_gflops"], nz=r.get("contract_nonzero_frac"), square=r["square_mm_gflops"], eff=r["mm_efficiency"],
@@ -229,6 +240,9 @@ def main() -> int:
                  ("eff", "achieved / same-shape mm")]
     headline = f"min speedup vs escnn R3PointConv: {min_speedup:.1f}x" if min_speedup else \
         "min speedup vs escnn R3PointConv: n/a"
+    basis_line = (f"pcsym basis: min speed vs implicit {min(basis_rel):.2f}x, min speedup vs escnn "
+                  f"{min(basis_esc):.1f}x (same field types; matched parameters: bench_model)"
+                  if basis_rel and basis_esc else None)
     md = "\n\n".join([
         "# bench_conv: one steerable point-conv layer, forward + backward",
         C.env_markdown_shared_process(env),
@@ -237,7 +251,9 @@ def main() -> int:
         f"{sizes['channels']} channels, output type = its pre-activation type (`channel_types(g, {sizes['channels']})`). "
         "Time = median wall time of repeats after one warm-up of: gather neighbours + conv forward + "
         "backward w.r.t. the parameters and the input features (escnn: `R3PointConv` forward via torch_geometric "
-        f"message passing, basis {BASIS_KW}). *peak +MiB* = peak resident memory (VmHWM, reset before the timed "
+        f"message passing, basis {BASIS_KW}; pcsym basis: the same basis and parameters through the implicit "
+        "kernel's contraction). *speed vs implicit* = implicit time / this row's time, same field types (the "
+        "parameter counts differ: see *params*). *peak +MiB* = peak resident memory (VmHWM, reset before the timed "
         "phase) minus resident memory before it, in a fresh process per row. Equivariance error = "
         "max |f(g.x) - g.f(x)| / max |g.f(x)| for one random group element, float32, eval mode.",
         C.table(rows, cols),
@@ -248,9 +264,10 @@ def main() -> int:
         "Anchor (escnn R3PointConv fwd+bwd, 8x1024, k=10, 2 threads, from the project brief): "
         + ", ".join(f"{g} {s} s" for g, s in ANCHOR_S.items()),
         f"**{headline}**",
-    ])
+    ] + ([f"**{basis_line}**"] if basis_line else []))
     data = {"benchmark": "conv", "env": env, "sizes": sizes, "basis": BASIS_KW, "rows": rows,
-            "min_speedup_vs_escnn": min_speedup, "headline": headline}
+            "min_speedup_vs_escnn": min_speedup, "headline": headline,
+            "basis_min_speed_vs_implicit": min(basis_rel) if basis_rel else None, "basis_headline": basis_line}
     jp, mp = C.write_results(args.out, "bench_conv", data, md, quick)
     print()
     print(C.table(rows, cols))
@@ -258,6 +275,8 @@ def main() -> int:
     print(C.table(flop_rows, flop_cols))
     print(f"\nwrote {jp} and {mp}")
     print(headline)
+    if basis_line:
+        print(basis_line)
     return 0
 
 

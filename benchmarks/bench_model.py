@@ -2,7 +2,10 @@
 
 1. Training throughput (shapes/s: forward + backward + AdamW step, batch 16) and inference throughput
    (shapes/s: eval mode, no_grad, batch 16) of the default classifier (``ModelConfig(group=g, class_names=
-   10 names)``, 1024 points) for groups so2, o2, so3, o3, m, inv, trivial.
+   10 names)``, 1024 points) for groups so2, o2, so3, o3, m, inv, f, trivial; with the basis kernel too
+   (``--kernels implicit,basis``, the default): the basis model's widths scaled until its parameter count
+   matches the implicit model's (within 10%, as benchmarks/groups_report.py does), and its speed relative
+   to the implicit model's.
 2. Scaling of one training forward + backward of the O(2) classifier with the number of points N (k = 10)
    and with k (N = 1024): a least-squares fit of log(time) against log(N*k) gives the exponent (1 = cost
    linear in N*k), and the peak extra resident memory is fitted the same way (1 = no O(N^2) tensor).
@@ -22,7 +25,7 @@ Every configuration runs in a fresh Python process (honest peak-memory figures).
    ``--levers`` also times, on this tree, what the shipped models' levers (ppf edge features, random-fps
    sampling) cost per step over the plain recipes.
 
-    python benchmarks/bench_model.py [--quick] [--threads N] [--idle HOW]
+    python benchmarks/bench_model.py [--quick] [--threads N] [--idle HOW] [--groups G,..] [--kernels K,..]
         [--baseline REF [--rounds R] [--profile] [--levers] [--epoch-data DIR [--epoch-rounds R]
         [--epoch-recipes so3,o2,so3-shipped,o2-shipped]]]
 """
@@ -37,7 +40,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-GROUPS = ["so2", "o2", "so3", "o3", "m", "inv", "trivial"]
+GROUPS = ["so2", "o2", "so3", "o3", "m", "inv", "f", "trivial"]
+KERNELS = ["implicit", "basis"]
 CLASSES = [f"class{i}" for i in range(10)]
 SCALING_GROUP = "o2"
 
@@ -112,12 +116,25 @@ def worker(spec: dict) -> dict:
 
     torch.manual_seed(0)
     b, n, k = spec["batch"], spec["points"], spec["k"]
-    model = build_model(ModelConfig(group=spec["group"], class_names=list(CLASSES), points=n, k=k))
+    kernel = spec.get("kernel", "implicit")
+    cfg = ModelConfig(group=spec["group"], class_names=list(CLASSES), points=n, k=k)
+    res = {"group": spec["group"], "kernel": kernel, "batch": b, "points": n, "k": k}
+    if kernel != "implicit":  # matched parameters: this kernel's widths scaled to the implicit model's count
+        from dataclasses import replace
+
+        from groups_report import search_widths
+
+        target = count_parameters(build_model(cfg))
+        # multipliers of 0.3-1.5 match the default widths; hi=4 spares building 12x-wide probe models
+        _, widths, _ = search_widths(replace(cfg, kernel=kernel, class_names=list(CLASSES)), target, hi=4.0)
+        cfg = replace(cfg, kernel=kernel, widths=widths, class_names=list(CLASSES))
+        res["implicit_params"] = target
+        torch.manual_seed(0)
+    model = build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
     pos, normals, labels = make_batch(b, n)
-    res = {"group": spec["group"], "batch": b, "points": n, "k": k, "params": count_parameters(model),
-           "edges_per_shape": edge_count(model, n, k)}
+    res.update(widths=list(cfg.widths), params=count_parameters(model), edges_per_shape=edge_count(model, n, k))
 
     model.train()
     stepping = spec["mode"] == "throughput"
@@ -536,6 +553,9 @@ def main() -> int:
                    f"{', '.join(EPOCH_FLAGS)} (default so3,o2, the issue's; the -shipped ones need a ref that has "
                    "their flags)")
     p.add_argument("--recipe-worker", help=C.argparse.SUPPRESS)
+    p.add_argument("--groups", help=f"throughput: comma-separated groups (default {','.join(GROUPS)}; --quick: o2,m,trivial)")
+    p.add_argument("--kernels", default=",".join(KERNELS), help="throughput: comma-separated kernels (default "
+                   "implicit,basis; kernels besides implicit run at the implicit model's parameter count)")
     args = p.parse_args()
     unknown = set(args.epoch_recipes.split(",")) - set(EPOCH_FLAGS)
     if unknown:
@@ -566,6 +586,9 @@ def main() -> int:
     else:
         tp = dict(batch=16, points=1024, k=10, repeats=10, groups=GROUPS)
         sc = dict(batch=8, points=(256, 512, 1024, 2048, 4096), ks=(5, 10, 20, 40), repeats=7)
+    if args.groups:
+        tp["groups"] = [g for g in args.groups.split(",") if g]
+    tp["kernels"] = [kk for kk in args.kernels.split(",") if kk]
     env = C.environment(args.threads, quick, args.idle)
     print(f"bench_model: {args.threads} thread(s){' [QUICK]' if quick else ''}", flush=True)
     if env["contention_note"]:
@@ -580,18 +603,32 @@ def main() -> int:
     # --- 1. throughput per group
     tp_rows = []
     if not args.skip_throughput:
-        specs = [dict(group=g, batch=tp["batch"], points=tp["points"], k=tp["k"], repeats=tp["repeats"],
-                      mode="throughput") for g in tp["groups"]]
-        for r in run(specs):
+        specs = [dict(group=g, kernel=kk, batch=tp["batch"], points=tp["points"], k=tp["k"], repeats=tp["repeats"],
+                      mode="throughput") for g in tp["groups"] for kk in tp["kernels"]]
+        for spec, r in zip(specs, run(specs)):
+            r.setdefault("kernel", spec["kernel"])
             if "error" in r:
-                print(f"  {r.get('group')}: FAILED {r['error']}", flush=True)
+                print(f"  {r.get('group')} {spec['kernel']}: FAILED {r['error']}", flush=True)
             else:
-                print(f"  {r['group']:8s} train {r['train_shapes_per_s']:7.1f} shapes/s  "
-                      f"infer {r['infer_shapes_per_s']:7.1f} shapes/s  peak +{r['train_peak_mb']:.0f} MiB", flush=True)
+                print(f"  {r['group']:8s} {r['kernel']:8s} train {r['train_shapes_per_s']:7.1f} shapes/s  "
+                      f"infer {r['infer_shapes_per_s']:7.1f} shapes/s  peak +{r['train_peak_mb']:.0f} MiB  "
+                      f"params {r['params']:,} widths {tuple(r['widths'])}", flush=True)
             tp_rows.append(r)
-    tp_cols = [("group", "group"), ("params", "params"), ("train_s", "train step s (median)"),
-               ("train_shapes_per_s", "train shapes/s"), ("infer_s", "inference batch s"),
-               ("infer_shapes_per_s", "inference shapes/s"), ("train_peak_mb", "train peak +MiB")]
+        implicit = {r["group"]: r for r in tp_rows if r["kernel"] == "implicit" and "error" not in r}
+        for r in tp_rows:
+            ref = implicit.get(r["group"])
+            if ref and "error" not in r:
+                r["train_vs_implicit"] = r["train_shapes_per_s"] / ref["train_shapes_per_s"]
+                r["infer_vs_implicit"] = r["infer_shapes_per_s"] / ref["infer_shapes_per_s"]
+                r["params_vs_implicit"] = r["params"] / ref["params"]
+    tp_cols = [("group", "group"), ("kernel", "kernel"), ("widths", "widths"), ("params", "params"),
+               ("train_s", "train step s (median)"), ("train_shapes_per_s", "train shapes/s"),
+               ("infer_s", "inference batch s"), ("infer_shapes_per_s", "inference shapes/s"),
+               ("train_peak_mb", "train peak +MiB"), ("params_vs_implicit", "params / implicit"),
+               ("train_vs_implicit", "train speed / implicit"), ("infer_vs_implicit", "inference speed / implicit")]
+    basis_ratios = [r["train_vs_implicit"] for r in tp_rows if r["kernel"] == "basis" and "train_vs_implicit" in r]
+    basis_line = (f"basis kernel at matched parameters: min train speed / implicit {min(basis_ratios):.2f} "
+                  f"(target >= 0.33) over {len(basis_ratios)} group(s)") if basis_ratios else None
 
     # --- 2. scaling (O(2)): fwd+bwd of one batch
     sc_rows, fit = [], {}
@@ -635,11 +672,14 @@ def main() -> int:
         "# bench_model: classifier throughput and scaling",
         C.env_markdown_shared_process(env),
         f"## Throughput (default classifier, {tp['points']} points, batch {tp['batch']}, k = {tp['k']})\n\n"
+        "Kernels other than implicit: the same classifier with its widths scaled (bisection, "
+        "`groups_report.search_widths`) to the implicit model's parameter count. "
         "Train = forward + cross-entropy backward + AdamW step (train mode, random sampling order); inference = "
         "eval mode under no_grad. Medians of repeats after one warm-up; synthetic ellipsoid clouds with exact "
         "normals. *train peak +MiB* = peak resident memory during the training steps minus resident memory "
         "before them, fresh process per group.",
         C.table(tp_rows, tp_cols) if tp_rows else "(skipped)",
+    ] + ([f"**{basis_line}**"] if basis_line else []) + [
         f"## Scaling ({SCALING_GROUP}, batch {sc['batch']}, one forward + backward, no optimizer step)\n\n"
         "*edges/shape* counts query points x neighbours over all blocks (strides 2, 4, 4, 1; the last "
         "blocks clamp k to the points available). Exponents are least-squares slopes of log-log fits over all "
@@ -649,7 +689,7 @@ def main() -> int:
         f"**{headline}**",
     ])
     data = {"benchmark": "model", "env": env, "throughput_setup": tp, "scaling_setup": sc,
-            "throughput": tp_rows, "scaling": sc_rows, "fit": fit, "headline": headline}
+            "throughput": tp_rows, "scaling": sc_rows, "fit": fit, "headline": headline, "basis_headline": basis_line}
     jp, mp = C.write_results(args.out, "bench_model", data, md, quick)
     print()
     if tp_rows:
@@ -659,6 +699,8 @@ def main() -> int:
     print(fit_lines)
     print(f"\nwrote {jp} and {mp}")
     print(headline)
+    if basis_line:
+        print(basis_line)
     return 0
 
 

@@ -79,8 +79,6 @@ def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_thre
 
     path = Path(path)
     check_choice(fmt, EXPORT_FORMATS, "export format")
-    if model.cfg.kernel != "implicit":
-        raise PcsymError("export supports implicit-kernel models (escnn's R3PointConv basis is not traceable)")
     model = freeze(model.float().eval())
     net = OrderedNet(model).eval()
     pos, nrm = _example(model)
@@ -132,6 +130,15 @@ def numpy_arrays(model, unknown_threshold: float | None = None, unknown: dict | 
 
     for i, block in enumerate(model.blocks):
         p, conv = f"block{i}", block.conv
+        if not hasattr(conv, "mlp"):  # the basis kernel (pcsym.models.basis): h = the basis functions φ
+            for l in range(1, conv.embed.lmax + 1):
+                arrays[f"{p}.basis.cob_{l}"] = getattr(conv.embed, f"cob_{l}")
+            for name in ("rings", "sigma", "phi_ring", "phi_harmonic"):
+                arrays[f"{p}.basis.{name}"] = getattr(conv.embed, name)
+            linear(f"{p}.contract", *conv.dense_weight())
+            arrays[f"{p}.norm.scale"], arrays[f"{p}.norm.shift"] = block.norm.eval_affine()
+            act(f"{p}.act", block.act)
+            continue
         for l in range(1, conv.embed.lmax + 1):
             arrays[f"{p}.embed.cob_{l}"] = getattr(conv.embed, f"cob_{l}")
         arrays[f"{p}.embed.centres"] = conv.embed.centres
@@ -148,7 +155,9 @@ def numpy_arrays(model, unknown_threshold: float | None = None, unknown: dict | 
     arrays["head.bn.scale"], arrays["head.bn.shift"] = scale, bn.bias - bn.running_mean * scale
     linear("head.1", last.weight, last.bias)
     out = {k: (v.detach().cpu().float() if v.is_floating_point() else v.cpu()).numpy() for k, v in arrays.items()}
-    meta = {"format": runtime.FORMAT, "version": runtime.VERSION, **metadata(model, unknown_threshold)}
+    # version 1 still for implicit models (older runtimes read them); basis models need runtime version 2
+    meta = {"format": runtime.FORMAT, "version": 2 if model.cfg.kernel == "basis" else 1,
+            **metadata(model, unknown_threshold)}
     if unknown is not None:
         out["unknown.bank"] = np.asarray(unknown["bank"].cpu().numpy(), dtype=np.float16)
         meta["unknown"] = {k: v for k, v in unknown.items() if k != "bank"}

@@ -20,7 +20,7 @@ import numpy as np
 from .errors import PcsymError
 
 FORMAT = "pcsym-numpy-export"
-VERSION = 1
+VERSION = 2  # 2: also basis-kernel models (``block<i>.basis.*`` arrays); implicit models are still written as 1
 #: kNN computes distances in chunks of at most this many entries per cloud (here and in pcsym.graph)
 KNN_CHUNK_ENTRIES = 1 << 21
 KNN_BLOCK_ENTRIES = 1 << 19  # torch kNN: distances per block (2 MiB of float32: cache-sized, see graph.knn)
@@ -210,6 +210,33 @@ class NumpyClassifier:
         rel = query[:, :, None, :] - gather(pos, idx)
         scale = np.maximum(np.linalg.norm(rel, axis=-1).mean(axis=(1, 2)), 1e-8)[:, None, None, None]
         rel = rel / scale
+        if p + ".basis.rings" in self.a:
+            h = self._basis(rel, p + ".basis")
+        else:
+            h = self._kernel_hidden(rel, p, n_out, idx, normals)
+        b, m = h.shape[:2]
+        f = gather(feat, idx)
+        agg = h.reshape(b * m, k, -1).transpose(0, 2, 1) @ f.reshape(b * m, k, -1)  # (B·M, H, C_in)
+        out = self._linear(agg.reshape(b, m, -1) / k, p + ".contract")
+        out = out * self.a[p + ".norm.scale"] + self.a[p + ".norm.shift"]
+        return query, self._act(out, p + ".act")
+
+    def _basis(self, rel: np.ndarray, p: str) -> np.ndarray:
+        """pcsym.models.basis.BasisEmbedding: Gaussian rings of |x| times harmonic polynomials of x/|x|."""
+        r = np.linalg.norm(rel, axis=-1, keepdims=True)
+        unit = rel / np.where(r > 1e-9, r, 1.0)
+        feats, l = [np.ones_like(rel[..., :1])], 1
+        while f"{p}.cob_{l}" in self.a:
+            cob = self.a[f"{p}.cob_{l}"]
+            feats.append(unit @ cob.T if l == 1 else (feats[-1][..., :, None] * feats[1][..., None, :]).reshape(
+                *unit.shape[:-1], -1) @ cob.T)
+            l += 1
+        harmonics = np.concatenate(feats, axis=-1)
+        radial = np.exp(-0.5 * (r - self.a[p + ".rings"]) ** 2 / self.a[p + ".sigma"] ** 2)
+        return radial[..., self.a[p + ".phi_ring"]] * harmonics[..., self.a[p + ".phi_harmonic"]]
+
+    def _kernel_hidden(self, rel: np.ndarray, p: str, n_out: int, idx: np.ndarray, normals: np.ndarray) -> np.ndarray:
+        """The implicit kernel's h: the MLP of the harmonic embedding (and edge features), then a constant."""
         h = self._embed(rel, p + ".embed")
         if self.cfg.edge_features != "none":  # pcsym.models.classifier.edge_features
             n_i, n_j = normals[:, :n_out, None, :], gather(normals, idx)
@@ -220,13 +247,7 @@ class NumpyClassifier:
         while f"{p}.mlp{j}.w" in self.a:
             h = self._act(self._linear(h, f"{p}.mlp{j}"), f"{p}.mlp{j}")
             j += 1
-        h = np.concatenate([h, np.ones_like(h[..., :1])], axis=-1)
-        b, m = h.shape[:2]
-        f = gather(feat, idx)
-        agg = h.reshape(b * m, k, -1).transpose(0, 2, 1) @ f.reshape(b * m, k, -1)  # (B·M, H, C_in)
-        out = self._linear(agg.reshape(b, m, -1) / k, p + ".contract")
-        out = out * self.a[p + ".norm.scale"] + self.a[p + ".norm.shift"]
-        return query, self._act(out, p + ".act")
+        return np.concatenate([h, np.ones_like(h[..., :1])], axis=-1)
 
     def logits(self, pos: np.ndarray, normals: np.ndarray, vote: int = 0, pooled: bool = False):
         """Logits (B, C); ``vote`` v uses the order of :func:`pcsym.graph.vote_order` (0 = eval order).

@@ -408,7 +408,8 @@ class ImplicitKernelConv(nn.Module):
 
 
 class BasisKernelConv(nn.Module):
-    """The paper's baseline: escnn's group-restricted steerable basis (``R3PointConv``).
+    """The paper's baseline: escnn's group-restricted steerable basis (``R3PointConv``). The reference
+    spelling: ``--kernel basis`` builds :class:`pcsym.models.basis.FastBasisKernelConv` (same basis and messages).
 
     Same interface as :class:`ImplicitKernelConv`; messages are computed by escnn's own basis
     sampler (``R3PointConv.basissampler.compute_messages``) on the same kNN edges, and averaged.
@@ -452,7 +453,10 @@ class BasisKernelConv(nn.Module):
 #: columns, in this order, are :func:`pcsym.models.classifier.edge_features`'
 EDGE_FIELDS = {"none": (0, 0), "ppf": (3, 0), "ppf+normals": (3, 2)}
 
+from .basis import FastBasisKernelConv  # noqa: E402  (escnn's basis through the contraction above)
+
 #: The steerable convolutions by ``ModelConfig.kernel`` name (``config.KERNELS`` lists the same names
 #: without importing torch; a test keeps the two equal); each is built with
-#: ``cls.from_config(group, in_reps, out_reps, model_config)``.
-KERNELS = {"implicit": ImplicitKernelConv, "basis": BasisKernelConv}
+#: ``cls.from_config(group, in_reps, out_reps, model_config)``. ``basis`` is the fast spelling of
+#: :class:`BasisKernelConv` (same basis, parameters and messages; that one stays as the reference).
+KERNELS = {"implicit": ImplicitKernelConv, "basis": FastBasisKernelConv}
