@@ -27,7 +27,8 @@ CHECKPOINT_FORMAT = "pcsym-checkpoint"
 CHECKPOINT_VERSION = 1
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 #: Models shipped inside the package: NAME.pt (checkpoint) + NAME.npz (numpy export, torch-free classify).
-PRETRAINED = {"so3": "so3.pt", "o2": "o2.pt"}
+#: so3 and o2 know ModelNet40's 40 classes; so3-mn10 and o2-mn10 are the earlier ModelNet10 models.
+PRETRAINED = {"so3": "so3.pt", "o2": "o2.pt", "so3-mn10": "so3-mn10.pt", "o2-mn10": "o2-mn10.pt"}
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
