@@ -94,7 +94,7 @@ def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_thre
         try:
             import onnx  # noqa: F401
         except ImportError:
-            raise PcsymError("ONNX export needs the 'onnx' package: pip install onnx onnxruntime") from None
+            raise PcsymError("ONNX export needs the 'onnx' package: pip install 'pcsym[onnx]'") from None
         buf = io.BytesIO()
         with torch.no_grad(), _tracing():
             torch.onnx.export(net, (pos, nrm), buf, input_names=["pos", "normals"], output_names=["logits"],
