@@ -130,8 +130,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
     kind = export_kind(p)
     if kind is not None:
-        raise PcsymError(f"is a {kind} export, not a checkpoint: this command needs a checkpoint (.pt), a run "
-                         "folder or a shipped model name (exports run with `pcsym classify --model`)", path=p)
+        raise PcsymError(f"is a pcsym {kind} export, not a checkpoint: this command needs a checkpoint (.pt), a "
+                         "run folder or a shipped model name (exports run with `pcsym classify --model`)", path=p)
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle with code, truncated zip, garbage

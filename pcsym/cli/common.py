@@ -271,14 +271,22 @@ def table(title: str | None = None):
 
 
 def column(t, name: str, justify: str = "left") -> None:
-    t.add_column(name, justify=justify, overflow="fold")
+    """A column that never cuts: right-aligned (numeric) columns never wrap, text columns fold."""
+    t.add_column(name, justify=justify, overflow="fold", no_wrap=justify == "right")
 
 
 def print_table(con, t) -> None:
-    """Print ``t``; in a terminal too narrow for it (its longest word per column), print it at the width
-    it needs instead of splitting numbers and names: the terminal wraps the long lines, nothing is lost."""
+    """Print ``t``; in a terminal too narrow even for its folded text columns and whole numbers, at the
+    width it needs (the terminal wraps the long lines): nothing is ever cut off."""
+    from rich.cells import cell_len
     from rich.measure import Measurement
+    from rich.text import Text
 
+    for col in t.columns:  # text columns wrap between words, never inside one
+        if not col.no_wrap:
+            texts = [col.header, *col._cells]
+            words = [w for x in texts for w in (Text.from_markup(x).plain if isinstance(x, str) else "").split()]
+            col.min_width = max([col.min_width or 0, *map(cell_len, words)])
     need = Measurement.get(con, con.options.update_width(PIPE_WIDTH), t).minimum
     if need <= con.width:
         con.print(t)
