@@ -279,14 +279,19 @@ def print_table(con, t) -> None:
     """Print ``t``; in a terminal too narrow even for its folded text columns and whole numbers, at the
     width it needs (the terminal wraps the long lines): nothing is ever cut off."""
     from rich.cells import cell_len
-    from rich.measure import Measurement
     from rich.text import Text
 
-    for col in t.columns:  # text columns wrap between words, never inside one
+    plain = [[Text.from_markup(x).plain if isinstance(x, str) else "" for x in (col.header, *col._cells)]
+             for col in t.columns]
+    natural = sum(max(cell_len(x) for x in texts) for texts in plain) + 3 * len(plain) + 1  # cells, padding, rules
+    if natural <= con.width:  # it fits as it is (always where stdout is not a terminal): nothing to fold
+        con.print(t)
+        return
+    from rich.measure import Measurement
+
+    for col, texts in zip(t.columns, plain):  # text columns wrap between words, never inside one
         if not col.no_wrap:
-            texts = [col.header, *col._cells]
-            words = [w for x in texts for w in (Text.from_markup(x).plain if isinstance(x, str) else "").split()]
-            col.min_width = max([col.min_width or 0, *map(cell_len, words)])
+            col.min_width = max([col.min_width or 0, *(cell_len(w) for x in texts for w in x.split())])
     need = Measurement.get(con, con.options.update_width(PIPE_WIDTH), t).minimum
     if need <= con.width:
         con.print(t)
