@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import typer
 
 from ..config import KERNELS
 from ..errors import PcsymError
-from .common import (app, choice, column, console, debug_option, integer, json_option, number, print_table,
+from .common import (KERNEL, app, choice, column, console, debug_option, integer, json_option, number, print_table,
                      quiet_option, run, table)
 
 SAMPLE_MESHES = Path(__file__).resolve().parents[2] / "sample_data" / "meshes"
@@ -21,7 +21,7 @@ def check_equivariance(
     ctx: typer.Context,
     checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint or shipped model name; omit with --group."),
     group: Optional[str] = typer.Option(None, "--group", help="Check a freshly initialised model of this group."),
-    kernel: Literal["implicit", "basis"] = typer.Option("implicit", "--kernel", parser=choice("--kernel", KERNELS),
+    kernel: KERNEL = typer.Option("implicit", "--kernel", parser=choice("--kernel", KERNELS),
                                                         help="Kernel of the fresh model."),
     input: Optional[Path] = typer.Option(None, "--input", help="Mesh/cloud to test on (default: a shipped sample)."),
     points: int = typer.Option(512, "--points", parser=integer("--points", 1),

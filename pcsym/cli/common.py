@@ -15,6 +15,8 @@ import typer
 from typer.core import TyperGroup
 
 from .. import __version__
+from ..config import (BALANCES, DATA_FORMATS, DEVICES, EDGE_FEATURES, KERNELS, OPTIMIZERS, ROTATIONS, SAMPLINGS,
+                      SCHEDULES, SELECT_METRICS, UP_AXES)
 from ..errors import PcsymError
 
 try:  # typer >= 0.26 vendors click
@@ -306,25 +308,27 @@ def print_table(con, t) -> None:
 
 # ----------------------------------------------------------------------------- shared options and checks
 
-UP_AXIS = Literal["y", "z"]
-DATA_FORMAT = Literal["h5", "normal_resampled", "off", "folder"]
-ROTATION = Literal["none", "z", "so3"]
-SAMPLING = Literal["random", "fps", "random-fps"]
-DEVICE = Literal["auto", "cpu", "cuda"]
-
-
-def choice_option(default, flag: str, choices: tuple[str, ...], help: str):
-    """An enumerated option: its values listed in --help (annotate it with the matching ``Literal``), any case."""
-    return typer.Option(default, flag, parser=choice(flag, choices), help=help)
+# annotations of enumerated options: typer lists a Literal's values in --help (the parsers check them)
+UP_AXIS = Literal[UP_AXES]
+DATA_FORMAT = Literal[DATA_FORMATS]
+ROTATION = Literal[ROTATIONS]
+SAMPLING = Literal[SAMPLINGS]
+DEVICE = Literal[DEVICES]
+KERNEL = Literal[KERNELS]
+SCHEDULE = Literal[SCHEDULES]
+SELECT = Literal[SELECT_METRICS]
+EDGE_FEATURE = Literal[EDGE_FEATURES]
+BALANCE = Literal[BALANCES]
+OPTIMIZER = Literal[OPTIMIZERS]
 
 
 def up_axis_option() -> Optional[str]:
-    return typer.Option(None, "--up-axis", parser=choice("--up-axis", ("y", "z")),
+    return typer.Option(None, "--up-axis", parser=choice("--up-axis", UP_AXES),
                         help="Up axis of the data (y is rotated to z; default: z, or a cache's own).")
 
 
 def format_option() -> Optional[str]:
-    return typer.Option(None, "--format", parser=choice("--format", ("h5", "normal_resampled", "off", "folder")),
+    return typer.Option(None, "--format", parser=choice("--format", DATA_FORMATS),
                         help="Dataset layout (default: detect).")
 
 

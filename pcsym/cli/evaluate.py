@@ -14,7 +14,7 @@ from .common import (DATA_FORMAT, DEVICE, ROTATION, SAMPLING, UP_AXIS, app, chec
                      debug_option, force_option, format_option, integer, json_option, print_table, quiet_option,
                      refuse_existing, run, setup_torch, table, threads_option, up_axis_option)
 
-SPLITS = ("train", "val", "test", "all")  # == pcsym.splits.SPLITS (a test keeps them equal)
+SPLITS = ("train", "val", "test", "all")  # == pcsym.splits.SPLITS (a test keeps them equal; splits imports numpy)
 #: what ``evaluate --out`` writes
 OUT_FILES = ("metrics.json", "confusion.csv", "confusion.png")
 
@@ -26,7 +26,7 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="Dataset directory or cache .npz."),
     up_axis: Optional[UP_AXIS] = up_axis_option(),
     fmt: Optional[DATA_FORMAT] = format_option(),
-    split: Optional[Literal["train", "val", "test", "all"]] = typer.Option(
+    split: Optional[Literal[SPLITS]] = typer.Option(
         None, "--split", parser=choice("--split", SPLITS),
         help="test (the official test split; the default when the dataset has one), val (the shapes the run "
              "held out: its own seed and fraction; the default otherwise), train or all."),

@@ -17,7 +17,7 @@ SUFFIXES = {"torchscript": ".ts", "onnx": ".onnx", "numpy": ".npz"}
 def export(
     ctx: typer.Context,
     checkpoint: str = typer.Argument(..., help="Checkpoint .pt, run directory, or shipped model name."),
-    fmt: Literal["torchscript", "onnx", "numpy"] = typer.Option(
+    fmt: Literal[FORMATS] = typer.Option(
         "torchscript", "--format", parser=choice("--format", FORMATS),
         help="TorchScript (.ts, runs with plain torch), ONNX (.onnx, onnxruntime: pip install 'pcsym[onnx]') or "
              "numpy (.npz, pcsym's torch-free runtime)."),

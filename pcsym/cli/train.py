@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import typer
 
 from ..config import (BALANCES, DEVICES, EDGE_FEATURES, KERNELS, OPTIMIZERS, ROTATIONS, SAMPLINGS, SCHEDULES,
                       SELECT_METRICS, ModelConfig, TrainConfig)
 from ..errors import PcsymError
-from .common import (DATA_FORMAT, DEVICE, ROTATION, SAMPLING, UP_AXIS, app, check_dataset, choice, console,
-                     debug_option, format_option, integer, number, options, quiet_option, run, setup_torch,
-                     up_axis_option)
+from .common import (BALANCE, DATA_FORMAT, DEVICE, EDGE_FEATURE, KERNEL, OPTIMIZER, ROTATION, SAMPLING, SCHEDULE,
+                     SELECT, UP_AXIS, app, check_dataset, choice, console, debug_option, format_option, integer,
+                     number, options, quiet_option, run, setup_torch, up_axis_option)
 
 _M, _T = ModelConfig(), TrainConfig()
 
@@ -32,7 +32,7 @@ def train(
     up_axis: Optional[UP_AXIS] = up_axis_option(),
     data_format: Optional[DATA_FORMAT] = format_option(),
     group: str = typer.Option(_M.group, "--group", help="Symmetry group (see `pcsym groups`)."),
-    kernel: Literal["implicit", "basis"] = typer.Option(
+    kernel: KERNEL = typer.Option(
         _M.kernel, "--kernel", parser=choice("--kernel", KERNELS), help="implicit (MLP kernel) or basis (escnn "
                                                                          "R3PointConv)."),
     k: int = typer.Option(_M.k, "--k", parser=integer("--k", 1),
@@ -61,7 +61,7 @@ def train(
                                   help="Cap steps per epoch (0 = full epochs)."),
     weight_decay: float = typer.Option(_T.weight_decay, "--weight-decay", parser=number("--weight-decay", 0),
                                        help="Weight decay (decoupled for AdamW)."),
-    schedule: Literal["cosine", "step"] = typer.Option(_T.schedule, "--schedule", parser=choice("--schedule", SCHEDULES),
+    schedule: SCHEDULE = typer.Option(_T.schedule, "--schedule", parser=choice("--schedule", SCHEDULES),
                                                        help="Learning-rate schedule after the warm-up."),
     label_smoothing: float = typer.Option(_T.label_smoothing, "--label-smoothing",
                                           parser=number("--label-smoothing", 0, 1, high_open=True),
@@ -85,18 +85,18 @@ def train(
                                          help="Rotation of validation clouds."),
     bn_batches: int = typer.Option(_T.bn_batches, "--bn-batches", parser=integer("--bn-batches", 0),
                                    help="Batches used to re-estimate batch-norm statistics after each epoch."),
-    select: Literal["macc", "oa", "last"] = typer.Option(
+    select: SELECT = typer.Option(
         _T.select, "--select", parser=choice("--select", SELECT_METRICS),
         help="What picks best.pt: mean class accuracy (tracks a balanced test split), OA (favours the big "
              "classes) or the last epoch (for a validation split too small to pick one)."),
-    edge_features: Literal["none", "ppf", "ppf+normals"] = typer.Option(
+    edge_features: EDGE_FEATURE = typer.Option(
         _M.edge_features, "--edge-features", parser=choice("--edge-features", EDGE_FEATURES),
         help="ppf feeds the point-pair invariants n_i.n_j, n_i.d, n_j.d of every edge to the kernel MLP (needs "
              "normals); ppf+normals also the normals n_i, n_j as vectors."),
     depth: str = typer.Option(_csv(_M.depth), "--depth", help="Steerable blocks per stage (one value, or one per "
                                                              "stage): the first downsamples, the others are "
                                                              "residual blocks on the stage's points."),
-    balance: Literal["none", "loss", "sampler"] = typer.Option(
+    balance: BALANCE = typer.Option(
         _T.balance, "--balance", parser=choice("--balance", BALANCES),
         help="Class-weighted loss or class-balanced sampling of the training split."),
     ema: float = typer.Option(_T.ema, "--ema", parser=number("--ema", 0, 1, high_open=True),
@@ -105,7 +105,7 @@ def train(
     mix: float = typer.Option(_T.mix, "--mix", parser=number("--mix", 0, 1),
                               help="Probability that a training shape gets a ball of another shape's points, with "
                                    "a soft target (point CutMix; 0 = off)."),
-    optimizer: Literal["adamw", "sgd"] = typer.Option(_T.optimizer, "--optimizer",
+    optimizer: OPTIMIZER = typer.Option(_T.optimizer, "--optimizer",
                                                       parser=choice("--optimizer", OPTIMIZERS),
                                                       help="AdamW, or SGD with momentum 0.9."),
     init: Optional[str] = typer.Option(None, "--init", help="Fine-tune: start from this model's equivariant trunk "
