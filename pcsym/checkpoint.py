@@ -86,7 +86,11 @@ def load_weights(model, state_dict: dict, path=None, skip: str | None = None) ->
     ``skip``: a key prefix left out on both sides (``"head."``: load the trunk only, for fine-tuning)."""
     state_dict = {k: v for k, v in ((_current_key(k), v) for k, v in state_dict.items())
                   if not (skip and k.startswith(skip))}
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # tensors of other shapes: another model config
+        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc).splitlines()[0])
+        raise PcsymError(f"checkpoint does not match the model ({first[:160]})", path=path) from None
     missing = [k for k in missing if not _rebuilt_from_config(k) and not (skip and k.startswith(skip))]
     if missing or unexpected:
         raise PcsymError(f"checkpoint does not match its model config (missing {len(missing)}, unexpected "
@@ -121,9 +125,13 @@ def update_checkpoint(path: str | Path, model, ckpt: dict, changes: dict) -> Non
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint dict safely (weights_only=True) and check its format/version."""
+    p = resolve_checkpoint(path)
     import torch
 
-    p = resolve_checkpoint(path)
+    kind = export_kind(p)
+    if kind is not None:
+        raise PcsymError(f"is a pcsym {kind} export, not a checkpoint: this command needs a checkpoint (.pt), a "
+                         "run folder or a shipped model name (exports run with `pcsym classify --model`)", path=p)
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle with code, truncated zip, garbage
@@ -139,6 +147,38 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise PcsymError(f"checkpoint format v{ckpt.get('format_version')} was written by pcsym "
                          f"{ckpt.get('pcsym_version')}, newer than this pcsym {__version__}; upgrade pcsym", path=p)
     return ckpt
+
+
+def export_kind(path: Path) -> str | None:
+    """"numpy", "TorchScript" or "ONNX" for a pcsym export (by suffix or contents), None otherwise."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".npz", ".ts", ".onnx"):
+        return {".npz": "numpy", ".ts": "TorchScript", ".onnx": "ONNX"}[suffix]
+    if not path.is_file():
+        return None
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if "meta.npy" in names:
+            return "numpy"
+        return "TorchScript" if any(n.split("/")[1:2] == ["code"] for n in names) else None
+    return "ONNX" if looks_onnx(path) else None
+
+
+def looks_onnx(path: Path) -> bool:
+    """A pcsym ONNX export under another name: a protobuf ModelProto (field 1, ir_version, first) whose
+    metadata (serialized last) holds the ``pcsym.json`` key."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+            fh.seek(max(0, Path(path).stat().st_size - (1 << 20)))
+            tail = fh.read()
+    except OSError:
+        return False
+    return head[:1] == b"\x08" and b"pcsym.json" in tail
 
 
 def train_config_of(ckpt: dict) -> TrainConfig | None:

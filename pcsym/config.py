@@ -262,6 +262,13 @@ class TrainConfig(_Config):
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise PcsymError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("seed", "max_steps", "bn_batches", "workers", "threads"):
+            if getattr(self, name) < 0:
+                raise PcsymError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if not self.lr > 0 or not self.weight_decay >= 0 or not self.jitter >= 0:
+            raise PcsymError("--lr must be greater than 0, --weight-decay and --jitter at least 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise PcsymError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing:g}")
         return self
 
 
@@ -273,8 +280,37 @@ TRUNK_FIELDS = ("group", "kernel", "widths", "strides", "invariant_dims", "max_f
 #: its trunk was trained with (the shipped so3: k = 16, random-fps), which a fine-tune may change
 INIT_DEFAULTS = ("k", "sampling")
 
-#: settings a resumed run does not take from its saved config: where to read and write, the machine
-MACHINE_SETTINGS = ("data", "out", "device", "threads", "shards", "workers")
+#: settings a resumed run does not take from its saved config: where to write, the machine (``data``: the
+#: run's own unless given)
+MACHINE_SETTINGS = ("out", "device", "threads", "shards", "workers")
+
+#: model settings a resumed run may change: the rest shape the trained weights (or what they compute), so a
+#: different value is refused; ``points`` only changes the clouds fed to the same weights (a note, recorded)
+RESUME_MODEL_CHANGES = ("points",)
+
+#: train settings a resumed run changes without a note: raising the epoch count is how a run is continued
+RESUME_SILENT = ("epochs",)
+
+
+def show_value(value) -> str:
+    """A setting's value as its flag spells it: ``16,32`` for a tuple, ``default`` for None, on/off."""
+    if value is None:
+        return "default"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def complete_message(done: int, epochs: int) -> str:
+    """What resuming a finished run says (it exits 0: nothing failed, nothing was left to do)."""
+    return f"run already complete ({done}/{epochs} epochs); raise --epochs to continue"
+
+
+def flag_name(key: str) -> str:
+    return {"use_positions": "--positions", "data_format": "--format"}.get(
+        key, "--" + key.replace("_", "-"))
 
 
 def read_config_file(path: Path) -> dict:
@@ -315,7 +351,8 @@ def read_run_config(out: Path) -> dict:
 
 def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = None, resume: bool = False,
                    aliases: dict[str, str] | None = None,
-                   init_model: Callable[[str], dict] | None = None) -> tuple[ModelConfig, TrainConfig]:
+                   init_model: Callable[[str], dict] | None = None,
+                   changes: list | None = None) -> tuple[ModelConfig, TrainConfig]:
     """The model and train configs of a ``train`` command, validated.
 
     ``flags`` maps setting names to values (every flag, defaults included); ``explicit`` names
@@ -323,16 +360,24 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
     (``resume``: from ``flags["out"]``/config.json, except :data:`MACHINE_SETTINGS`), the config
     file, explicit flags. ``aliases`` lets a config file use a flag's spelling for a setting
     (``positions`` for ``use_positions``). Keys that are not settings (``resume``, ...) are ignored.
+
+    Resuming, a model setting (flag or config file) that differs from the run's is an error naming the
+    flag and the run's value, except :data:`RESUME_MODEL_CHANGES`; every other setting that differs
+    (but :data:`RESUME_SILENT`) is appended to ``changes`` as ``{"setting", "from", "to"}``, for the
+    caller to report and record.
     When the merged settings name an ``init`` model, ``init_model(init)`` (its model config, read from
     the checkpoint) fixes the :data:`TRUNK_FIELDS`; a flag or config-file value that contradicts it is an
     error. The :data:`INIT_DEFAULTS` come from the model too unless given (or resumed).
     """
     names = ModelConfig.field_names() | TrainConfig.field_names()
     merged = {k: v for k, v in flags.items() if k in names}
+    saved: dict = {}
     if resume:
-        for key, value in read_run_config(Path(str(flags["out"]))).items():
-            if key not in MACHINE_SETTINGS and key != "class_names":
-                merged[key] = value
+        saved = {k: v for k, v in read_run_config(Path(str(flags["out"]))).items()
+                 if k not in MACHINE_SETTINGS and k != "class_names"}
+        if "data" in saved and not saved["data"]:
+            del saved["data"]
+        merged.update(saved)
     file_keys = set()
     if config_file is not None:
         for key, value in read_config_file(config_file).items():
@@ -342,6 +387,8 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
             merged[key] = value
             file_keys.add(key)
     merged.update({k: v for k, v in flags.items() if k in explicit and k in names})
+    if saved:
+        _check_resume(merged, saved, explicit | file_keys, str(flags["out"]), changes)
     if merged.get("init") and init_model is not None:
         trunk = ModelConfig.from_dict(init_model(str(merged["init"]))).to_dict()  # older checkpoints: defaults
         for key in TRUNK_FIELDS:
@@ -354,6 +401,9 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
         for key in INIT_DEFAULTS:
             if key not in explicit and key not in file_keys and not resume:
                 merged[key] = trunk[key]
+    if not merged.get("data"):
+        raise PcsymError("missing --data: the dataset to train on (a folder or a cache .npz)" if not resume else
+                         "missing --data: the run records no dataset; give it with --data")
     n_layers = len(ModelConfig.parse("widths", merged["widths"]))
     if "strides" not in merged or len(ModelConfig.parse("strides", merged["strides"])) != n_layers:
         merged["strides"] = default_strides(n_layers)  # strides follow the widths unless a run saved its own
@@ -362,6 +412,23 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
     train = TrainConfig.from_dict({k: v for k, v in merged.items() if k in split["train"]})
     model.class_names = model.class_names or ["?"]
     return model.validate(), train.validate()
+
+
+def _check_resume(merged: dict, saved: dict, given: set[str], out: str, changes: list | None) -> None:
+    """A resumed run keeps its model: a given model setting that differs from the run's is refused; other
+    settings that differ are listed in ``changes``."""
+    model_keys = ModelConfig.field_names()
+    for key in sorted(given & set(saved), key=lambda k: (k not in model_keys, k)):
+        cls = ModelConfig if key in model_keys else TrainConfig
+        mine, theirs = cls.parse(key, merged[key]), cls.parse(key, saved[key])
+        if mine == theirs or (key == "data" and Path(mine).resolve() == Path(theirs).resolve()):
+            continue
+        if key in model_keys and key not in RESUME_MODEL_CHANGES:
+            raise PcsymError(f"{flag_name(key)} {show_value(mine)} differs from the run in {out.rstrip('/')}/, whose "
+                             f"model has {key}={show_value(theirs)}; drop it to resume the run (or start a new run "
+                             "with --force)")
+        if key not in RESUME_SILENT and changes is not None:
+            changes.append({"setting": key, "from": theirs, "to": mine})
 
 
 def _prod(xs) -> int:

@@ -47,23 +47,40 @@ def contrast_candidates(seed: int = 0) -> list[tuple[str, np.ndarray]]:
     ]
 
 
-def group_elements(name: str, n_random: int, seed: int):
-    """(label, element) pairs: every non-identity element of a finite group, or a few escnn
-    testing elements plus seeded random samples of a continuous group."""
+def group_elements(name: str, n_random: int, seed: int, n_testing: int = 3):
+    """(label, element) pairs: every non-identity element of a finite group (``g1``, ``g2``, ...), or
+    ``n_testing`` of escnn's testing elements (``test1``..) plus seeded random samples (``random1``..)
+    of a continuous group. Testing elements are distinct, unlike kinds first (a proper and an improper
+    element, different axes), so the rows test different things; numbering always starts at 1."""
     G = gspace(name).fibergroup
+    action = gspace(name).basespace_action
     if G.order() > 0:
         els = [g for g in G.elements if g != G.identity]
         return [(f"g{i + 1}", g) for i, g in enumerate(els)]
     np.random.seed(seed)
-    out = []
-    for i, g in enumerate(G.testing_elements()):
-        if g == G.identity:
+    candidates, seen = [], set()
+    for g in G.testing_elements():
+        M = np.asarray(action(g))
+        key = _describe(M)
+        if g == G.identity or key == "identity" or key in seen:
             continue
-        out.append((f"test{i}", g))
-        if len(out) >= 3:
-            break
+        seen.add(key)
+        candidates.append((g, _kind(M)))
+    chosen: list = []
+    for key in (lambda kind: kind[0], lambda kind: kind, None):  # proper/improper, then axes, then escnn's order
+        for g, kind in candidates:
+            if len(chosen) < n_testing and all(g is not c for c, _ in chosen) and \
+                    (key is None or key(kind) not in {key(k) for _, k in chosen}):
+                chosen.append((g, kind))
+    out = [(f"test{i + 1}", g) for i, (g, _) in enumerate(chosen)]
     out += [(f"random{i + 1}", G.sample()) for i in range(n_random)]
     return out
+
+
+def _kind(M: np.ndarray) -> tuple:
+    """(proper?, axis) of an orthogonal matrix: what makes two test elements test different things."""
+    det = np.linalg.det(M)
+    return det > 0, _axis_name(_axis(M * np.sign(det))[0])
 
 
 def _transform(pos, normals, M):
@@ -112,12 +129,53 @@ def check_model(model, pos: torch.Tensor, normals: torch.Tensor, n_random: int =
     return rows
 
 
+def _axis(R: np.ndarray) -> tuple[np.ndarray, float]:
+    """(unit axis, angle in degrees, in (-180, 180]) of a rotation matrix R, the axis pointing to the
+    positive side of its first non-zero coordinate (the angle's sign follows)."""
+    angle = float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
+    if angle < 1e-6:
+        return np.array([0.0, 0.0, 1.0]), 0.0
+    skew = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    if np.linalg.norm(skew) > 1e-6:
+        axis = skew / np.linalg.norm(skew)
+    else:  # 180 degrees: the eigenvector of eigenvalue 1
+        w, v = np.linalg.eigh((R + R.T) / 2)
+        axis = v[:, int(np.argmax(w))]
+    lead = next((x for x in axis if abs(x) > 1e-6), 1.0)
+    if lead < 0:
+        axis, angle = -axis, -angle
+    if angle <= -180 + 1e-6:
+        angle = 180.0
+    return axis, angle
+
+
+def _axis_name(axis: np.ndarray) -> str:
+    for i, name in enumerate("xyz"):
+        if abs(abs(axis[i]) - 1) < 1e-6:
+            return name
+    return "(" + ", ".join(f"{round(float(x), 2) + 0.0:.2f}" for x in axis) + ")"
+
+
+def _angle(deg: float) -> str:
+    return f"{deg:.3g}°"
+
+
 def _describe(M: np.ndarray) -> str:
+    """What an element of O(3) does, in words: ``rotation 180° about x``, ``rotation 6.95° about z``,
+    ``mirror y -> -y``, ``inversion``, ``rotoreflection 90° about z`` (a rotation, then the mirror
+    across the plane perpendicular to its axis)."""
     det = np.linalg.det(M)
-    R = M * np.sign(det)
-    angle = np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1)))
-    kind = "rotation" if det > 0 else "improper"
-    return f"{kind} {angle:.0f}°"
+    if det > 0:
+        axis, angle = _axis(M)
+        return "identity" if angle == 0 else f"rotation {_angle(angle)} about {_axis_name(axis)}"
+    axis, angle = _axis(-M)  # M = -R(n, θ) = mirror(n) · R(n, θ + 180°)
+    if angle == 0:
+        return "inversion"
+    if abs(abs(angle) - 180) < 1e-6:
+        name = _axis_name(axis)
+        return f"mirror {name} -> -{name}" if len(name) == 1 else f"mirror across the plane ⟂ {name}"
+    phi = angle + 180 if angle <= 0 else angle - 180
+    return f"rotoreflection {_angle(phi)} about {_axis_name(axis)}"
 
 
 def check_file(src, checkpoint: str | None = None, group: str | None = None, kernel: str = "implicit",

@@ -25,12 +25,23 @@ from .files import atomic_write_bytes
 from .unknown import unknown_threshold
 
 
+#: ``evaluate --seed N`` uses the seeded downsampling orders ORDER_STRIDE·(N + 1) + v for its votes v,
+#: not the eval-mode ones (0 + v) that checkpoints, exports and ``classify`` share
+ORDER_STRIDE = 1000
+
+
+def vote_base(eval_seed: int | None) -> int:
+    """The first downsampling order (:func:`pcsym.graph.vote_order`) of an evaluation pass."""
+    return 0 if eval_seed is None else ORDER_STRIDE * (int(eval_seed) + 1)
+
+
 @torch.no_grad()
-def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1):
+def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, first_order: int = 0):
     """Class probabilities averaged over ``votes`` copies: copy v uses the dataset's augmentation of
-    epoch v and, for randomly downsampling models, the v-th seeded downsampling order. Models without
-    a pcsym config (the benchmarks' peers) are called as ``model(pos, normals)``. On CPU, batches run
-    concurrently on torch's threads, one each (:func:`batch_workers`); every batch's result is the same."""
+    epoch v and, for randomly downsampling models, the seeded downsampling order ``first_order + v``.
+    Models without a pcsym config (the benchmarks' peers) are called as ``model(pos, normals)``. On
+    CPU, batches run concurrently on torch's threads, one each (:func:`batch_workers`); every batch's
+    result is the same."""
     from .train import make_loader
 
     model.eval()
@@ -48,7 +59,7 @@ def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1):
             ds.set_epoch(v)
             outs, ys = [], []
             for pos, nrm, y in make_loader(ds, batch_size, False, 0, v, 0):
-                outs.append(submit(probabilities, pos.to(device), nrm.to(device), v))
+                outs.append(submit(probabilities, pos.to(device), nrm.to(device), first_order + v))
                 ys.append(y)
             probs = torch.cat([o.result() for o in outs])
             total = probs if total is None else total + probs
@@ -143,18 +154,20 @@ def metrics_from_predictions(y_true, y_pred, class_names: list[str], prior: np.n
     return out
 
 
-def evaluate_model(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, prior=None, world=None) -> dict:
+def evaluate_model(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, prior=None, world=None,
+                   first_order: int = 0) -> dict:
     """Metrics of ``model`` on ``ds``, plus ``unknown_threshold`` calibrated on these shapes. In a
-    torchrun job (``world``) each process predicts its share of the shapes and all get the metrics."""
+    torchrun job (``world``) each process predicts its share of the shapes and all get the metrics.
+    ``first_order``: the downsampling order of the first vote (:func:`vote_base` of an evaluation seed)."""
     if world is not None and world.active:
         import copy
 
         shard = copy.copy(ds)
         shard.indices = ds.indices[world.rank::world.size]
-        parts = world.gather(predict(model, shard, batch_size, device, votes))
+        parts = world.gather(predict(model, shard, batch_size, device, votes, first_order))
         probs, labels = torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts])
     else:
-        probs, labels = predict(model, ds, batch_size, device, votes)
+        probs, labels = predict(model, ds, batch_size, device, votes, first_order)
     m = metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), model.cfg.class_names, prior)
     m["unknown_threshold"] = unknown_threshold(probs.numpy())
     return m
@@ -162,10 +175,15 @@ def evaluate_model(model, ds, batch_size: int = 32, device="cpu", votes: int = 1
 
 def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | None = None, rotate: str = "none",
                         votes: int = 1, prior: str | None = None, batch_size: int = 32, device: str = "cpu",
-                        up_axis: str | None = None, fmt: str | None = None, sampling: str | None = None) -> dict:
+                        up_axis: str | None = None, fmt: str | None = None, sampling: str | None = None,
+                        seed: int | None = None, logits: bool = False) -> dict:
     """Load ``checkpoint`` and score it on ``split`` of ``data`` (default: ``test`` when the dataset
     has one, else ``val``), downsampling with ``sampling`` (default: the model's own scheme). A model
     trained on estimated normals gets estimated normals even where the data has its own.
+    ``seed`` (``evaluate --seed N``): draw the evaluation pass with this seed — each shape's points, its
+    rotation and the downsampling orders (:func:`pcsym.transforms.eval_dataset`, :func:`vote_base`);
+    None: the one fixed pass of validation, the benchmarks and the README's figures. ``logits``: also
+    return each shape's class probabilities (``probabilities``, averaged over the votes).
     ``val``/``train`` are the run's own split: its seed and validation fraction come from the
     checkpoint (the defaults, seed 0 and 0.2, for checkpoints that predate storing them)."""
     from .checkpoint import load_model, train_config_of
@@ -191,15 +209,55 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     idx = run_split(ds_all, split, run)
     if cfg.estimated_normals and not ds_all.normals_estimated:  # the data's own normals: estimate as in training
         ds_all, idx = with_estimated_normals(ds_all, cfg.estimated_normals, run.seed, rows=idx), np.arange(len(idx))
-    ds = eval_dataset(ds_all, idx, cfg.points, rotate, run.seed)
-    m = evaluate_model(model, ds, batch_size=batch_size, device=device, votes=votes,
-                       prior=None if prior is None else read_prior(prior, cfg.class_names))
-    m.update({"checkpoint": str(checkpoint), "rotate": rotate, "split": split, "votes": votes,
-              "sampling": cfg.sampling, "split_seed": run.seed, "val_fraction": run.val_fraction,
-              "train_fraction": run.train_fraction})
+    ds = eval_dataset(ds_all, idx, cfg.points, rotate, run.seed, seed)
+    weights = None if prior is None else read_prior(prior, cfg.class_names)
+    if logits:
+        probs, labels = predict(model, ds, batch_size, device, votes, vote_base(seed))
+        m = metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), cfg.class_names, weights)
+        m["unknown_threshold"] = unknown_threshold(probs.numpy())
+        m["probabilities"] = probs.numpy().round(6).tolist()
+    else:
+        m = evaluate_model(model, ds, batch_size=batch_size, device=device, votes=votes, prior=weights,
+                           first_order=vote_base(seed))
+    from .checkpoint import PRETRAINED
+
+    m.update({"checkpoint": str(checkpoint), "model": model_name(checkpoint), "group": cfg.group,
+              "data": str(data), "rotate": rotate, "split": split, "votes": votes, "sampling": cfg.sampling,
+              "seed": seed, "split_seed": run.seed, "val_fraction": run.val_fraction,
+              "train_fraction": run.train_fraction, "train_rotate": run.rotate if train_config_of(ckpt) else None,
+              "shipped": str(checkpoint) in PRETRAINED})
     if prior is not None:
         m["prior"] = str(prior)
     return m
+
+
+def model_name(checkpoint) -> str:
+    """How messages name a model: a shipped name as is, a run's checkpoint by its run folder and file."""
+    s = str(checkpoint)
+    p = Path(s)
+    return s if not p.exists() or p.is_dir() else (s if p.parent == Path(".") else f"{p.parent.name}/{p.name}")
+
+
+def invariance_note(model: str, group: str, rotate: str, train_rotate: str | None = None) -> str | None:
+    """What ``evaluate --rotate`` tests that the model's group does not cover (None: it is covered): e.g. an
+    o2 model is invariant to rotations about z, not to the SO(3) rotations of ``--rotate so3``."""
+    from .groups import get_group
+
+    spec = get_group(group)
+    if rotate == "none":
+        return None
+    tilt = np.array([[1, 0, 0], [0, np.cos(0.9), -np.sin(0.9)], [0, np.sin(0.9), np.cos(0.9)]])
+    spin = np.array([[np.cos(0.7), -np.sin(0.7), 0], [np.sin(0.7), np.cos(0.7), 0], [0, 0, 1]])
+    member = spec.member if spec.member is not None else (lambda M, det, atol: False)
+    if member(tilt @ spin, 1.0, 1e-6) or (rotate == "z" and member(spin, 1.0, 1e-6)):
+        return None
+    covers = ("rotations about z" if member(spin, 1.0, 1e-6) else
+              "no rotation" if spec.order == 1 else f"the {spec.order} elements of {group} ({spec.description})")
+    asked = "SO(3) rotations" if rotate == "so3" else "rotations about z"
+    learned = (f"; its training's --rotate {train_rotate} may have taught it some of the rest"
+               if train_rotate in ("so3",) or (train_rotate == "z" and rotate == "z") else "")
+    return f"{model} (group {group}) is invariant only to {covers}: --rotate {rotate} tests {asked} it was not " \
+           f"built for{learned}"
 
 
 def write_eval_outputs(out: Path, m: dict) -> None:
@@ -215,4 +273,6 @@ def write_eval_outputs(out: Path, m: dict) -> None:
         w.writerow([name] + row)
     atomic_write_bytes(out / "confusion.csv", buf.getvalue().encode())
     confusion_matrix_png(m["confusion_matrix"], m["class_names"], out / "confusion.png",
-                         f"OA {m['overall_accuracy']:.3f}, rotate={m['rotate']}")
+                         f"{m.get('model', m['checkpoint'])} ({m.get('group', '?')}): OA {m['overall_accuracy']:.3f}, "
+                         f"mAcc {m['mean_class_accuracy']:.3f}, split={m['split']}, rotate={m['rotate']}"
+                         + (f", seed={m['seed']}" if m.get("seed") is not None else ""))

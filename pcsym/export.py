@@ -67,6 +67,9 @@ def _tracing():
     documented), which torch warns about at every data-dependent branch: keep those quiet."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # the ONNX exporter's note on the frozen weights' in-place fill; the exported logits are pinned equal
+        # to the model's (tests/test_cli.py), so it only alarms the user
+        warnings.filterwarnings("ignore", message="ONNX Preprocess - Removing mutation", category=UserWarning)
         yield
 
 
@@ -92,7 +95,7 @@ def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_thre
         try:
             import onnx  # noqa: F401
         except ImportError:
-            raise PcsymError("ONNX export needs the 'onnx' package: pip install onnx onnxruntime") from None
+            raise PcsymError("ONNX export needs the 'onnx' package: pip install 'pcsym[onnx]'") from None
         buf = io.BytesIO()
         with torch.no_grad(), _tracing():
             torch.onnx.export(net, (pos, nrm), buf, input_names=["pos", "normals"], output_names=["logits"],

@@ -304,18 +304,24 @@ def _validate_tar(tf: tarfile.TarFile, archive: Path) -> list[str]:
     return names
 
 
-def _move_into_place(staging: Path, target: Path) -> None:
+def _move_into_place(staging: Path, target: Path, replace: bool = True) -> None:
     """Move staging's top-level entries into ``target`` (each by one atomic rename).
 
     If ``target`` does not exist, ``staging`` itself is renamed onto it.  Existing entries
-    with the same name are replaced: the old one is renamed aside first, so a reader sees
-    either the old or the new entry, never a mix.
+    with the same name are replaced (``replace``; else nothing is moved and the first one is
+    named in the error): the old one is renamed aside first, so a reader sees either the old
+    or the new entry, never a mix.
     """
     if not target.exists():
         os.replace(staging, target)
         return
     if not target.is_dir():
         raise PcsymError("extraction target exists and is not a folder", path=target)
+    if not replace:
+        for entry in sorted(staging.iterdir()):
+            if (target / entry.name).exists() or (target / entry.name).is_symlink():
+                raise PcsymError("already exists; pass --force to replace it with the archive's contents",
+                                 path=target / entry.name)
     for entry in sorted(staging.iterdir()):
         final = target / entry.name
         if final.exists() or final.is_symlink():
@@ -328,7 +334,7 @@ def _move_into_place(staging: Path, target: Path) -> None:
     staging.rmdir()
 
 
-def safe_extract(archive: Path, target: Path) -> list[Path]:
+def safe_extract(archive: Path, target: Path, replace: bool = True) -> list[Path]:
     """Extract a zip or tar(.gz/.bz2/.xz) ``archive`` into ``target`` safely.
 
     All members are validated before anything is written; the first unsafe one (absolute
@@ -364,7 +370,7 @@ def safe_extract(archive: Path, target: Path) -> list[Path]:
         except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
             raise PcsymError(f"corrupt {kind} archive: {exc}", path=archive) from None
         files = sorted({target / n for n in names if (staging / n).is_file()})
-        _move_into_place(staging, target)
+        _move_into_place(staging, target, replace)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -403,6 +409,7 @@ def fetch(
     sha256: str | None = None,
     progress: bool = True,
     extract: bool = True,
+    force: bool = False,
 ) -> Path:
     """Download (and by default unpack) a known dataset or an archive URL into ``out_dir``.
 
@@ -411,6 +418,9 @@ def fetch(
     ``sha256`` its checksum.  The archive is kept as ``out_dir/<archive name>``; an
     existing complete archive (matching ``sha256`` when one is known) is not downloaded
     again, and a known dataset whose folder already exists is not extracted again.
+
+    An unpacked entry that already exists is replaced only with ``force`` (else an error names it);
+    with ``force`` a known dataset's existing folder is unpacked again.
 
     Returns the extracted dataset folder (its single top-level folder when the archive
     has one, else ``out_dir``), or the archive path when ``extract=False``.
@@ -427,7 +437,7 @@ def fetch(
     source = url or entry["url"]
     expected = _normalize_sha256(sha256 if sha256 is not None else entry["sha256"])
 
-    if extract and entry["extracted_dir"] and (out_dir / entry["extracted_dir"]).is_dir():
+    if extract and not force and entry["extracted_dir"] and (out_dir / entry["extracted_dir"]).is_dir():
         return out_dir / entry["extracted_dir"]  # already fetched and unpacked
 
     archive = out_dir / archive_name
@@ -441,7 +451,7 @@ def fetch(
     if not extract:
         return archive
 
-    files = safe_extract(archive, out_dir)
+    files = safe_extract(archive, out_dir, replace=force)
     if entry["extracted_dir"] and (out_dir / entry["extracted_dir"]).is_dir():
         return out_dir / entry["extracted_dir"]
     return _single_top_dir(files, out_dir)

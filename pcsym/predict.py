@@ -83,21 +83,59 @@ def max_votes(cfg) -> int:
 
 
 def file_kind(path: Path) -> str:
-    """"numpy" (an .npz export), "torchscript" or "checkpoint", by the suffix or, under another name,
-    by the zip's contents: an export saved as ``model.bin`` loads as what it is."""
-    import zipfile
+    """"numpy" (an .npz export), "torchscript", "onnx" or "checkpoint", by the suffix or, under another
+    name, by the contents: an export saved as ``model.bin`` loads as what it is."""
+    from .checkpoint import export_kind
 
-    if path.suffix in (".npz", ".ts") or not path.is_file() or not zipfile.is_zipfile(path):
-        return {".npz": "numpy", ".ts": "torchscript"}.get(path.suffix, "checkpoint")
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-    if "meta.npy" in names:
-        return "numpy"
-    return "torchscript" if any(n.split("/")[1:2] == ["code"] for n in names) else "checkpoint"
+    return {"numpy": "numpy", "TorchScript": "torchscript", "ONNX": "onnx"}.get(export_kind(path), "checkpoint")
+
+
+#: what ``--model`` takes, for messages
+MODEL_FORMATS = ("a shipped model name (so3, o2), a checkpoint .pt or run folder, or an export: numpy .npz, "
+                 "TorchScript .ts or ONNX .onnx")
+
+
+class OnnxNet:
+    """A pcsym ONNX export run with onnxruntime (the optional extra ``pcsym[onnx]``): its config from the
+    export's metadata; the seeded downsampling order applied before the network, as for TorchScript."""
+
+    def __init__(self, path: Path, threads: int = 0):
+        import json
+
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise PcsymError("running an ONNX model needs onnxruntime: pip install 'pcsym[onnx]' (or classify "
+                             "with the checkpoint or a numpy/TorchScript export)", path=path) from None
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise PcsymError(f"not a readable ONNX model ({first[:120]})", path=path) from None
+        meta = self.session.get_modelmeta().custom_metadata_map.get("pcsym.json")
+        if meta is None:
+            raise PcsymError("ONNX model without pcsym metadata: only `pcsym export --format onnx` files run "
+                             "here", path=path)
+        from .config import ModelConfig
+
+        meta = json.loads(meta)
+        self.cfg = ModelConfig.from_dict(meta["model_config"])
+        self.unknown_threshold = meta.get("unknown_threshold")
+
+    def __call__(self, pts: np.ndarray, nrm: np.ndarray, vote: int):
+        import torch
+
+        from .export import prepare_inputs
+
+        p, n = prepare_inputs(torch.as_tensor(pts), torch.as_tensor(nrm), self.cfg, vote)
+        return self.session.run(None, {"pos": p.numpy(), "normals": n.numpy()})[0], None
 
 
 def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classifier:
-    """A shipped model name (``so3``, ``o2``), a numpy export, a TorchScript export, a checkpoint
+    """A shipped model name (``so3``, ``o2``), a numpy export, a TorchScript or ONNX export, a checkpoint
     or a run folder, loaded for inference."""
     from .checkpoint import PRETRAINED, resolve_checkpoint
 
@@ -110,6 +148,9 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
         net = NumpyClassifier(fast)
         return Classifier(net.cfg, lambda pts, nrm, vote: net(pts, nrm, vote=vote, pooled=True), max_votes(net.cfg),
                           net.unknown_threshold, net.unknown, net.unknown_bank)
+    if kind == "onnx":
+        onnx_net = OnnxNet(p, threads)
+        return Classifier(onnx_net.cfg, onnx_net, max_votes(onnx_net.cfg), onnx_net.unknown_threshold)
     import torch
 
     if threads:
@@ -121,7 +162,12 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
         return Classifier(net.cfg, _torch_net(net, pooled=False), max_votes(net.cfg), net.unknown_threshold)
     from .checkpoint import load_model
 
-    model, ckpt = load_model(p)
+    try:
+        model, ckpt = load_model(p)
+    except PcsymError as exc:
+        if "not a readable checkpoint" in str(exc) or "not a pcsym checkpoint" in str(exc):
+            raise PcsymError(f"not a model pcsym can run: --model takes {MODEL_FORMATS}", path=p) from None
+        raise
     unknown = ckpt.get("unknown")
     return Classifier(model.cfg, _torch_net(model, pooled=True), max_votes(model.cfg), ckpt.get("unknown_threshold"),
                       unknown, None if unknown is None else unknown["bank"].float().numpy())
@@ -203,16 +249,24 @@ class ResultLog:
         self.path = Path(path)
         self.done: set[str] = set()
         self.failed: set[str] = set()  # inputs the file records as failed
-        if self.path.is_dir():
-            raise PcsymError("--out is a directory, expected a .jsonl file", path=self.path)
-        exists = self.path.exists() and self.path.stat().st_size > 0
-        if exists and not (resume or force):
-            raise PcsymError("results file exists; pass --resume to continue it or --force to overwrite it",
-                             path=self.path)
+        exists = self.check(self.path, resume, force)
         if exists and resume:
             self._load()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fh = open(self.path, "a" if resume else "w", encoding="utf-8")
+
+    @staticmethod
+    def check(path: Path, resume: bool, force: bool) -> bool:
+        """Refuse a results file that is a folder, or exists without ``resume`` or ``force`` (the one
+        overwrite rule); whether it exists (and is not empty)."""
+        path = Path(path)
+        if path.is_dir():
+            raise PcsymError("--out is a directory, expected a .jsonl file", path=path)
+        exists = path.exists() and path.stat().st_size > 0
+        if exists and not (resume or force):
+            raise PcsymError("results file exists; pass --resume to continue it or --force to overwrite it",
+                             path=path)
+        return exists
 
     def _load(self) -> None:
         import json

@@ -286,7 +286,8 @@ class Trainer:
 
     def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig,
                  on_epoch: Callable[[dict], None] | None = None,
-                 on_step: Callable[[int, int, float, float], None] | None = None):
+                 on_step: Callable[[int, int, float, float], None] | None = None,
+                 on_epoch_start: Callable[[int], None] | None = None):
         from .allocator import keep_freed_memory
         from .data import load_dataset
         from .splits import run_split
@@ -308,6 +309,7 @@ class Trainer:
         self.device = torch.device(device)
         # progress and files come from rank 0 alone
         self.on_epoch, self.on_step = (on_epoch, on_step) if self.world.main else (None, None)
+        self.on_epoch_start = on_epoch_start if self.world.main else None
         data = load_dataset(tcfg.data, points=mcfg.points, up_axis=tcfg.up_axis, fmt=tcfg.data_format)
         tr_idx, va_idx = run_split(data, "train", tcfg), run_split(data, "val", tcfg)
         mcfg.class_names = [str(c) for c in data.class_names]
@@ -353,6 +355,17 @@ class Trainer:
         weight = balanced_class_weights(counts) if tcfg.balance == "loss" else None
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=tcfg.label_smoothing)
         self.stop = False
+
+    def _check_classes(self, last_path: Path) -> None:
+        """A resumed run goes on with its own classes: other data is refused in one line (not as a
+        mismatching classifier head)."""
+        if not last_path.exists():
+            raise PcsymError("nothing to resume: no last.pt", path=last_path.parent)
+        theirs = list(read_checkpoint(last_path)["model_config"].get("class_names") or [])
+        if theirs and theirs != list(self.mcfg.class_names):
+            raise PcsymError(f"the dataset's {len(self.mcfg.class_names)} classes differ from the run's "
+                             f"{len(theirs)} ({', '.join(theirs[:3])}, ...); resume with the run's --data",
+                             path=self.tcfg.data)
 
     def _train_mode(self) -> None:
         """Train mode; a frozen trunk stays in eval mode (its norms keep the model's statistics)."""
@@ -468,23 +481,36 @@ class Trainer:
         calibrate_checkpoint(self.out / "best.pt", self.train_ds.data, self.train_ds.indices, self.val_ds.indices,
                              tc.eval_rotate, tc.seed)
 
-    def run(self, resume: bool = False) -> dict:
+    def run(self, resume: bool = False, changes: list | None = None) -> dict:
+        """Train the epochs left (all of them, or from last.pt with ``resume``). ``changes``: the settings a
+        resumed run changes (:func:`pcsym.config.merge_settings`), appended to config.json's ``changes``
+        with the epoch they start at. A resumed run that already has its epochs does nothing and says so
+        (``complete`` in the summary)."""
         state = RunState()
+        summary = {"interrupted": False, "out": str(self.out), "select": self.tcfg.select}
         if resume:
+            self._check_classes(self.out / "last.pt")
             state = restore(self.out / "last.pt", self.model, self.optimizer, self.scheduler, self.ema)
+            if state.partial is None and state.epoch + 1 >= self.tcfg.epochs:
+                self.world.close()
+                return {**summary, "complete": True, "epochs_done": state.epoch + 1, "history": state.history,
+                        "best_val_acc": state.best}
         if self.world.main:
             self.out.mkdir(parents=True, exist_ok=True)
+            recorded = _recorded_changes(self.out) if resume else []
+            recorded += [{**c, "from_epoch": state.epoch + 2} for c in changes or []]
             atomic_write_bytes(self.out / "config.json", json.dumps(
-                {"model": self.mcfg.to_dict(), "train": self.tcfg.to_dict(), "world_size": self.world.size},
-                indent=2).encode())
+                {"model": self.mcfg.to_dict(), "train": self.tcfg.to_dict(), "world_size": self.world.size,
+                 **({"changes": recorded} if recorded else {})}, indent=2).encode())
 
         def _sigint(signum, frame):
             self.stop = True
 
         old = signal.signal(signal.SIGINT, _sigint) if _main_thread() else None
-        summary = {"interrupted": False, "out": str(self.out), "select": self.tcfg.select}
         try:
             for epoch in range(state.epoch + 1, self.tcfg.epochs):
+                if self.on_epoch_start:
+                    self.on_epoch_start(epoch)
                 self.end_epoch(self.run_epoch(epoch, state), state)
                 if self.ema is not None:
                     self.ema.swap()  # training goes on from the trained weights
@@ -502,7 +528,16 @@ class Trainer:
 
 def train(mcfg: ModelConfig, tcfg: TrainConfig, resume: bool = False,
           on_epoch: Callable[[dict], None] | None = None,
-          on_step: Callable[[int, int, float, float], None] | None = None) -> dict:
+          on_step: Callable[[int, int, float, float], None] | None = None,
+          on_epoch_start: Callable[[int], None] | None = None, changes: list | None = None) -> dict:
     """Train; writes best.pt, last.pt, metrics.csv, config.json into tcfg.out. Returns the summary
     (``best_val_acc`` is the best value of the ``tcfg.select`` validation figure)."""
-    return Trainer(mcfg, tcfg, on_epoch, on_step).run(resume)
+    return Trainer(mcfg, tcfg, on_epoch, on_step, on_epoch_start).run(resume, changes)
+
+
+def _recorded_changes(out: Path) -> list:
+    """The setting changes earlier resumptions recorded in ``out/config.json``."""
+    try:
+        return list(json.loads((out / "config.json").read_text()).get("changes", []))
+    except (OSError, ValueError, AttributeError):
+        return []

@@ -186,8 +186,22 @@ class PointCloudDataset:
                 torch.from_numpy(np.ascontiguousarray(nrm, dtype=np.float32)), int(self.data.labels[shape]))
 
 
-def eval_dataset(data, indices, points: int, rotate: str, run_seed: int) -> PointCloudDataset:
+#: offset of ``evaluate --seed N``'s draws: far from every run's own seeds (whose offset is 7919)
+EVAL_SEED_BASE = 1 << 32
+
+
+def eval_dataset(data, indices, points: int, rotate: str, run_seed: int, eval_seed: int | None = None
+                 ) -> PointCloudDataset:
     """The clouds a run is validated or evaluated on: the first ``points`` stored points of each shape,
     no augmentation but ``rotate``, whose rotations are seeded from the run's seed (offset so that
-    they differ from the training draws). Training, ``evaluate`` and the benchmarks all use this."""
-    return PointCloudDataset(data, indices, points=points, rotate=rotate, resample=False, seed=run_seed + 7919)
+    they differ from the training draws). Training, ``evaluate`` and the benchmarks all use this.
+
+    ``eval_seed`` (``evaluate --seed N``): another draw of the evaluation pass instead, for the spread
+    of a figure over evaluation seeds: each shape's ``points`` are a random subset of its stored points
+    (where it has more) and its rotation is drawn, both seeded by N."""
+    if eval_seed is None:
+        return PointCloudDataset(data, indices, points=points, rotate=rotate, resample=False, seed=run_seed + 7919)
+    if eval_seed < 0:
+        raise PcsymError(f"evaluation seed must be 0 or more, got {eval_seed}")
+    return PointCloudDataset(data, indices, points=points, rotate=rotate, resample=True,
+                             seed=EVAL_SEED_BASE + int(eval_seed))

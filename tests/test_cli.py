@@ -344,7 +344,7 @@ def test_config_file_with_flag_override(tmp_path, sample_dataset):
     for bad_flag, msg in ((["--schedule", "linear"], "unknown --schedule 'linear'"),
                           (["--scale", "1.2,0.8"], "--scale needs 0 < LOW <= HIGH"),
                           (["--eval-rotate", "x"], "unknown --eval-rotate 'x'"),
-                          (["--max-freq", "9"], "max_freq must be between 0 and 4")):
+                          (["--max-freq", "9"], "--max-freq must be between 0 and 4, got 9")):
         r = run("train", "--data", sample_dataset, "--out", tmp_path / "y", *bad_flag)
         assert r.exit_code == 2 and msg in r.stderr, r.output
     bad = tmp_path / "bad.yaml"

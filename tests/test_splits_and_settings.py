@@ -92,14 +92,24 @@ def test_merge_settings_precedence_and_parsing(tmp_path):
     saved_t = TrainConfig(epochs=7, lr=0.01, scale=(0.9, 1.1), seed=3, threads=4)
     (out / "config.json").write_text(json.dumps({"model": saved_m.to_dict(), "train": saved_t.to_dict()}))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("lr: 0.05\npositions: false\n")  # a flag's spelling works in a config file
-    flags = {**ModelConfig().to_dict(), **TrainConfig().to_dict(), "out": str(out), "epochs": 9,
+    cfg.write_text("lr: 0.05\n")
+    flags = {**ModelConfig().to_dict(), **TrainConfig().to_dict(), "out": str(out), "epochs": 9, "data": "d",
              "widths": "32,64,128", "scale": "0.8,1.2", "resume": True, "force": False, "config": cfg}
+    changes = []
     m, t = merge_settings(flags, explicit={"out", "epochs"}, config_file=cfg, resume=True,
-                          aliases={"positions": "use_positions"})
-    assert (m.group, m.widths, m.strides, m.points, m.use_positions) == ("m", (8, 16, 24), (2, 4, 4), 512, False)
+                          aliases={"positions": "use_positions"}, changes=changes)
+    assert (m.group, m.widths, m.strides, m.points, m.use_positions) == ("m", (8, 16, 24), (2, 4, 4), 512, True)
     assert (t.epochs, t.lr, t.scale, t.seed) == (9, 0.05, (0.9, 1.1), 3)  # flag > file > saved run
     assert t.threads == 0  # the machine's settings are not taken from the run
+    assert changes == [{"setting": "lr", "from": 0.01, "to": 0.05}]  # reported and recorded; epochs silently
+    # resuming keeps the run's model: a config file (or flag) that changes it is refused, naming the flag
+    cfg.write_text("positions: false\n")  # a flag's spelling works in a config file
+    with pytest.raises(PcsymError, match="^--positions off differs from the run in .*/run/, whose model has "
+                                         "use_positions=on; drop it to resume the run"):
+        merge_settings(flags, explicit={"out"}, config_file=cfg, resume=True, aliases={"positions": "use_positions"})
+    m, _ = merge_settings({**flags, "resume": False}, explicit={"out"}, config_file=cfg,
+                          aliases={"positions": "use_positions"})
+    assert not m.use_positions
     m, _ = merge_settings({**flags, "widths": "16,32"}, explicit={"widths"})
     assert m.widths == (16, 32) and m.strides == (2, 4)
     with pytest.raises(PcsymError, match="--widths must be comma-separated numbers, got '16,x'"):
