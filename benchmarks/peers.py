@@ -37,7 +37,7 @@ def build_peer(name: str, num_classes: int, k: int = 10):
     from torch import nn
     from torch_geometric.nn import EdgeConv
 
-    from pcsym.graph import knn
+    from pcsym.geometry.graph import knn
 
     def mlp(*dims, last_act=True):
         layers = []

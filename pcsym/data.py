@@ -503,7 +503,7 @@ def with_estimated_normals(data: PointCloudData, points: int, seed: int = 0, row
 
 def _estimate_missing_normals(points: np.ndarray, normals: np.ndarray, missing: np.ndarray, progress: Progress | None) -> None:
     """Fill ``normals[missing]`` with PCA normals, in batches (in place)."""
-    from .graph import estimate_normals
+    from .geometry.graph import estimate_normals
 
     todo = np.flatnonzero(missing)
     for s in range(0, len(todo), _NORMAL_BATCH):

@@ -41,7 +41,7 @@ class OrderedNet(nn.Module):
 def prepare_inputs(pos: torch.Tensor, normals: torch.Tensor, cfg, vote: int = 0):
     """Put (B, N, 3) clouds in the eval-mode sampling order of a model of config ``cfg``
     (:func:`pcsym.graph.sampling_order`; another vote's order for test-time voting)."""
-    from .graph import sampling_order, take
+    from .geometry.graph import sampling_order, take
 
     order = sampling_order(pos, cfg.sampling, cfg.layer_points(pos.shape[1]), vote)
     return take(pos, order), take(normals, order)
@@ -117,7 +117,7 @@ def numpy_arrays(model, unknown_threshold: float | None = None, unknown: dict | 
     """The frozen eval-mode network as named arrays for :class:`pcsym.runtime.NumpyClassifier`
     (with ``unknown``: the neighbour-similarity detector's bank, float16, and its settings)."""
     from . import runtime
-    from .graph import vote_order
+    from .geometry.graph import vote_order
 
     arrays = {"orders": torch.cat([vote_order(v, 1, model.cfg.points) for v in range(runtime.VOTE_ORDERS)]),
               "sizes": torch.tensor(model.cfg.layer_points())}

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pcsym import native
+from pcsym.geometry import native
 from pcsym.config import ModelConfig
 from pcsym.groups import resolve
-from pcsym.graph import gather
+from pcsym.geometry.graph import gather
 from pcsym.models import fused
 from pcsym.models.classifier import build_model
 from pcsym.models.layers import ImplicitKernelConv, channel_types

@@ -1,6 +1,6 @@
 import torch
 
-from pcsym.graph import estimate_normals, fps_order, gather, knn, knn_torch, random_order, take
+from pcsym.geometry.graph import estimate_normals, fps_order, gather, knn, knn_torch, random_order, take
 
 
 def test_knn_matches_brute_force_and_chunking():
@@ -30,7 +30,7 @@ def test_knn_rejects_k_larger_than_cloud():
 def test_knn_blocks_cover_everything_within_the_budget():
     # every (cloud, query) pair in exactly one block; no block over budget (one query row at least),
     # so a 4096-point cloud never materialises its N x N distances
-    from pcsym.graph import knn_blocks
+    from pcsym.geometry.graph import knn_blocks
 
     for b, m, n, entries in [(16, 512, 1024, 1 << 19), (16, 32, 128, 1 << 19), (3, 4096, 4096, 1 << 19),
                              (2, 7, 5, 3), (5, 10, 10, 250)]:
@@ -103,7 +103,7 @@ def test_sampling_orders_keep_their_promises():
     import numpy as np
 
     from pcsym import runtime
-    from pcsym.graph import sampling_order, vote_order
+    from pcsym.geometry.graph import sampling_order, vote_order
 
     torch.manual_seed(0)
     p = torch.rand(3, 256, 3)
@@ -133,7 +133,7 @@ def test_fps_never_picks_a_point_twice_in_a_cloud_of_duplicates():
     import numpy as np
 
     from pcsym import runtime
-    from pcsym.graph import sampling_order, vote_order
+    from pcsym.geometry.graph import sampling_order, vote_order
 
     torch.manual_seed(0)
     p = torch.rand(1, 12, 3).repeat(1, 16, 1)  # 192 points, 12 distinct

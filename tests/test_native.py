@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pcsym import native
-from pcsym.graph import knn, knn_torch
+from pcsym.geometry import native
+from pcsym.geometry.graph import knn, knn_torch
 from pcsym.runtime import knn as np_knn
 from pcsym.runtime import knn_numpy
 
@@ -98,7 +98,7 @@ def test_fps_kernel_picks_the_same_points_as_torch_and_numpy(fresh, kind, monkey
     """The compiled farthest-point loop picks exactly the points of graph.fps_order's torch spelling and of the
     numpy runtime's (same float32 distances, ties to the lower index, picked points never again), for any
     thread count; non-finite coordinates are left to the callers' spelling."""
-    from pcsym.graph import fps_order, fps_order_torch
+    from pcsym.geometry.graph import fps_order, fps_order_torch
     from pcsym.runtime import fps_order as np_fps
 
     if kind == "ties":  # a grid: many exactly equal distances
@@ -137,7 +137,7 @@ def test_fps_kernel_picks_the_same_points_as_torch_and_numpy(fresh, kind, monkey
 
 _CHILD = """
 import numpy as np
-from pcsym import native
+from pcsym.geometry import native
 p = np.random.default_rng(0).normal(size=(1, 50, 3)).astype(np.float32)
 d = ((p[0][:, None] - p[0][None]) ** 2).sum(-1)
 assert (native.knn(p, p, 3) == np.argsort(d, axis=1)[:, :3]).all(), native.status()
@@ -197,7 +197,7 @@ def test_cache_off_still_builds_in_a_private_folder_removed_at_exit(fresh, monke
     pts = _clouds("surface", 2, 80, 3)
     np.testing.assert_array_equal(native.knn(pts, pts, 4), _brute(pts, pts, 4))
     assert not (fresh / "cache").exists()
-    code = "from pathlib import Path; from pcsym import native; native.status(); print(Path(native._state['path']).parent)"
+    code = "from pathlib import Path; from pcsym.geometry import native; native.status(); print(Path(native._state['path']).parent)"
     res = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True, timeout=120)
     folder = res.stdout.strip().splitlines()[-1]
     assert res.returncode == 0 and "pcsym-native-" in folder, res.stderr[-2000:]

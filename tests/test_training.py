@@ -94,7 +94,7 @@ def test_votes_average_over_downsampling_orders(sample_dataset):
     from pcsym.data import load_dataset
     from pcsym.evaluate import predict
     from pcsym.transforms import PointCloudDataset
-    from pcsym.graph import eval_order
+    from pcsym.geometry.graph import eval_order
     from pcsym.models.classifier import build_model
 
     data = load_dataset(sample_dataset, points=256)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..graph import gather, knn, random_order, sampling_order, take
+from ..geometry.graph import gather, knn, random_order, sampling_order, take
 from ..groups import Group, resolve
 from .layers import EDGE_FIELDS, KERNELS, EquivBatchNorm, FieldNonlinearity, channel_types, channels_for
 
@@ -108,7 +108,7 @@ class EquivariantClassifier(nn.Module):
             feats.append(pos - pos.mean(dim=1, keepdim=True))
         if self.cfg.use_normals:
             if normals is None:
-                from ..graph import estimate_normals
+                from ..geometry.graph import estimate_normals
 
                 normals = estimate_normals(pos)
             feats.append(normals)
@@ -150,7 +150,7 @@ class EquivariantClassifier(nn.Module):
         :meth:`pooled_features` takes. In training this draws the random sampling order (unless
         ``draw`` holds it: :meth:`draw_order`)."""
         if normals is None and self.cfg.use_normals:
-            from ..graph import estimate_normals
+            from ..geometry.graph import estimate_normals
 
             normals = estimate_normals(pos)
         feat = self.input_features(normals, pos)

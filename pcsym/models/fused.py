@@ -19,7 +19,7 @@ import contextlib
 import numpy as np
 import torch
 
-from .. import native
+from ..geometry import native
 
 
 _off = [0]  # > 0 inside torch_spelling() blocks

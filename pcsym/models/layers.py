@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import shards
-from ..graph import gather
+from ..geometry.graph import gather
 from . import fused
 from ..groups import Group, quiet_stdout
 from .linear import EquivLinear, FrozenLinear, freeze, linear_spec, type_size  # noqa: F401  (re-exported)

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_writer, user_cache_dir
+from ...files import atomic_writer, user_cache_dir
 
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("knn.c", "edge.c", "agg.c"))
 HEADERS = tuple(Path(__file__).with_name(n) for n in ("edge_body.h", "agg_body.h", "simd.h", "twice.h", "threads.h"))
