@@ -40,8 +40,8 @@ def main() -> None:
     a = p.parse_args()
     _escnn_on_new_sklearn()
     from pcsym.checkpoint import load_model
-    from pcsym.data import load_dataset
-    from pcsym.transforms import rotation_matrix
+    from pcsym.data.datasets import load_dataset
+    from pcsym.data.transforms import rotation_matrix
 
     dev = a.device
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pcsym.data import load_dataset
-from pcsym.splits import split_indices
+from pcsym.data.datasets import load_dataset
+from pcsym.data.splits import split_indices
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--data", required=True)

@@ -392,8 +392,8 @@ def main(argv=None) -> int:
     import importlib.metadata as md
 
     import pcsym
-    from pcsym.data import load_dataset
-    from pcsym.splits import split_indices
+    from pcsym.data.datasets import load_dataset
+    from pcsym.data.splits import split_indices
 
     t_start = time.time()
     data_path = Path(args.data)

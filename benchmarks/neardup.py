@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from pcsym.checkpoint import load_model, train_config_of
-from pcsym.data import load_dataset
+from pcsym.data.datasets import load_dataset
 from pcsym.evaluate import metrics_from_predictions, predict
-from pcsym.splits import split_indices
-from pcsym.transforms import eval_dataset
+from pcsym.data.splits import split_indices
+from pcsym.data.transforms import eval_dataset
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "neardup"
 

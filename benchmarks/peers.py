@@ -102,9 +102,9 @@ def train_peer(name, data, args, train_rotate: str, log) -> dict:
     import torch
 
     from pcsym.evaluate import evaluate_model
-    from pcsym.splits import split_indices
+    from pcsym.data.splits import split_indices
     from pcsym.train import make_loader, seed_all
-    from pcsym.transforms import PointCloudDataset, eval_dataset
+    from pcsym.data.transforms import PointCloudDataset, eval_dataset
 
     seed_all(args.seed)
     tr = split_indices(data, "train", 0.2, args.seed)
@@ -221,7 +221,7 @@ def main() -> int:
     args = p.parse_args()
     C.set_threads(args.threads)
     C.quiet_warnings()
-    from pcsym.data import load_dataset
+    from pcsym.data.datasets import load_dataset
 
     env = C.environment(args.threads, args.quick, args.idle)
     data = load_dataset(args.data, points=1024)

@@ -15,11 +15,11 @@ import torch
 
 from pcsym.checkpoint import load_model, train_config_of
 from pcsym.config import TrainConfig
-from pcsym.data import load_dataset
+from pcsym.data.datasets import load_dataset
 from pcsym.errors import PcsymError
-from pcsym.splits import default_split, run_split
+from pcsym.data.splits import default_split, run_split
 from pcsym.evaluate import evaluate_model
-from pcsym.transforms import eval_dataset
+from pcsym.data.transforms import eval_dataset
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--data", required=True)

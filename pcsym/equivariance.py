@@ -126,7 +126,7 @@ def check_file(src, checkpoint: str | None = None, group: str | None = None, ker
     ``src``; returns (model, rows)."""
     from .checkpoint import load_model
     from .config import ModelConfig
-    from .meshes import load_cloud
+    from .data.meshes import load_cloud
     from .models.classifier import build_model
 
     if checkpoint is not None:

@@ -170,9 +170,9 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     checkpoint (the defaults, seed 0 and 0.2, for checkpoints that predate storing them)."""
     from .checkpoint import load_model, train_config_of
     from .config import ROTATIONS, SAMPLINGS, TrainConfig, check_choice
-    from .data import load_dataset, with_estimated_normals
-    from .splits import SPLITS, default_split, run_split
-    from .transforms import eval_dataset
+    from .data.datasets import load_dataset, with_estimated_normals
+    from .data.splits import SPLITS, default_split, run_split
+    from .data.transforms import eval_dataset
 
     check_choice(rotate, ROTATIONS, "--rotate")
     check_choice(split, SPLITS, "--split")

@@ -134,8 +134,8 @@ def read_input(path: str | os.PathLike, points: int, seed: int = 0, max_vertices
     (``estimated_normals`` = P > 0, :attr:`pcsym.config.ModelConfig.estimated_normals`) the normals are
     PCA estimates in a cloud of max(P, points) samples, of which the first ``points`` are kept, as in
     training. Raises PcsymError for a file that cannot be used."""
-    from .meshes import load_cloud
-    from .transforms import to_z_up
+    from .data.meshes import load_cloud
+    from .data.transforms import to_z_up
 
     pts, nrm = load_cloud(path, n_points=max(points, estimated_normals), rng=np.random.default_rng(seed),
                           max_vertices=max_vertices, estimate=estimated_normals > 0)

@@ -288,10 +288,10 @@ class Trainer:
                  on_epoch: Callable[[dict], None] | None = None,
                  on_step: Callable[[int, int, float, float], None] | None = None):
         from .allocator import keep_freed_memory
-        from .data import load_dataset
-        from .splits import run_split
+        from .data.datasets import load_dataset
+        from .data.splits import run_split
         from .models.classifier import build_model
-        from .transforms import PointCloudDataset, eval_dataset
+        from .data.transforms import PointCloudDataset, eval_dataset
 
         self.mcfg, self.tcfg = mcfg, tcfg.validate()
         keep_freed_memory()  # no page faults for each step's temporaries (pcsym.allocator)

@@ -13,12 +13,12 @@ import torch
 
 from pcsym.checkpoint import load_model, resolve_checkpoint, train_config_of, update_checkpoint
 from pcsym.config import TrainConfig
-from pcsym.data import load_dataset
+from pcsym.data.datasets import load_dataset
 from pcsym.evaluate import metrics_from_predictions, predict
 from pcsym.export import export_model
 from pcsym.runtime import neighbour_similarity
-from pcsym.splits import run_split
-from pcsym.transforms import eval_dataset
+from pcsym.data.splits import run_split
+from pcsym.data.transforms import eval_dataset
 from pcsym.unknown import calibrate, feature_bank, pooled_features, score_threshold, unknown_threshold
 
 ap = argparse.ArgumentParser()

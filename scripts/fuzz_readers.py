@@ -60,7 +60,7 @@ def _ply_header(fmt: str, nv: int, vprops: list[str], nf: int, face_props: list[
 
 def generated_seeds(out: Path) -> list[Path]:
     """Small files in every format and PLY / STL / OBJ variant, built from a real mesh."""
-    from pcsym.meshes import read_geometry
+    from pcsym.data.meshes import read_geometry
 
     g = read_geometry(ROOT / "sample_data" / "meshes" / "bathtub_0002.off")
     v, f = g.vertices, g.faces[:300]
@@ -403,7 +403,7 @@ def _run_part(files: list[Path], timeout: float, single_timeout: float, log) -> 
 def time_each(files: list[Path], top: int = 5) -> list[tuple[float, str]]:
     """In-process ``load_cloud`` time of each file (no classification), slowest first."""
     from pcsym.errors import PcsymError
-    from pcsym.meshes import load_cloud
+    from pcsym.data.meshes import load_cloud
 
     times = []
     for f in files:
@@ -419,7 +419,7 @@ def time_each(files: list[Path], top: int = 5) -> list[tuple[float, str]]:
 def inprocess(files: list[Path]) -> dict:
     """read_geometry + load_cloud in this process (fast; a crash ends the run)."""
     from pcsym.errors import PcsymError
-    from pcsym.meshes import load_cloud
+    from pcsym.data.meshes import load_cloud
 
     out = {"files": len(files), "outcomes": {"ok": 0, "error": 0}, "bad": {}, "slowest": []}
     for f in files:
@@ -447,7 +447,7 @@ def atheris_main(argv: list[str], out: Path) -> None:  # pragma: no cover - opti
 
     with atheris.instrument_imports():  # before anything imports pcsym
         from pcsym.errors import PcsymError
-        from pcsym.meshes import _READERS, _validate
+        from pcsym.data.meshes import _READERS, _validate
 
     corpus = out / "atheris_corpus"
     corpus.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ src = run / "best.pt" if run.is_dir() else run
 ckpt = torch.load(src, map_location="cpu", weights_only=False)
 ckpt = _state_to_plain(ckpt)
 if "estimated_normals" not in ckpt["model_config"]:  # trained before the field existed: ask its training data
-    from pcsym.data import load_dataset
+    from pcsym.data.datasets import load_dataset
 
     tc, mc = ckpt["train_config"], ckpt["model_config"]
     data = load_dataset(tc["data"], points=mc["points"], up_axis=tc.get("up_axis"), fmt=tc.get("data_format"))

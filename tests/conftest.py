@@ -30,7 +30,7 @@ def load_script(relpath: str):
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory):
     """The shipped ModelNet10 subset, prepared once into a cache in a temp dir."""
-    from pcsym.data import prepare
+    from pcsym.data.datasets import prepare
 
     out = tmp_path_factory.mktemp("cache") / "mini.npz"
     return prepare(SAMPLE / "modelnet10_mini", out=out, points=1024)

@@ -185,7 +185,7 @@ def test_classify_shipped_model_runs_without_torch_and_matches_its_checkpoint(sa
     import numpy as np
 
     from pcsym.checkpoint import resolve_checkpoint
-    from pcsym.meshes import load_cloud
+    from pcsym.data.meshes import load_cloud
 
     code = ("import sys\nfrom pcsym.cli import main\n"
             "sys.argv = ['pcsym', 'classify', sys.argv[1], '--json', '--votes', '3']\n"
@@ -289,7 +289,7 @@ def test_export_torchscript_onnx_and_numpy_give_the_same_logits(tiny_run, tmp_pa
 
     from pcsym.checkpoint import load_model
     from pcsym.export import ScriptedClassifier, prepare_inputs
-    from pcsym.meshes import load_cloud
+    from pcsym.data.meshes import load_cloud
 
     assert run("export", tiny_run, "--out", tmp_path / "m.ts").exit_code == 0
     assert run("export", tiny_run, "--format", "onnx", "--out", tmp_path / "m.onnx").exit_code == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pcsym.errors import PcsymError
-from pcsym.fetch import KNOWN_DATASETS, download, fetch, safe_extract
+from pcsym.data.fetch import KNOWN_DATASETS, download, fetch, safe_extract
 
 
 # --------------------------------------------------------------------------- local server

@@ -185,7 +185,7 @@ def test_pathological_valid_files_finish_in_seconds(tmp_path):
     r = _python("""
         import json, sys, time
         from pcsym.errors import PcsymError
-        from pcsym.meshes import load_cloud
+        from pcsym.data.meshes import load_cloud
         out = {}
         for f in sys.argv[1:]:
             t = time.perf_counter()
@@ -243,7 +243,7 @@ def test_absurd_counts_are_refused_before_allocating(tmp_path):
     r = _python("""
         import json, resource, sys, tracemalloc
         from pcsym.errors import PcsymError
-        from pcsym.meshes import read_geometry
+        from pcsym.data.meshes import read_geometry
         def rss():  # peak resident set size so far, bytes (ru_maxrss is KiB on Linux)
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         base = rss()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pcsym.errors import PcsymError
-from pcsym.meshes import (
+from pcsym.data.meshes import (
     MIN_CLOUD_POINTS,
     Geometry,
     load_cloud,

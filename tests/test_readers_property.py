@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from pcsym.errors import PcsymError
-from pcsym.meshes import MAX_COORDINATE, MIN_CLOUD_POINTS, SUPPORTED_EXTENSIONS, Geometry, read_geometry
+from pcsym.data.meshes import MAX_COORDINATE, MIN_CLOUD_POINTS, SUPPORTED_EXTENSIONS, Geometry, read_geometry
 
 MAX_V = 5000
 SETTINGS = settings(max_examples=50, deadline=3000, derandomize=True, database=None,

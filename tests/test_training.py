@@ -91,9 +91,9 @@ def test_norm_recalibration_averages_batch_statistics_and_leaves_rng_alone():
 def test_votes_average_over_downsampling_orders(sample_dataset):
     import torch
 
-    from pcsym.data import load_dataset
+    from pcsym.data.datasets import load_dataset
     from pcsym.evaluate import predict
-    from pcsym.transforms import PointCloudDataset
+    from pcsym.data.transforms import PointCloudDataset
     from pcsym.geometry.graph import eval_order
     from pcsym.models.classifier import build_model
 
@@ -124,9 +124,9 @@ def test_balanced_class_weights_equalise_the_expected_loss():
 def test_balanced_sampler_draws_classes_equally_and_is_seeded(sample_dataset):
     """--balance sampler: an epoch of len(ds) draws, each class about equally often even when the
     split is imbalanced, the same draws for the same (seed, epoch) and other draws for the next epoch."""
-    from pcsym.data import load_dataset
+    from pcsym.data.datasets import load_dataset
     from pcsym.train import make_loader
-    from pcsym.transforms import PointCloudDataset
+    from pcsym.data.transforms import PointCloudDataset
 
     data = load_dataset(sample_dataset, points=64)
     labels = np.asarray(data.labels)
@@ -170,9 +170,9 @@ def test_training_with_the_accuracy_levers(sample_dataset, tmp_path):
 
 
 def test_prefetch_yields_the_loaders_batches_in_order_and_stops_cleanly(sample_dataset):
-    from pcsym.data import load_dataset
+    from pcsym.data.datasets import load_dataset
     from pcsym.train import Prefetch, make_loader
-    from pcsym.transforms import PointCloudDataset
+    from pcsym.data.transforms import PointCloudDataset
 
     ds = PointCloudDataset(load_dataset(sample_dataset), points=256, rotate="so3", jitter=0.01)
     direct = list(make_loader(ds, 8, True, 5, 2, 0, drop_last=True))

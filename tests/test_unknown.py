@@ -48,10 +48,10 @@ def test_neighbour_similarity_is_the_kth_largest_cosine():
 
 def test_training_stores_both_detectors_and_exports_carry_them(run_dir, tmp_path):
     from pcsym.checkpoint import load_model, train_config_of
-    from pcsym.data import load_dataset
+    from pcsym.data.datasets import load_dataset
     from pcsym.runtime import neighbour_similarity
-    from pcsym.splits import run_split
-    from pcsym.transforms import eval_dataset
+    from pcsym.data.splits import run_split
+    from pcsym.data.transforms import eval_dataset
     from pcsym.unknown import pooled_features
 
     best = torch.load(run_dir / "best.pt", weights_only=True)
@@ -122,7 +122,7 @@ def test_a_bed_stays_a_bed():
 
 
 def test_models_trained_on_estimated_normals_are_fed_estimated_normals(sample_mesh):
-    from pcsym.meshes import load_cloud
+    from pcsym.data.meshes import load_cloud
     from pcsym.predict import load_classifier, read_input
     from pcsym.runtime import estimate_normals
 

@@ -37,7 +37,7 @@ def classify(
     one input, one row per input for several). Exit 2 if any input could not be classified."""
 
     def body():
-        from ..meshes import SUPPORTED_EXTENSIONS
+        from ..data.meshes import SUPPORTED_EXTENSIONS
         from ..predict import ResultLog, classify_files, expand_inputs, load_classifier
         from ..runtime import VOTE_ORDERS
 

@@ -22,7 +22,7 @@ def data_prepare(
     """Convert a dataset once into a fast cached array file."""
 
     def body():
-        from ..data import prepare
+        from ..data.datasets import prepare
 
         path = prepare(src, out=out, points=points, up_axis=check_up_axis(up_axis) or "z", fmt=fmt)
         console().print(f"cache written: {path}")
@@ -42,7 +42,7 @@ def data_fetch(
     """Download a public ModelNet release (resumable, checksum-verified, safely extracted)."""
 
     def body():
-        from ..fetch import fetch
+        from ..data.fetch import fetch
 
         path = fetch(name, out, url=url, sha256=sha256, progress=not options(ctx).quiet, extract=not no_extract)
         console().print(f"ready: {path}")

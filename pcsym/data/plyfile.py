@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PcsymError
+from ..errors import PcsymError
 from .parseutil import NumberError, as_indices, check_text, check_vertex_count, fan, line_number, parse_numbers
 from .parseutil import token_starts, token_text
 

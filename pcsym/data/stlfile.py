@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PcsymError
+from ..errors import PcsymError
 from .parseutil import Lines, NumberError, check_text, check_vertex_count, looks_utf16, token_text
 
 _BINARY = np.dtype([("normal", "<f4", (3,)), ("corners", "<f4", (3, 3)), ("attr", "<u2")])

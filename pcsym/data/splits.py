@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import check_choice
-from .data import PointCloudData
-from .errors import PcsymError
+from ..config import check_choice
+from .datasets import PointCloudData
+from ..errors import PcsymError
 
 SPLITS = ("train", "val", "test", "all")
 

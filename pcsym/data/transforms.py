@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import ROTATIONS, check_choice
-from .errors import PcsymError
+from ..config import ROTATIONS, check_choice
+from ..errors import PcsymError
 from .meshes import Y_UP_TO_Z_UP
 
 

@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DATA_FORMATS, UP_AXES, check_choice
-from .errors import PcsymError
-from .files import atomic_writer, user_cache_dir
+from ..config import DATA_FORMATS, UP_AXES, check_choice
+from ..errors import PcsymError
+from ..files import atomic_writer, user_cache_dir
 from .meshes import normalize, read_geometry, read_point_table, sample_surface
 from .transforms import to_z_up
 
@@ -503,7 +503,7 @@ def with_estimated_normals(data: PointCloudData, points: int, seed: int = 0, row
 
 def _estimate_missing_normals(points: np.ndarray, normals: np.ndarray, missing: np.ndarray, progress: Progress | None) -> None:
     """Fill ``normals[missing]`` with PCA normals, in batches (in place)."""
-    from .geometry.graph import estimate_normals
+    from ..geometry.graph import estimate_normals
 
     todo = np.flatnonzero(missing)
     for s in range(0, len(todo), _NORMAL_BATCH):
