@@ -256,7 +256,7 @@ def run_parameters(run: Path) -> int | None:
     ckpt = Path(run) / "best.pt"
     if not ckpt.exists():
         return None
-    from pcsym.checkpoint import read_checkpoint
+    from pcsym.models.checkpoint import read_checkpoint
     from pcsym.config import ModelConfig
     from pcsym.models.classifier import build_model, count_parameters
 

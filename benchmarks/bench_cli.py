@@ -60,7 +60,7 @@ def time_command(cmd: list[str], repeats: int, threads: int) -> dict:
 
 def shipped_model_path(name: str) -> Path | None:
     """Path of a shipped model name, or None if missing."""
-    from pcsym.checkpoint import PRETRAINED, resolve_checkpoint
+    from pcsym.models.checkpoint import PRETRAINED, resolve_checkpoint
     from pcsym.errors import PcsymError
 
     if name not in PRETRAINED:

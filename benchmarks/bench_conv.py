@@ -71,7 +71,7 @@ def worker(spec: dict) -> dict:
     from escnn import nn as enn
 
     from pcsym.geometry.graph import gather, knn
-    from pcsym.groups import quiet_stdout, resolve
+    from pcsym.models.groups import quiet_stdout, resolve
     from pcsym.models.layers import (BasisKernelConv, ImplicitKernelConv, channel_types, direct_sum_matrix,
                                      type_size)
 

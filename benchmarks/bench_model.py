@@ -79,7 +79,7 @@ def training_step(model, opt, pos, normals, labels, loss_fn, sharded: bool = Tru
     with ``sharded=False``, forward + backward of the whole batch on all threads."""
     import torch
 
-    shards = tree_module("pcsym.shards") if sharded else None
+    shards = (tree_module("pcsym.models.shards") or tree_module("pcsym.shards")) if sharded else None
 
     def finish():
         if optimizer_step:
@@ -220,7 +220,7 @@ def recipe_worker(spec: dict) -> dict:
     with training_step(model, opt, pos, normals, labels, loss_fn) as train_step:
         train_s = best(train_step, spec["repeats"])
     res = {"recipe": spec["recipe"], "pcsym": str(Path(pcsym.__file__).parent), "build_s": build_s,
-           "allocator_tuned": res_allocator, "sharded": tree_module("pcsym.shards") is not None, "train_s": train_s}
+           "allocator_tuned": res_allocator, "sharded": (tree_module("pcsym.models.shards") or tree_module("pcsym.shards")) is not None, "train_s": train_s}
     # the profiler and the FLOP counter see the calling thread only: the unsharded step (the same ops and maths)
     with training_step(model, opt, pos, normals, labels, loss_fn, sharded=False) as plain_step:
         if spec.get("profile"):

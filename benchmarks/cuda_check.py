@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     a = p.parse_args()
     _escnn_on_new_sklearn()
-    from pcsym.checkpoint import load_model
+    from pcsym.models.checkpoint import load_model
     from pcsym.data.datasets import load_dataset
     from pcsym.data.transforms import rotation_matrix
 

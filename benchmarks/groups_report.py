@@ -58,7 +58,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _groups(text: str) -> tuple[str, ...]:
-    from pcsym.groups import get_group
+    from pcsym.models.groups import get_group
 
     names = tuple(g.strip() for g in text.split(",") if g.strip())
     if not names:
@@ -438,7 +438,7 @@ def main(argv=None) -> int:
     # longest first so parallel jobs finish together: escnn's basis sampler is the slow part,
     # slowest for the finite groups (measured: ~10-20x the implicit kernel's time per step)
     def cost(j):
-        from pcsym.groups import get_group
+        from pcsym.models.groups import get_group
 
         spec = get_group(j["group"])
         if j["kernel"] == "implicit":

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pcsym.checkpoint import load_model, train_config_of
+from pcsym.models.checkpoint import load_model, train_config_of
 from pcsym.data.datasets import load_dataset
 from pcsym.evaluate import metrics_from_predictions, predict
 from pcsym.data.splits import split_indices

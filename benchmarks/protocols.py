@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from pcsym.checkpoint import load_model, train_config_of
+from pcsym.models.checkpoint import load_model, train_config_of
 from pcsym.config import TrainConfig
 from pcsym.data.datasets import load_dataset
 from pcsym.errors import PcsymError

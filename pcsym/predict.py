@@ -99,7 +99,7 @@ def file_kind(path: Path) -> str:
 def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classifier:
     """A shipped model name (``so3``, ``o2``), a numpy export, a TorchScript export, a checkpoint
     or a run folder, loaded for inference."""
-    from .checkpoint import PRETRAINED, resolve_checkpoint
+    from .models.checkpoint import PRETRAINED, resolve_checkpoint
 
     p = resolve_checkpoint(name_or_path)
     fast = p.with_suffix(".npz") if str(name_or_path) in PRETRAINED else p
@@ -119,7 +119,7 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
 
         net = ScriptedClassifier(p)
         return Classifier(net.cfg, _torch_net(net, pooled=False), max_votes(net.cfg), net.unknown_threshold)
-    from .checkpoint import load_model
+    from .models.checkpoint import load_model
 
     model, ckpt = load_model(p)
     unknown = ckpt.get("unknown")

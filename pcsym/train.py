@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_weights, read_checkpoint, save_checkpoint
+from .models.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .distributed import World, rank_batches, setup, synchronise_norms
 from .ema import WeightAverage
@@ -31,7 +31,7 @@ from .errors import PcsymError
 from .evaluate import evaluate_model
 from .files import atomic_write_bytes
 from .mix import mix_generator, point_cutmix
-from .shards import Shards, forward, forward_backward
+from .models.shards import Shards, forward, forward_backward
 
 #: the validation figure each ``--select`` choice compares (keys of a metrics row); ``last`` compares
 #: nothing: best.pt is the last epoch (a small validation split cannot pick an epoch), its figure mAcc

@@ -76,7 +76,7 @@ def calibrate(model, data, train_idx, val_idx, rotate: str, seed: int, keep: flo
 def calibrate_checkpoint(path, data, train_idx, val_idx, rotate: str, seed: int, keep: float = UNKNOWN_KEEP) -> dict:
     """Add (or replace) the neighbour-similarity detector of the checkpoint at ``path`` (rewritten
     atomically; everything else it holds is kept). Returns the detector without its bank."""
-    from .checkpoint import load_model, update_checkpoint
+    from .models.checkpoint import load_model, update_checkpoint
 
     model, ckpt = load_model(path)
     unknown = calibrate(model, data, train_idx, val_idx, rotate, seed, keep)

@@ -11,7 +11,7 @@ import json
 
 import torch
 
-from pcsym.checkpoint import load_model, resolve_checkpoint, train_config_of, update_checkpoint
+from pcsym.models.checkpoint import load_model, resolve_checkpoint, train_config_of, update_checkpoint
 from pcsym.config import TrainConfig
 from pcsym.data.datasets import load_dataset
 from pcsym.evaluate import metrics_from_predictions, predict

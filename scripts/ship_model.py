@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from pcsym.config import ModelConfig
-from pcsym.checkpoint import _state_to_plain, load_model, save_checkpoint
+from pcsym.models.checkpoint import _state_to_plain, load_model, save_checkpoint
 from pcsym.export import export_model
 
 run, name = Path(sys.argv[1]), sys.argv[2]

@@ -184,7 +184,7 @@ def test_classify_shipped_model_runs_without_torch_and_matches_its_checkpoint(sa
     meshes and for clouds without normals (estimated in numpy); the answer must be the checkpoint's."""
     import numpy as np
 
-    from pcsym.checkpoint import resolve_checkpoint
+    from pcsym.models.checkpoint import resolve_checkpoint
     from pcsym.data.meshes import load_cloud
 
     code = ("import sys\nfrom pcsym.cli import main\n"
@@ -287,7 +287,7 @@ def test_garbage_and_foreign_checkpoints(tmp_path):
 def test_export_torchscript_onnx_and_numpy_give_the_same_logits(tiny_run, tmp_path, sample_mesh):
     import numpy as np
 
-    from pcsym.checkpoint import load_model
+    from pcsym.models.checkpoint import load_model
     from pcsym.export import ScriptedClassifier, prepare_inputs
     from pcsym.data.meshes import load_cloud
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pcsym.config import ModelConfig
-from pcsym.equivariance import check_model
-from pcsym.groups import GROUPS, get_group, gspace, resolve
+from pcsym.models.equivariance import check_model
+from pcsym.models.groups import GROUPS, get_group, gspace, resolve
 from pcsym.models.classifier import build_model
 from pcsym.models.layers import (BasisKernelConv, ImplicitKernelConv, channel_types, channels_for,
                                  direct_sum_matrix, type_size)

@@ -12,7 +12,7 @@ import torch
 
 from pcsym.geometry import native
 from pcsym.config import ModelConfig
-from pcsym.groups import resolve
+from pcsym.models.groups import resolve
 from pcsym.geometry.graph import gather
 from pcsym.models import fused
 from pcsym.models.classifier import build_model

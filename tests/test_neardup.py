@@ -65,7 +65,7 @@ def test_neardup_refuses_a_model_that_reads_another_cloud_size(tmp_path):
     be scored on clouds of the wrong size, so the script stops with a one-line reason instead."""
     import torch
 
-    from pcsym.checkpoint import read_checkpoint
+    from pcsym.models.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint("o2")
     ckpt["model_config"] = {**ckpt["model_config"], "points": 512}

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from pcsym import shards
+from pcsym.models import shards
 from pcsym.config import ModelConfig
 from pcsym.distributed import World
 from pcsym.errors import PcsymError
 from pcsym.models.classifier import build_model
-from pcsym.shards import Shards, forward, forward_backward
+from pcsym.models.shards import Shards, forward, forward_backward
 
 
 def _model(**kw):

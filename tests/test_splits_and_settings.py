@@ -183,7 +183,7 @@ def test_batches_predicted_side_by_side_give_the_same_probabilities(seeded_run, 
     """predict runs batches on torch's threads, one each: the same probabilities (bit for bit) as one
     batch at a time, torch's thread count restored, and a failing batch raises."""
     import pcsym.evaluate as E
-    from pcsym.checkpoint import load_model
+    from pcsym.models.checkpoint import load_model
     from pcsym.data.datasets import load_dataset
     from pcsym.data.transforms import eval_dataset
 

@@ -61,7 +61,7 @@ def test_norm_recalibration_averages_batch_statistics_and_leaves_rng_alone():
     import torch
 
     from pcsym.train import recalibrate_norms
-    from pcsym.groups import gspace
+    from pcsym.models.groups import gspace
     from pcsym.models.layers import EquivBatchNorm
 
     class Toy(torch.nn.Module):
@@ -152,7 +152,7 @@ def test_training_with_the_accuracy_levers(sample_dataset, tmp_path):
     config rebuilds them."""
     import torch
 
-    from pcsym.checkpoint import read_checkpoint
+    from pcsym.models.checkpoint import read_checkpoint
 
     mcfg = dict(group="so2", points=256, widths=(12, 16), strides=(2, 4), invariant_dims=16, edge_features="ppf")
     common = dict(data=str(sample_dataset), batch_size=16, seed=1, threads=2, rotate="z", eval_rotate="z",

@@ -47,7 +47,7 @@ def test_neighbour_similarity_is_the_kth_largest_cosine():
 
 
 def test_training_stores_both_detectors_and_exports_carry_them(run_dir, tmp_path):
-    from pcsym.checkpoint import load_model, train_config_of
+    from pcsym.models.checkpoint import load_model, train_config_of
     from pcsym.data.datasets import load_dataset
     from pcsym.runtime import neighbour_similarity
     from pcsym.data.splits import run_split

@@ -30,7 +30,7 @@ def check_equivariance(
     """Measure invariance of logits and equivariance of every steerable layer (float64)."""
 
     def body():
-        from ..equivariance import check_file
+        from ..models.equivariance import check_file
 
         if (checkpoint is None) == (group is None):
             raise PcsymError("give either a checkpoint or --group NAME")

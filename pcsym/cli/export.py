@@ -20,7 +20,7 @@ def export(
     """Export to TorchScript, ONNX or numpy: runs with plain torch / onnxruntime / numpy, same logits."""
 
     def body():
-        from ..checkpoint import load_model, resolve_checkpoint
+        from ..models.checkpoint import load_model, resolve_checkpoint
         from ..config import check_choice
         from ..export import EXPORT_FORMATS, SUFFIXES, export_model
 

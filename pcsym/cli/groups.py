@@ -12,7 +12,7 @@ from .common import app, console, json_option
 @app.command()
 def groups(as_json: bool = json_option()):
     """List the supported symmetry groups (z is up)."""
-    from ..groups import GROUPS
+    from ..models.groups import GROUPS
 
     rows = [{"name": s.name, "description": s.description, "escnn": f"escnn.gspaces.{s.constructor}",
              "order": "continuous" if s.continuous else s.order,

@@ -118,7 +118,7 @@ def train(
 
 
 def _model_config_of(checkpoint: str) -> dict:
-    from ..checkpoint import read_checkpoint
+    from ..models.checkpoint import read_checkpoint
 
     return read_checkpoint(checkpoint)["model_config"]
 

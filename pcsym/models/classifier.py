@@ -18,7 +18,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..geometry.graph import gather, knn, random_order, sampling_order, take
-from ..groups import Group, resolve
+from .groups import Group, resolve
 from .layers import EDGE_FIELDS, KERNELS, EquivBatchNorm, FieldNonlinearity, channel_types, channels_for
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import shards
+from . import shards
 from ..geometry.graph import gather
 from . import fused
-from ..groups import Group, quiet_stdout
+from .groups import Group, quiet_stdout
 from .linear import EquivLinear, FrozenLinear, freeze, linear_spec, type_size  # noqa: F401  (re-exported)
 
 

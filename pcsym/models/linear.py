@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..groups import Group, quiet_stdout
+from .groups import Group, quiet_stdout
 
 
 def type_size(reps) -> int:

@@ -85,7 +85,7 @@ def check_model(model, pos: torch.Tensor, normals: torch.Tensor, n_random: int =
                 dtype=torch.float64) -> list[CheckRow]:
     """Run the check on one cloud (N, 3) + normals (N, 3). The model is evaluated in ``dtype``
     (float64 by default, which makes kNN ties from rounding practically impossible)."""
-    from .models.layers import direct_sum_matrix
+    from .layers import direct_sum_matrix
 
     model = model.to(dtype).eval()
     name = model.cfg.group
@@ -125,9 +125,9 @@ def check_file(src, checkpoint: str | None = None, group: str | None = None, ker
     """Check a checkpoint (or a fresh seeded model of ``group``/``kernel``) on the mesh or cloud
     ``src``; returns (model, rows)."""
     from .checkpoint import load_model
-    from .config import ModelConfig
-    from .data.meshes import load_cloud
-    from .models.classifier import build_model
+    from ..config import ModelConfig
+    from ..data.meshes import load_cloud
+    from .classifier import build_model
 
     if checkpoint is not None:
         net, _ = load_model(checkpoint)

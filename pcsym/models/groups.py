@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import PcsymError
+from ..errors import PcsymError
 
 log = logging.getLogger("pcsym")
 _EZ = np.array([0.0, 0.0, 1.0])

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .config import ModelConfig, TrainConfig
-from .errors import PcsymError
-from .files import atomic_write_bytes
+from .. import __version__
+from ..config import ModelConfig, TrainConfig
+from ..errors import PcsymError
+from ..files import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "pcsym-checkpoint"
 CHECKPOINT_VERSION = 1
-PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+PRETRAINED_DIR = Path(__file__).parent.parent / "pretrained"
 #: Models shipped inside the package: NAME.pt (checkpoint) + NAME.npz (numpy export, torch-free classify).
 PRETRAINED = {"so3": "so3.pt", "o2": "o2.pt"}
 
@@ -73,7 +73,7 @@ def _rebuilt_from_config(key: str) -> bool:
 
 def _current_key(key: str) -> str:
     """A state_dict key of an older checkpoint under the name the model uses now."""
-    from .models.classifier import LEGACY_HEAD_KEYS
+    from .classifier import LEGACY_HEAD_KEYS
 
     for old, new in LEGACY_HEAD_KEYS.items():
         if key.startswith(old):
@@ -149,7 +149,7 @@ def train_config_of(ckpt: dict) -> TrainConfig | None:
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):
     """Rebuild the model from the config stored in the checkpoint; returns (model, ckpt)."""
-    from .models.classifier import build_model
+    from .classifier import build_model
 
     ckpt = read_checkpoint(path)
     cfg = ModelConfig.from_dict(ckpt["model_config"])
