@@ -76,7 +76,7 @@ def forward_rows(name: str, ref: str, repeats: int = 7) -> list[dict]:
     alternating on the benchmark mesh; rows in :func:`time_command`'s shape."""
     import tempfile
 
-    from pcsym.predict import load_classifier, read_input
+    from pcsym.inference.predict import load_classifier, read_input
 
     with tempfile.TemporaryDirectory() as tmp:
         old_path = Path(tmp) / f"{name}_{ref}.npz"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .runtime import UNKNOWN_K, neighbour_similarity
+from .inference.runtime import UNKNOWN_K, neighbour_similarity
 
 #: fraction of in-class validation shapes a calibrated "unknown" threshold keeps
 UNKNOWN_KEEP = 0.95

@@ -13,7 +13,7 @@ import torch
 
 from pcsym.config import ModelConfig
 from pcsym.models.checkpoint import _state_to_plain, load_model, save_checkpoint
-from pcsym.export import export_model
+from pcsym.inference.export import export_model
 
 run, name = Path(sys.argv[1]), sys.argv[2]
 src = run / "best.pt" if run.is_dir() else run

@@ -288,7 +288,7 @@ def test_export_torchscript_onnx_and_numpy_give_the_same_logits(tiny_run, tmp_pa
     import numpy as np
 
     from pcsym.models.checkpoint import load_model
-    from pcsym.export import ScriptedClassifier, prepare_inputs
+    from pcsym.inference.export import ScriptedClassifier, prepare_inputs
     from pcsym.data.meshes import load_cloud
 
     assert run("export", tiny_run, "--out", tmp_path / "m.ts").exit_code == 0
@@ -305,7 +305,7 @@ def test_export_torchscript_onnx_and_numpy_give_the_same_logits(tiny_run, tmp_pa
     pp, nn_ = prepare_inputs(p, n, model.cfg)
     out = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"pos": pp.numpy(), "normals": nn_.numpy()})[0]
     assert np.abs(out - ref.numpy()).max() < 1e-4
-    from pcsym.runtime import NumpyClassifier
+    from pcsym.inference.runtime import NumpyClassifier
 
     assert np.abs(NumpyClassifier(tmp_path / "m.npz")(p.numpy(), n.numpy()) - ref.numpy()).max() < 1e-4
     answers = []

@@ -38,8 +38,8 @@ def classify(
 
     def body():
         from ..data.meshes import SUPPORTED_EXTENSIONS
-        from ..predict import ResultLog, classify_files, expand_inputs, load_classifier
-        from ..runtime import VOTE_ORDERS
+        from ..inference.predict import ResultLog, classify_files, expand_inputs, load_classifier
+        from ..inference.runtime import VOTE_ORDERS
 
         if top_k < 1:
             raise PcsymError("--top-k must be at least 1")

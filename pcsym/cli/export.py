@@ -22,7 +22,7 @@ def export(
     def body():
         from ..models.checkpoint import load_model, resolve_checkpoint
         from ..config import check_choice
-        from ..export import EXPORT_FORMATS, SUFFIXES, export_model
+        from ..inference.export import EXPORT_FORMATS, SUFFIXES, export_model
 
         check_choice(fmt, EXPORT_FORMATS, "--format")
         model, ckpt = load_model(checkpoint)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PcsymError
+from ..errors import PcsymError
 
 FORMAT = "pcsym-numpy-export"
 VERSION = 1
@@ -52,7 +52,7 @@ def neighbour_similarity(features: np.ndarray, bank: np.ndarray, k: int = UNKNOW
 def knn(query: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
     """Indices (B, M, k) of the k nearest keys (B, N, 3) of each query (B, M, 3): the compiled kernel
     (:mod:`pcsym.native`, sorted) when it is available, else chunked numpy (unsorted)."""
-    from .geometry import native
+    from ..geometry import native
 
     found = native.knn(query, keys, k, native.default_threads())
     return found if found is not None else knn_numpy(query, keys, k)
@@ -106,7 +106,7 @@ def fps_order(pos: np.ndarray, m: int) -> np.ndarray:
     p64 = pos.astype(np.float64)
     cur = ((p64 - p64.mean(1, keepdims=True)) ** 2).sum(-1).argmax(1)
     if pos.dtype == np.float32:  # the loop below, compiled (pcsym.native), where it is built
-        from .geometry import native
+        from ..geometry import native
 
         found = native.fps(pos, cur, m, native.default_threads())
         if found is not None:
@@ -156,7 +156,7 @@ class NumpyClassifier:
     """An exported classifier: ``logits(pos, normals)`` on (B, N, 3) float arrays, N = cfg.points."""
 
     def __init__(self, path: str | Path):
-        from .config import ModelConfig
+        from ..config import ModelConfig
 
         try:
             with np.load(str(path), allow_pickle=False) as z:

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import PcsymError
+from ..errors import PcsymError
 
 
 class Classifier:
@@ -99,7 +99,7 @@ def file_kind(path: Path) -> str:
 def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classifier:
     """A shipped model name (``so3``, ``o2``), a numpy export, a TorchScript export, a checkpoint
     or a run folder, loaded for inference."""
-    from .models.checkpoint import PRETRAINED, resolve_checkpoint
+    from ..models.checkpoint import PRETRAINED, resolve_checkpoint
 
     p = resolve_checkpoint(name_or_path)
     fast = p.with_suffix(".npz") if str(name_or_path) in PRETRAINED else p
@@ -119,7 +119,7 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
 
         net = ScriptedClassifier(p)
         return Classifier(net.cfg, _torch_net(net, pooled=False), max_votes(net.cfg), net.unknown_threshold)
-    from .models.checkpoint import load_model
+    from ..models.checkpoint import load_model
 
     model, ckpt = load_model(p)
     unknown = ckpt.get("unknown")
@@ -134,8 +134,8 @@ def read_input(path: str | os.PathLike, points: int, seed: int = 0, max_vertices
     (``estimated_normals`` = P > 0, :attr:`pcsym.config.ModelConfig.estimated_normals`) the normals are
     PCA estimates in a cloud of max(P, points) samples, of which the first ``points`` are kept, as in
     training. Raises PcsymError for a file that cannot be used."""
-    from .data.meshes import load_cloud
-    from .data.transforms import to_z_up
+    from ..data.meshes import load_cloud
+    from ..data.transforms import to_z_up
 
     pts, nrm = load_cloud(path, n_points=max(points, estimated_normals), rng=np.random.default_rng(seed),
                           max_vertices=max_vertices, estimate=estimated_normals > 0)
