@@ -195,7 +195,7 @@ def recipe_worker(spec: dict) -> dict:
     from pcsym.config import ModelConfig
     from pcsym.models.classifier import build_model
 
-    allocator = tree_module("pcsym.allocator")  # what `pcsym train` does to the allocator, in trees that have it
+    allocator = tree_module("pcsym.training.allocator") or tree_module("pcsym.allocator")  # what `pcsym train` does to the allocator, in trees that have it
     res_allocator = allocator.keep_freed_memory() if allocator else False
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -250,9 +250,9 @@ def evaluate_batches(model, pos, normals) -> None:
     on torch's threads where the tree has ``batch_workers``, else one after the other."""
     import torch
 
-    try:
-        from pcsym.evaluate import batch_workers
-    except ImportError:
+    evaluate = tree_module("pcsym.training.evaluate") or tree_module("pcsym.evaluate")
+    batch_workers = getattr(evaluate, "batch_workers", None)
+    if batch_workers is None:
         with torch.no_grad():
             for _ in range(EVAL_BATCHES):
                 model(pos, normals)

@@ -161,7 +161,7 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     from pcsym.config import ModelConfig
     from pcsym.config import TrainConfig
-    from pcsym.train import train
+    from pcsym.training.train import train
 
     res = {k: job[k] for k in ("group", "kernel", "seed")}
     t0 = time.time()

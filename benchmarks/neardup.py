@@ -21,7 +21,7 @@ import torch
 
 from pcsym.models.checkpoint import load_model, train_config_of
 from pcsym.data.datasets import load_dataset
-from pcsym.evaluate import metrics_from_predictions, predict
+from pcsym.training.evaluate import metrics_from_predictions, predict
 from pcsym.data.splits import split_indices
 from pcsym.data.transforms import eval_dataset
 

@@ -101,9 +101,9 @@ def build_peer(name: str, num_classes: int, k: int = 10):
 def train_peer(name, data, args, train_rotate: str, log) -> dict:
     import torch
 
-    from pcsym.evaluate import evaluate_model
+    from pcsym.training.evaluate import evaluate_model
     from pcsym.data.splits import split_indices
-    from pcsym.train import make_loader, seed_all
+    from pcsym.training.train import make_loader, seed_all
     from pcsym.data.transforms import PointCloudDataset, eval_dataset
 
     seed_all(args.seed)

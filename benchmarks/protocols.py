@@ -18,7 +18,7 @@ from pcsym.config import TrainConfig
 from pcsym.data.datasets import load_dataset
 from pcsym.errors import PcsymError
 from pcsym.data.splits import default_split, run_split
-from pcsym.evaluate import evaluate_model
+from pcsym.training.evaluate import evaluate_model
 from pcsym.data.transforms import eval_dataset
 
 ap = argparse.ArgumentParser()

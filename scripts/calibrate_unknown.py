@@ -14,12 +14,12 @@ import torch
 from pcsym.models.checkpoint import load_model, resolve_checkpoint, train_config_of, update_checkpoint
 from pcsym.config import TrainConfig
 from pcsym.data.datasets import load_dataset
-from pcsym.evaluate import metrics_from_predictions, predict
+from pcsym.training.evaluate import metrics_from_predictions, predict
 from pcsym.inference.export import export_model
 from pcsym.inference.runtime import neighbour_similarity
 from pcsym.data.splits import run_split
 from pcsym.data.transforms import eval_dataset
-from pcsym.unknown import calibrate, feature_bank, pooled_features, score_threshold, unknown_threshold
+from pcsym.training.unknown import calibrate, feature_bank, pooled_features, score_threshold, unknown_threshold
 
 ap = argparse.ArgumentParser()
 ap.add_argument("checkpoint")

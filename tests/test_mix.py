@@ -3,7 +3,7 @@ points, and the soft target weighs the two classes by their shares of the points
 
 import torch
 
-from pcsym.mix import mix_generator, point_cutmix
+from pcsym.training.mix import mix_generator, point_cutmix
 
 
 def _batch(b=8, n=64):

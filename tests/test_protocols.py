@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pcsym.evaluate import evaluate_checkpoint
+from pcsym.training.evaluate import evaluate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "sample_data" / "modelnet10_mini"

@@ -13,7 +13,7 @@ from pcsym.config import ModelConfig, TrainConfig, merge_settings
 from pcsym.data.datasets import PointCloudData
 from pcsym.data.splits import default_split, split_indices, train_val_split
 from pcsym.errors import PcsymError
-from pcsym.evaluate import metrics_from_predictions, read_prior
+from pcsym.training.evaluate import metrics_from_predictions, read_prior
 
 runner = CliRunner()
 TINY = ["--points", "256", "--widths", "16,32", "--batch-size", "8", "--threads", "1"]
@@ -182,7 +182,7 @@ def test_evaluate_defaults_to_test_and_refuses_val_without_train(tmp_path, seede
 def test_batches_predicted_side_by_side_give_the_same_probabilities(seeded_run, sample_dataset):
     """predict runs batches on torch's threads, one each: the same probabilities (bit for bit) as one
     batch at a time, torch's thread count restored, and a failing batch raises."""
-    import pcsym.evaluate as E
+    import pcsym.training.evaluate as E
     from pcsym.models.checkpoint import load_model
     from pcsym.data.datasets import load_dataset
     from pcsym.data.transforms import eval_dataset

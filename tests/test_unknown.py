@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from pcsym.cli import app
-from pcsym.unknown import unknown_threshold
+from pcsym.training.unknown import unknown_threshold
 
 from .conftest import SAMPLE
 
@@ -52,7 +52,7 @@ def test_training_stores_both_detectors_and_exports_carry_them(run_dir, tmp_path
     from pcsym.inference.runtime import neighbour_similarity
     from pcsym.data.splits import run_split
     from pcsym.data.transforms import eval_dataset
-    from pcsym.unknown import pooled_features
+    from pcsym.training.unknown import pooled_features
 
     best = torch.load(run_dir / "best.pt", weights_only=True)
     assert 0.0 < best["unknown_threshold"] <= 1.0

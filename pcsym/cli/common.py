@@ -89,8 +89,8 @@ def setup_torch(threads: int, device: str = "cpu") -> str:
     """Set the thread count and the allocator (:mod:`pcsym.allocator`); the device to use (``auto`` resolved)."""
     import torch
 
-    from ..allocator import keep_freed_memory
-    from ..train import resolve_device
+    from ..training.allocator import keep_freed_memory
+    from ..training.train import resolve_device
 
     keep_freed_memory()
     if threads:

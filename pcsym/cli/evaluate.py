@@ -40,7 +40,7 @@ def evaluate(
     """Overall / mean-class (/ prior-weighted) accuracy, per-class table and confusion matrix."""
 
     def body():
-        from ..evaluate import evaluate_checkpoint, write_eval_outputs
+        from ..training.evaluate import evaluate_checkpoint, write_eval_outputs
 
         check_up_axis(up_axis)
         dev = setup_torch(threads, device)

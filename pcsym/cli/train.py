@@ -126,7 +126,7 @@ def _model_config_of(checkpoint: str) -> dict:
 def _train_with_progress(mcfg, tcfg, resume: bool, quiet: bool):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from ..train import train as run_train
+    from ..training.train import train as run_train
 
     main = int(os.environ.get("RANK", "0")) == 0  # in a torchrun job only rank 0 reports
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .files import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 
 def _save(fig, path: Path) -> None:

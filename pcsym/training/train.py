@@ -23,15 +23,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from .config import ModelConfig, TrainConfig
+from ..models.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from ..config import ModelConfig, TrainConfig
 from .distributed import World, rank_batches, setup, synchronise_norms
 from .ema import WeightAverage
-from .errors import PcsymError
+from ..errors import PcsymError
 from .evaluate import evaluate_model
-from .files import atomic_write_bytes
+from ..files import atomic_write_bytes
 from .mix import mix_generator, point_cutmix
-from .models.shards import Shards, forward, forward_backward
+from ..models.shards import Shards, forward, forward_backward
 
 #: the validation figure each ``--select`` choice compares (keys of a metrics row); ``last`` compares
 #: nothing: best.pt is the last epoch (a small validation split cannot pick an epoch), its figure mAcc
@@ -40,7 +40,7 @@ SELECT_COLUMN = {"macc": "val_macc", "oa": "val_acc", "last": "val_macc"}
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is available, else ``cpu``; ``cuda`` without a GPU is an error."""
-    from .config import DEVICES, check_choice
+    from ..config import DEVICES, check_choice
 
     check_choice(device, DEVICES, "--device")
     if device == "auto":
@@ -186,7 +186,7 @@ def recalibrate_norms(model, ds, batches: int, batch_size: int, seed: int, epoch
     loader, global RNG state untouched), so resumed runs stay identical to uninterrupted ones. The
     norms of a ``frozen`` part of the model are left alone (it runs in eval mode). ``shards`` > 1:
     each batch's trunk runs in that many shards side by side (an EquivariantClassifier; same statistics)."""
-    from .models.layers import EquivBatchNorm
+    from ..models.layers import EquivBatchNorm
 
     skip = set(map(id, frozen.modules())) if frozen is not None else set()
     norms = [m for m in model.modules() if isinstance(m, (EquivBatchNorm, nn.BatchNorm1d)) and id(m) not in skip]
@@ -288,10 +288,10 @@ class Trainer:
                  on_epoch: Callable[[dict], None] | None = None,
                  on_step: Callable[[int, int, float, float], None] | None = None):
         from .allocator import keep_freed_memory
-        from .data.datasets import load_dataset
-        from .data.splits import run_split
-        from .models.classifier import build_model
-        from .data.transforms import PointCloudDataset, eval_dataset
+        from ..data.datasets import load_dataset
+        from ..data.splits import run_split
+        from ..models.classifier import build_model
+        from ..data.transforms import PointCloudDataset, eval_dataset
 
         self.mcfg, self.tcfg = mcfg, tcfg.validate()
         keep_freed_memory()  # no page faults for each step's temporaries (pcsym.allocator)

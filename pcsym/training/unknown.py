@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .inference.runtime import UNKNOWN_K, neighbour_similarity
+from ..inference.runtime import UNKNOWN_K, neighbour_similarity
 
 #: fraction of in-class validation shapes a calibrated "unknown" threshold keeps
 UNKNOWN_KEEP = 0.95
@@ -52,7 +52,7 @@ def pooled_features(model, ds, batch_size: int = 32, device="cpu") -> np.ndarray
 def feature_bank(model, data, train_idx, rotate: str, seed: int):
     """The bank: unit pooled features (float16) of the training shapes ``train_idx`` of ``data``, rotated
     as ``rotate`` (seeded apart from the validation rotations of ``seed``)."""
-    from .data.transforms import eval_dataset
+    from ..data.transforms import eval_dataset
 
     bank = pooled_features(model, eval_dataset(data, train_idx, model.cfg.points, rotate, seed + 1))
     return (bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)).astype(np.float16)
@@ -64,7 +64,7 @@ def calibrate(model, data, train_idx, val_idx, rotate: str, seed: int, keep: flo
     (rotated as ``rotate``). Stored in checkpoints as ``"unknown"``."""
     import torch
 
-    from .data.transforms import eval_dataset
+    from ..data.transforms import eval_dataset
 
     bank = feature_bank(model, data, train_idx, rotate, seed)
     val = pooled_features(model, eval_dataset(data, val_idx, model.cfg.points, rotate, seed))
@@ -76,7 +76,7 @@ def calibrate(model, data, train_idx, val_idx, rotate: str, seed: int, keep: flo
 def calibrate_checkpoint(path, data, train_idx, val_idx, rotate: str, seed: int, keep: float = UNKNOWN_KEEP) -> dict:
     """Add (or replace) the neighbour-similarity detector of the checkpoint at ``path`` (rewritten
     atomically; everything else it holds is kept). Returns the detector without its bank."""
-    from .models.checkpoint import load_model, update_checkpoint
+    from ..models.checkpoint import load_model, update_checkpoint
 
     model, ckpt = load_model(path)
     unknown = calibrate(model, data, train_idx, val_idx, rotate, seed, keep)

@@ -111,7 +111,7 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
 
 def synchronise_norms(model: nn.Module) -> nn.Module:
     """Make every batch norm of ``model`` use global-batch statistics (in place; same parameters)."""
-    from .models.layers import EquivBatchNorm
+    from ..models.layers import EquivBatchNorm
 
     for m in model.modules():
         if isinstance(m, EquivBatchNorm):

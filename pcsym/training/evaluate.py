@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import PcsymError
-from .files import atomic_write_bytes
+from ..errors import PcsymError
+from ..files import atomic_write_bytes
 from .unknown import unknown_threshold
 
 
@@ -168,11 +168,11 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     trained on estimated normals gets estimated normals even where the data has its own.
     ``val``/``train`` are the run's own split: its seed and validation fraction come from the
     checkpoint (the defaults, seed 0 and 0.2, for checkpoints that predate storing them)."""
-    from .models.checkpoint import load_model, train_config_of
-    from .config import ROTATIONS, SAMPLINGS, TrainConfig, check_choice
-    from .data.datasets import load_dataset, with_estimated_normals
-    from .data.splits import SPLITS, default_split, run_split
-    from .data.transforms import eval_dataset
+    from ..models.checkpoint import load_model, train_config_of
+    from ..config import ROTATIONS, SAMPLINGS, TrainConfig, check_choice
+    from ..data.datasets import load_dataset, with_estimated_normals
+    from ..data.splits import SPLITS, default_split, run_split
+    from ..data.transforms import eval_dataset
 
     check_choice(rotate, ROTATIONS, "--rotate")
     check_choice(split, SPLITS, "--split")
