@@ -425,7 +425,7 @@ def test_valid_file_with_one_fault(case):
             np.testing.assert_array_equal(g.faces, want_f)
 
 
-# inputs that once broke a reader (found by scripts/fuzz_readers.py, atheris or hypothesis)
+# inputs that once broke a reader (found by tests/fuzz_readers.py, atheris or hypothesis)
 REGRESSIONS = [
     (b"OFF0 0\t&", ".off"),  # no vertices, no faces, junk: IndexError (atheris)
     (b"OFF\n0 0 0\n", ".off"),

@@ -9,11 +9,11 @@ go through ``pcsym classify --json`` in batches, each in its own subprocess, so 
 hang or traceback is seen as such; a batch that fails is re-run one file per process to name the
 culprit. The only acceptable outcomes per file: read (ok) or one ``error: <path>: <reason>`` line.
 
-    python scripts/fuzz_readers.py --files 5000 --seed 1              # subprocess batches
-    python scripts/fuzz_readers.py --files 20000 --inprocess          # faster, read_geometry only
-    python scripts/fuzz_readers.py --atheris -- -max_total_time=300   # coverage-guided (pip install atheris)
+    python -m tests.fuzz_readers --files 5000 --seed 1              # subprocess batches
+    python -m tests.fuzz_readers --files 20000 --inprocess          # faster, read_geometry only
+    python -m tests.fuzz_readers --atheris -- -max_total_time=300   # coverage-guided (pip install atheris)
 
-tests/test_fuzz.py imports this module for its (short, seeded) CI run.
+tests/test_fuzz.py imports this module for its (short, seeded) CI run; run it from the repository root.
 """
 
 from __future__ import annotations
