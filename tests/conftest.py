@@ -1,6 +1,4 @@
-import importlib.util
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -13,18 +11,6 @@ SHARED = ROOT.parent / "shared"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # escnn layer specs and dataset caches go to a fresh folder per test session, not the user's ~/.cache
 os.environ.setdefault("PCSYM_CACHE_DIR", tempfile.mkdtemp(prefix="pcsym-test-cache-"))
-
-
-def load_script(relpath: str):
-    """A script of the repository (``benchmarks/peers.py``, ``scripts/fuzz_readers.py``) as a module;
-    its folder goes on sys.path first, for the helpers it imports from beside it."""
-    path = ROOT / relpath
-    if str(path.parent) not in sys.path:
-        sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="session")

@@ -141,15 +141,16 @@ class PeakMemory:
 # ----------------------------------------------------------------------------- fresh-process workers
 
 
-def run_workers(script: Path, specs: list[dict], threads: int, timeout: float = 1800.0) -> list[dict]:
-    """Run ``script --worker JSON --threads N`` in one fresh interpreter for the list ``specs``; the worker
+def run_workers(module: str, specs: list[dict], threads: int, timeout: float = 1800.0) -> list[dict]:
+    """Run ``python -m module --worker JSON --threads N`` (from the repository root) in one fresh interpreter
+    for the list ``specs``; the worker
     prints one line ``RESULT {json}`` per spec (see :func:`emit_result`). Returns one dict per spec, in
     order; configurations without a result get ``{"error": ...}``."""
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
     env["PYTHONWARNINGS"] = "ignore"
-    cmd = [sys.executable, str(script), "--worker", json.dumps(specs), "--threads", str(threads)]
+    cmd = [sys.executable, "-m", module, "--worker", json.dumps(specs), "--threads", str(threads)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(REPO), env=env)
         out, why = proc.stdout, f"worker exited {proc.returncode}: " + " | ".join(
@@ -162,7 +163,7 @@ def run_workers(script: Path, specs: list[dict], threads: int, timeout: float = 
 
 
 def emit_result(result: dict) -> None:
-    """Worker side of :func:`run_worker`."""
+    """Worker side of :func:`run_workers`."""
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")
     sys.stdout.flush()
 

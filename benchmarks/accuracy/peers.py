@@ -11,7 +11,7 @@ keeps its best-validation-mAcc epoch, and is then evaluated under each protocol:
 rotations on z- and SO(3)-rotated validation clouds, one trained with SO(3) rotations
 on SO(3)-rotated clouds. No test split is read. Usage:
 
-    python benchmarks/peers.py --data ../shared/data/modelnet10_hdf5_1024 [--minutes 60] [--models dgcnn,pointnet]
+    python -m benchmarks.accuracy.peers --data ../shared/data/modelnet10_hdf5_1024 [--minutes 60] [--models dgcnn,pointnet]
         [--train-rotations so3,z] [--threads 2] [--seed 0] [--clock wall|cpu] [--beside "what else ran"]
 
 The pcsym side of the table comes from pcsym runs given with ``--pcsym RUN[,RUN]`` (their metrics.csv:
@@ -23,13 +23,11 @@ from __future__ import annotations
 import csv
 import fcntl
 import math
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from benchmarks import common as C
 
 
 def build_peer(name: str, num_classes: int, k: int = 10):

@@ -7,7 +7,7 @@ Chamfer distance to its nearest training shape of the same class (upright, as st
 points of each cloud), splits the validation shapes into quartiles of that distance, and scores each
 model on each quartile (single pass or ``--votes N``, the model's own protocol rotation, the run's own split).
 
-Usage: python benchmarks/neardup.py --data DATASET MODEL[+MODEL...]:ROTATE[=LABEL] ...   e.g.  so3:so3 o2:z
+Usage: python -m benchmarks.accuracy.neardup --data DATASET MODEL[+MODEL...]:ROTATE[=LABEL] ...   e.g.  so3:so3 o2:z
 ``a.pt+b.pt:so3`` scores an ensemble: the members' class probabilities averaged, same clouds and rotations.
 All models must share one split (seed and validation fraction) and one cloud size. Writes benchmarks/results/neardup.{md,json}
 (or --out). Validation figures only; nothing here touches a test split.
@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import RESULTS
 from pcsym.models.checkpoint import load_model, train_config_of
 from pcsym.data.datasets import load_dataset
 from pcsym.training.evaluate import metrics_from_predictions, predict
 from pcsym.data.splits import split_indices
 from pcsym.data.transforms import eval_dataset
 
-DEFAULT_OUT = Path(__file__).parent / "results" / "neardup"
+DEFAULT_OUT = RESULTS / "neardup"
 
 
 def nearest_train_distance(data, va, tr, points: int) -> np.ndarray:
@@ -124,7 +125,7 @@ def main():
     dest = "" if out == DEFAULT_OUT else f" --out {args.out}"
     dest += "" if args.votes == 1 else f" --votes {args.votes}"
     dest += "" if args.threads == 2 else f" --threads {args.threads}"
-    lines += ["", f"Command: `python benchmarks/neardup.py --data {args.data} --points {args.points}{dest} "
+    lines += ["", f"Command: `python -m benchmarks.accuracy.neardup --data {args.data} --points {args.points}{dest} "
               + " ".join(args.models) + "`"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

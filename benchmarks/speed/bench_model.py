@@ -22,7 +22,7 @@ Every configuration runs in a fresh Python process (honest peak-memory figures).
    ``--levers`` also times, on this tree, what the shipped models' levers (ppf edge features, random-fps
    sampling) cost per step over the plain recipes.
 
-    python benchmarks/bench_model.py [--quick] [--threads N] [--idle HOW]
+    python -m benchmarks.speed.bench_model [--quick] [--threads N] [--idle HOW]
         [--baseline REF [--rounds R] [--profile] [--levers] [--epoch-data DIR [--epoch-rounds R]
         [--epoch-recipes so3,o2,so3-shipped,o2-shipped]]]
 """
@@ -34,8 +34,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from benchmarks import common as C
 
 GROUPS = ["so2", "o2", "so3", "o3", "m", "inv", "trivial"]
 CLASSES = [f"class{i}" for i in range(10)]
@@ -298,18 +297,21 @@ def profile_step(model, train_step, steps: int = 3) -> dict:
 
 
 def run_recipe(spec: dict, pythonpath: str | None, threads: int) -> dict:
+    """One recipe in a fresh process that imports pcsym from the tree ``pythonpath`` (None: the installed one)
+    and this benchmark from this tree: a temporary folder holding only a link to this tree's ``benchmarks``
+    comes first on PYTHONPATH, the timed tree second (its own ``benchmarks``, if any, stays shadowed)."""
     import os
     import subprocess
+    import tempfile
 
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
-    else:
-        env.pop("PYTHONPATH", None)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--recipe-worker", json.dumps(spec), "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd="/", env=env)
+    with tempfile.TemporaryDirectory(prefix="pcsym-harness-") as harness:
+        os.symlink(C.BENCH_DIR, Path(harness) / "benchmarks")
+        env["PYTHONPATH"] = os.pathsep.join([harness] + ([pythonpath] if pythonpath else []))
+        cmd = [sys.executable, "-m", __spec__.name, "--recipe-worker", json.dumps(spec), "--threads", str(threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd="/", env=env)
     rows = [json.loads(l[len("RESULT "):]) for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     return rows[0] if rows else {"error": " | ".join((proc.stderr or "").strip().splitlines()[-3:])}
 
@@ -318,7 +320,7 @@ def baseline_main(args) -> int:
     import statistics
     import subprocess
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = C.REPO
     ref_dir = Path("/tmp/pcsym_ref")
     sha = subprocess.run(["git", "rev-parse", args.baseline], cwd=repo, capture_output=True, text=True,
                          check=True).stdout.strip()
@@ -570,7 +572,7 @@ def main() -> int:
     print(f"bench_model: {args.threads} thread(s){' [QUICK]' if quick else ''}", flush=True)
     if env["contention_note"]:
         print("warning: " + env["contention_note"], flush=True)
-    me = Path(__file__)
+    me = __spec__.name
 
     def run(specs):  # one process for all in --quick, else a fresh process per configuration
         if quick:

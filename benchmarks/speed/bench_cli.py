@@ -14,7 +14,7 @@ this process, against the same shipped model at git ref REF (``git show REF:pcsy
 alternating, median of 7: what a change of the shipped model costs ``classify`` apart from process start-up.
 It needs ``--model so3`` or ``o2`` (a checkpoint path is refused, exit 2).
 
-    python benchmarks/bench_cli.py [--quick] [--threads N] [--model so3|PATH] [--forward-baseline REF]
+    python -m benchmarks.speed.bench_cli [--quick] [--threads N] [--model so3|PATH] [--forward-baseline REF]
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from benchmarks import common as C
 
 MESH = C.REPO / "sample_data" / "meshes" / "bed_0001.off"
 

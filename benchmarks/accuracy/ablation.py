@@ -10,13 +10,12 @@ skips finished runs and resumes interrupted ones (``pcsym train --resume``), so 
 time. ``--jobs J`` runs J trainings at once with 2/J threads each. Selection is on validation only;
 no test split is read.
 
-    python benchmarks/ablation.py --data ../shared/data/modelnet10_hdf5_1024 [--epochs 10] [--seeds 0,1]
+    python -m benchmarks.accuracy.ablation --data ../shared/data/modelnet10_hdf5_1024 [--epochs 10] [--seeds 0,1]
         [--variants base,balance-loss,...] [--jobs 2] [--runs runs/ablation]
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -26,8 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from benchmarks import common as C
 
 RECIPE = ["--group", "so3", "--widths", "48,96,192", "--max-freq", "2", "--rotate", "so3", "--eval-rotate", "so3",
           "--points", "1024", "--batch-size", "16"]

@@ -8,8 +8,8 @@ if that cannot be reached, the implicit model's widths are searched instead). Bo
 the same budget on the same data split (z-rotation augmentation) over several seeds and evaluated
 on z-rotated validation clouds. Writes a markdown table, a JSON file and a bar chart:
 
-    python benchmarks/groups_report.py                       # reduced budget on the shipped subset
-    python benchmarks/groups_report.py --quick --out /tmp/r  # seconds-long smoke run
+    python -m benchmarks.accuracy.groups_report                       # reduced budget on the shipped subset
+    python -m benchmarks.accuracy.groups_report --quick --out /tmp/r  # seconds-long smoke run
 
 The reported accuracy is the validation accuracy after the *last* epoch (no selection on the
 validation set); the best-epoch accuracy is kept in the JSON for reference.
@@ -34,9 +34,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 GROUPS = ("so2", "o2", "so3", "o3", "m", "inv", "f", "trivial")
 KERNELS = ("implicit", "basis")
@@ -383,7 +381,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     raw_argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(raw_argv)
-    command = "python benchmarks/groups_report.py" + "".join(" " + shlex.quote(x) for x in raw_argv)
+    command = "python -m benchmarks.accuracy.groups_report" + "".join(" " + shlex.quote(x) for x in raw_argv)
     import numpy as np
     import torch
 

@@ -2,7 +2,7 @@
 clouds and the same sampling order on both devices, equivariance on the GPU, and the median time of a
 training step (forward + backward + AdamW, batch 16) on the chosen device.
 
-    python benchmarks/cuda_check.py DATA [--device cuda|cpu]
+    python -m benchmarks.speed.cuda_check DATA [--device cuda|cpu]
 
 DATA: any dataset folder `pcsym evaluate` reads (1024 points). Prints one JSON line per model. Run it once
 with --device cuda and once with --device cpu on the same machine: the step times are compared only as
@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _escnn_on_new_sklearn() -> None:

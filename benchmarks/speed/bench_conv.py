@@ -6,17 +6,15 @@ matching pre-activation type (``channel_types(g, 16)`` -> act_reps in, pre_reps 
 Every (group, layer) configuration runs in a fresh Python process, so the peak-memory figure (extra peak
 resident memory of the timed phase, see ``_common.PeakMemory``) is not polluted by earlier configurations.
 
-    python benchmarks/bench_conv.py [--quick] [--threads N]
+    python -m benchmarks.speed.bench_conv [--quick] [--threads N]
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from benchmarks import common as C
 
 GROUPS = ["so2", "o2", "so3", "o3", "m", "inv"]
 METHODS = ["implicit", "basis", "escnn"]
@@ -190,9 +188,9 @@ def main() -> int:
     specs = [dict(sizes, group=g, method=m, repeats=2 if quick else (5 if m == "implicit" else 3))
              for g in groups for m in methods]
     if quick:  # one process for everything (memory figures then include reuse of freed memory)
-        results = iter(C.run_workers(Path(__file__), specs, args.threads))
+        results = iter(C.run_workers(__spec__.name, specs, args.threads))
     else:  # a fresh process per configuration: honest peak-memory deltas
-        results = (C.run_workers(Path(__file__), [s], args.threads)[0] for s in specs)
+        results = (C.run_workers(__spec__.name, [s], args.threads)[0] for s in specs)
     rows = []
     for group in groups:
         by = {}
