@@ -362,7 +362,7 @@ def test_estimated_normals_for_data_with_its_own(nr_dir):
     """What evaluate feeds a model trained on estimated normals: a seeded subset of the model's cloud
     size with PCA normals estimated in it; the loaded data is left as it was."""
     from pcsym.data.datasets import with_estimated_normals
-    from pcsym.inference.runtime import estimate_normals
+    from pcsym.geometry.numpy_graph import estimate_normals
 
     d = load_dataset(nr_dir, points=128)
     given = d.normals.copy()

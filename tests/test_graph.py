@@ -84,7 +84,7 @@ def test_normals_are_one_estimate_in_numpy_and_torch_and_commute_with_reflection
     orthogonal map (a rotation times the inversion) carries the normals along."""
     import numpy as np
 
-    from pcsym.inference import runtime
+    from pcsym.geometry import numpy_graph as runtime
 
     rng = np.random.default_rng(0)
     p = (rng.normal(size=(3, 400, 3)) * [1.0, 0.6, 0.3]).astype(np.float32)  # ellipsoidal blobs
@@ -102,7 +102,7 @@ def test_sampling_orders_keep_their_promises():
     fps: the farthest-point prefix; every order is a permutation. The numpy runtime computes the same."""
     import numpy as np
 
-    from pcsym.inference import runtime
+    from pcsym.geometry import numpy_graph as runtime
     from pcsym.geometry.graph import sampling_order, vote_order
 
     torch.manual_seed(0)
@@ -132,7 +132,7 @@ def test_fps_never_picks_a_point_twice_in_a_cloud_of_duplicates():
     pick is a different index, the orders stay permutations, and the numpy runtime agrees."""
     import numpy as np
 
-    from pcsym.inference import runtime
+    from pcsym.geometry import numpy_graph as runtime
     from pcsym.geometry.graph import sampling_order, vote_order
 
     torch.manual_seed(0)

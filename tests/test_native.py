@@ -9,8 +9,8 @@ import torch
 
 from pcsym.geometry import native
 from pcsym.geometry.graph import knn, knn_torch
-from pcsym.inference.runtime import knn as np_knn
-from pcsym.inference.runtime import knn_numpy
+from pcsym.geometry.numpy_graph import knn as np_knn
+from pcsym.geometry.numpy_graph import knn_numpy
 
 HAS_CC = shutil.which(os.environ.get("CC") or "cc") is not None
 
@@ -99,7 +99,7 @@ def test_fps_kernel_picks_the_same_points_as_torch_and_numpy(fresh, kind, monkey
     numpy runtime's (same float32 distances, ties to the lower index, picked points never again), for any
     thread count; non-finite coordinates are left to the callers' spelling."""
     from pcsym.geometry.graph import fps_order, fps_order_torch
-    from pcsym.inference.runtime import fps_order as np_fps
+    from pcsym.geometry.numpy_graph import fps_order as np_fps
 
     if kind == "ties":  # a grid: many exactly equal distances
         p = np.stack(np.meshgrid(*[np.arange(6, dtype=np.float32)] * 3, indexing="ij"), -1).reshape(1, -1, 3)

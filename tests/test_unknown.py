@@ -124,7 +124,7 @@ def test_a_bed_stays_a_bed():
 def test_models_trained_on_estimated_normals_are_fed_estimated_normals(sample_mesh):
     from pcsym.data.meshes import load_cloud
     from pcsym.inference.predict import load_classifier, read_input
-    from pcsym.inference.runtime import estimate_normals
+    from pcsym.geometry.numpy_graph import estimate_normals
 
     assert load_classifier("so3").cfg.estimated_normals == load_classifier("o2").cfg.estimated_normals == 1024
     big, faces = load_cloud(sample_mesh, n_points=1024, rng=np.random.default_rng(3))

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import PcsymError
 from .parseutil import Lines, NumberError, as_indices, check_text, check_vertex_count, fan, line_number
-from ..inference.runtime import estimate_normals
+from ..geometry.numpy_graph import estimate_normals
 from .parseutil import looks_utf16, strip_comments
 from .plyfile import read_ply
 from .stlfile import read_stl

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from . import native
-from ..inference.runtime import KNN_BLOCK_ENTRIES, NORMAL_K
-from ..inference.runtime import estimate_normals as _estimate_normals
+from .numpy_graph import KNN_BLOCK_ENTRIES, NORMAL_K
+from .numpy_graph import estimate_normals as _estimate_normals
 
 
 def knn_blocks(b: int, m: int, n: int, entries: int = KNN_BLOCK_ENTRIES):
