@@ -166,7 +166,7 @@ class ModelConfig(_Config):
         return super().from_dict(d)
 
     def validate(self) -> "ModelConfig":
-        from .models.groups import get_group
+        from .models.groups import get_group  # here, not at the top: `pcsym --help` imports config, not numpy
 
         get_group(self.group)
         check_choice(self.kernel, KERNELS, "kernel")

@@ -125,7 +125,7 @@ def test_balanced_sampler_draws_classes_equally_and_is_seeded(sample_dataset):
     """--balance sampler: an epoch of len(ds) draws, each class about equally often even when the
     split is imbalanced, the same draws for the same (seed, epoch) and other draws for the next epoch."""
     from pcsym.data.datasets import load_dataset
-    from pcsym.training.train import make_loader
+    from pcsym.training.loader import make_loader
     from pcsym.data.transforms import PointCloudDataset
 
     data = load_dataset(sample_dataset, points=64)
@@ -171,7 +171,7 @@ def test_training_with_the_accuracy_levers(sample_dataset, tmp_path):
 
 def test_prefetch_yields_the_loaders_batches_in_order_and_stops_cleanly(sample_dataset):
     from pcsym.data.datasets import load_dataset
-    from pcsym.training.train import Prefetch, make_loader
+    from pcsym.training.loader import Prefetch, make_loader
     from pcsym.data.transforms import PointCloudDataset
 
     ds = PointCloudDataset(load_dataset(sample_dataset), points=256, rotate="so3", jitter=0.01)
@@ -189,7 +189,7 @@ def test_prefetch_yields_the_loaders_batches_in_order_and_stops_cleanly(sample_d
 
 
 def test_prefetch_raises_the_loaders_error_in_the_caller():
-    from pcsym.training.train import Prefetch
+    from pcsym.training.loader import Prefetch
 
     def broken():
         yield 1

@@ -90,7 +90,7 @@ def setup_torch(threads: int, device: str = "cpu") -> str:
     import torch
 
     from ..training.allocator import keep_freed_memory
-    from ..training.train import resolve_device
+    from ..training.distributed import resolve_device
 
     keep_freed_memory()
     if threads:

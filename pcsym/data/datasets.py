@@ -27,11 +27,12 @@ releases are y-up. ``up_axis="y"`` converts y-up data to z-up with the proper ro
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,8 @@ import torch
 from ..config import DATA_FORMATS, UP_AXES, check_choice
 from ..errors import PcsymError
 from ..files import atomic_writer, user_cache_dir
-from .meshes import normalize, read_geometry, read_point_table, sample_surface
+from ..geometry.graph import estimate_normals
+from .meshes import SUPPORTED_EXTENSIONS, load_cloud, normalize, read_geometry, read_point_table, sample_surface
 from .transforms import to_z_up
 
 FORMATS = DATA_FORMATS
@@ -289,8 +291,6 @@ def _off_source(root: Path) -> _Source:
 def _folder_entries(root: Path) -> list[tuple[Path, str, str]]:
     """(file, class, split) of a folder-per-class dataset: ``root/<class>/*.<ext>`` (split "train"),
     or ``root/<class>/{train,test}/*.<ext>``; hidden files and folders are ignored."""
-    from .meshes import SUPPORTED_EXTENSIONS
-
     def files(d: Path) -> list[Path]:
         return sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith(".")
                       and f.suffix.lower() in SUPPORTED_EXTENSIONS)
@@ -315,8 +315,6 @@ def _fingerprint(paths) -> str:
 def _folder_source(root: Path) -> _Source:
     """Any meshes or clouds sorted into one folder per class. A file that cannot be read is
     skipped with a warning naming it and the reason (``source.skipped``); it never stops a run."""
-    from .meshes import load_cloud
-
     entries = _folder_entries(root)
     class_names = sorted({cls for _, cls, _ in entries})
 
@@ -488,8 +486,6 @@ def with_estimated_normals(data: PointCloudData, points: int, seed: int = 0, row
     """``data`` (its shapes ``rows``, default all) as a model trained on estimated normals saw its
     clouds: a seeded random subset of ``points`` points per shape (all of them when there are fewer),
     with PCA normals estimated in it. A copy; the cache is untouched."""
-    import dataclasses
-
     rows = np.arange(len(data.labels)) if rows is None else np.asarray(rows)
     pts = data.points[rows]
     if 0 < points < pts.shape[1]:
@@ -503,8 +499,6 @@ def with_estimated_normals(data: PointCloudData, points: int, seed: int = 0, row
 
 def _estimate_missing_normals(points: np.ndarray, normals: np.ndarray, missing: np.ndarray, progress: Progress | None) -> None:
     """Fill ``normals[missing]`` with PCA normals, in batches (in place)."""
-    from ..geometry.graph import estimate_normals
-
     todo = np.flatnonzero(missing)
     for s in range(0, len(todo), _NORMAL_BATCH):
         batch = todo[s : s + _NORMAL_BATCH]

@@ -18,9 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import check_choice
+from .. import __version__
+from ..config import ModelConfig, check_choice
 from ..errors import PcsymError
 from ..files import atomic_write_bytes
+from ..geometry.graph import sampling_order, take, vote_order
+from ..models.layers import freeze
+from . import runtime
 
 META_NAME = "pcsym.json"
 EXPORT_FORMATS = ("torchscript", "onnx", "numpy")
@@ -41,15 +45,11 @@ class OrderedNet(nn.Module):
 def prepare_inputs(pos: torch.Tensor, normals: torch.Tensor, cfg, vote: int = 0):
     """Put (B, N, 3) clouds in the eval-mode sampling order of a model of config ``cfg``
     (:func:`pcsym.graph.sampling_order`; another vote's order for test-time voting)."""
-    from ..geometry.graph import sampling_order, take
-
     order = sampling_order(pos, cfg.sampling, cfg.layer_points(pos.shape[1]), vote)
     return take(pos, order), take(normals, order)
 
 
 def metadata(model, unknown_threshold: float | None = None) -> dict:
-    from .. import __version__
-
     return {"pcsym_version": __version__, "model_config": model.cfg.to_dict(), "unknown_threshold": unknown_threshold}
 
 
@@ -75,8 +75,6 @@ def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_thre
     """Write ``model`` as ``fmt``; its checkpoint's "unknown" detectors (:mod:`pcsym.unknown`) travel
     with it: ``unknown_threshold`` (max probability) in every format, ``unknown`` (neighbour similarity,
     with its bank of training features) in numpy exports, the one format that also outputs features."""
-    from ..models.layers import freeze
-
     path = Path(path)
     check_choice(fmt, EXPORT_FORMATS, "export format")
     if model.cfg.kernel != "implicit":
@@ -116,9 +114,6 @@ def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_thre
 def numpy_arrays(model, unknown_threshold: float | None = None, unknown: dict | None = None) -> dict:
     """The frozen eval-mode network as named arrays for :class:`pcsym.runtime.NumpyClassifier`
     (with ``unknown``: the neighbour-similarity detector's bank, float16, and its settings)."""
-    from . import runtime
-    from ..geometry.graph import vote_order
-
     arrays = {"orders": torch.cat([vote_order(v, 1, model.cfg.points) for v in range(runtime.VOTE_ORDERS)]),
               "sizes": torch.tensor(model.cfg.layer_points())}
 
@@ -169,8 +164,6 @@ class ScriptedClassifier:
             meta = json.loads(extra[META_NAME])
         except Exception:
             raise PcsymError("TorchScript file has no pcsym metadata", path=path) from None
-        from ..config import ModelConfig
-
         self.cfg = ModelConfig.from_dict(meta["model_config"])
         self.unknown_threshold = meta.get("unknown_threshold")
         self.net.eval()

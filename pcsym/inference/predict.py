@@ -12,13 +12,19 @@ downsampling orders as ``evaluate --votes``.
 
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ..data.meshes import load_cloud
+from ..data.transforms import to_z_up
 from ..errors import PcsymError
+from ..models.checkpoint import PRETRAINED, load_model, resolve_checkpoint
+from .runtime import NumpyClassifier, VOTE_ORDERS, neighbour_similarity, softmax
 
 
 class Classifier:
@@ -44,8 +50,6 @@ class Classifier:
         """(class probabilities (C,), "unknown" score or None) of one cloud (N, 3) with its normals,
         both averaged over ``votes`` seeded downsampling orders (vote v: :func:`pcsym.graph.sampling_order`
         of vote v; models that sample farthest points have one order per cloud, so one vote)."""
-        from .runtime import neighbour_similarity, softmax
-
         pts = np.asarray(points, dtype=np.float32)[None]
         nrm = np.asarray(normals, dtype=np.float32)[None]
         outs = [self._net(pts, nrm, v) for v in range(min(max(1, votes), self.max_votes))]
@@ -77,16 +81,12 @@ def _torch_net(net, pooled: bool):
 
 def max_votes(cfg) -> int:
     """Distinct test-time votes of a model: the seeded random orders, or 1 for farthest-point sampling."""
-    from .runtime import VOTE_ORDERS
-
     return 1 if cfg.sampling == "fps" else VOTE_ORDERS
 
 
 def file_kind(path: Path) -> str:
     """"numpy" (an .npz export), "torchscript" or "checkpoint", by the suffix or, under another name,
     by the zip's contents: an export saved as ``model.bin`` loads as what it is."""
-    import zipfile
-
     if path.suffix in (".npz", ".ts") or not path.is_file() or not zipfile.is_zipfile(path):
         return {".npz": "numpy", ".ts": "torchscript"}.get(path.suffix, "checkpoint")
     with zipfile.ZipFile(path) as z:
@@ -99,14 +99,10 @@ def file_kind(path: Path) -> str:
 def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classifier:
     """A shipped model name (``so3``, ``o2``), a numpy export, a TorchScript export, a checkpoint
     or a run folder, loaded for inference."""
-    from ..models.checkpoint import PRETRAINED, resolve_checkpoint
-
     p = resolve_checkpoint(name_or_path)
     fast = p.with_suffix(".npz") if str(name_or_path) in PRETRAINED else p
     kind = file_kind(fast) if fast.exists() else None
     if kind == "numpy":
-        from .runtime import NumpyClassifier
-
         net = NumpyClassifier(fast)
         return Classifier(net.cfg, lambda pts, nrm, vote: net(pts, nrm, vote=vote, pooled=True), max_votes(net.cfg),
                           net.unknown_threshold, net.unknown, net.unknown_bank)
@@ -115,12 +111,10 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
     if threads:
         torch.set_num_threads(threads)
     if kind == "torchscript":
-        from .export import ScriptedClassifier
+        from .export import ScriptedClassifier  # torch: only for TorchScript files (classify stays torch-free)
 
         net = ScriptedClassifier(p)
         return Classifier(net.cfg, _torch_net(net, pooled=False), max_votes(net.cfg), net.unknown_threshold)
-    from ..models.checkpoint import load_model
-
     model, ckpt = load_model(p)
     unknown = ckpt.get("unknown")
     return Classifier(model.cfg, _torch_net(model, pooled=True), max_votes(model.cfg), ckpt.get("unknown_threshold"),
@@ -134,9 +128,6 @@ def read_input(path: str | os.PathLike, points: int, seed: int = 0, max_vertices
     (``estimated_normals`` = P > 0, :attr:`pcsym.config.ModelConfig.estimated_normals`) the normals are
     PCA estimates in a cloud of max(P, points) samples, of which the first ``points`` are kept, as in
     training. Raises PcsymError for a file that cannot be used."""
-    from ..data.meshes import load_cloud
-    from ..data.transforms import to_z_up
-
     pts, nrm = load_cloud(path, n_points=max(points, estimated_normals), rng=np.random.default_rng(seed),
                           max_vertices=max_vertices, estimate=estimated_normals > 0)
     return to_z_up(pts[:points], nrm[:points], up_axis)
@@ -215,8 +206,6 @@ class ResultLog:
         self.fh = open(self.path, "a" if resume else "w", encoding="utf-8")
 
     def _load(self) -> None:
-        import json
-
         data = self.path.read_bytes()
         keep = data if data.endswith(b"\n") else data[: data.rfind(b"\n") + 1]  # drop a torn last line
         if len(keep) != len(data):
@@ -233,8 +222,6 @@ class ResultLog:
                                  path=self.path) from None
 
     def write(self, result: dict) -> None:
-        import json
-
         self.fh.write(json.dumps(result) + "\n")
         self.fh.flush()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import ModelConfig
 from ..errors import PcsymError
 from ..geometry.numpy_graph import gather, knn, sampling_order
 
@@ -51,8 +52,6 @@ class NumpyClassifier:
     """An exported classifier: ``logits(pos, normals)`` on (B, N, 3) float arrays, N = cfg.points."""
 
     def __init__(self, path: str | Path):
-        from ..config import ModelConfig
-
         try:
             with np.load(str(path), allow_pickle=False) as z:
                 self.a = {key: z[key] for key in z.files}

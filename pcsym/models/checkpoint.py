@@ -73,7 +73,7 @@ def _rebuilt_from_config(key: str) -> bool:
 
 def _current_key(key: str) -> str:
     """A state_dict key of an older checkpoint under the name the model uses now."""
-    from .classifier import LEGACY_HEAD_KEYS
+    from .classifier import LEGACY_HEAD_KEYS  # torch: not at the top, resolving a shipped name stays torch-free
 
     for old, new in LEGACY_HEAD_KEYS.items():
         if key.startswith(old):
@@ -149,7 +149,7 @@ def train_config_of(ckpt: dict) -> TrainConfig | None:
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):
     """Rebuild the model from the config stored in the checkpoint; returns (model, ckpt)."""
-    from .classifier import build_model
+    from .classifier import build_model  # torch (see _current_key)
 
     ckpt = read_checkpoint(path)
     cfg = ModelConfig.from_dict(ckpt["model_config"])

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import ModelConfig
+from ..data.meshes import load_cloud
+from .checkpoint import load_model
+from .classifier import build_model
 from .groups import get_group, gspace
+from .layers import direct_sum_matrix
 
 
 @dataclass
@@ -85,8 +90,6 @@ def check_model(model, pos: torch.Tensor, normals: torch.Tensor, n_random: int =
                 dtype=torch.float64) -> list[CheckRow]:
     """Run the check on one cloud (N, 3) + normals (N, 3). The model is evaluated in ``dtype``
     (float64 by default, which makes kNN ties from rounding practically impossible)."""
-    from .layers import direct_sum_matrix
-
     model = model.to(dtype).eval()
     name = model.cfg.group
     gs = gspace(name)
@@ -124,11 +127,6 @@ def check_file(src, checkpoint: str | None = None, group: str | None = None, ker
                points: int = 512, n_random: int = 3, seed: int = 0):
     """Check a checkpoint (or a fresh seeded model of ``group``/``kernel``) on the mesh or cloud
     ``src``; returns (model, rows)."""
-    from .checkpoint import load_model
-    from ..config import ModelConfig
-    from ..data.meshes import load_cloud
-    from .classifier import build_model
-
     if checkpoint is not None:
         net, _ = load_model(checkpoint)
     else:

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import shards
 from ..geometry.graph import gather
-from . import fused
+from . import fused, shards
+from .cache import cached
 from .groups import Group, quiet_stdout
 from .linear import EquivLinear, FrozenLinear, freeze, linear_spec, type_size  # noqa: F401  (re-exported)
 
@@ -320,8 +320,6 @@ class ImplicitKernelConv(nn.Module):
             with quiet_stdout():
                 tensor_reps = [ra.tensor(rb) for ra in self.h_reps for rb in in_reps]
             return linear_spec(group, tensor_reps, out_reps, True)
-
-        from .cache import cached
 
         spec = cached("contract", group, {"h": self.h_reps, "in": list(in_reps), "out": list(out_reps)}, True,
                       contract_spec)

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import DEVICES, check_choice
+from ..errors import PcsymError
+from ..models.layers import EquivBatchNorm
+
 
 @dataclass
 class World:
@@ -111,11 +115,19 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
 
 def synchronise_norms(model: nn.Module) -> nn.Module:
     """Make every batch norm of ``model`` use global-batch statistics (in place; same parameters)."""
-    from ..models.layers import EquivBatchNorm
-
     for m in model.modules():
         if isinstance(m, EquivBatchNorm):
             m.batch_mean = _sync_equiv_mean.__get__(m)
         elif type(m) is nn.BatchNorm1d:
             m.__class__ = SyncBatchNorm1d
     return model
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is available, else ``cpu``; ``cuda`` without a GPU is an error."""
+    check_choice(device, DEVICES, "--device")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PcsymError("--device cuda requested but no CUDA GPU is available (use --device cpu or auto)")
+    return device

@@ -11,17 +11,27 @@ seed and fraction come from the checkpoint, never from the command line.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import json
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..config import ROTATIONS, SAMPLINGS, TrainConfig, check_choice
+from ..data.datasets import load_dataset, with_estimated_normals
+from ..data.splits import SPLITS, default_split, run_split
+from ..data.transforms import eval_dataset
 from ..errors import PcsymError
 from ..files import atomic_write_bytes
+from ..models.checkpoint import load_model, train_config_of
+from .loader import make_loader
+from .plots import confusion_matrix_png
 from .unknown import unknown_threshold
 
 
@@ -31,8 +41,6 @@ def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1):
     epoch v and, for randomly downsampling models, the v-th seeded downsampling order. Models without
     a pcsym config (the benchmarks' peers) are called as ``model(pos, normals)``. On CPU, batches run
     concurrently on torch's threads, one each (:func:`batch_workers`); every batch's result is the same."""
-    from .train import make_loader
-
     model.eval()
     has_votes = getattr(getattr(model, "cfg", None), "sampling", None) is not None
 
@@ -73,9 +81,6 @@ def batch_workers(n: int):
     if n <= 1:
         yield lambda fn, *args: _Done(fn(*args))
         return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     pending: deque = deque()
@@ -147,8 +152,6 @@ def evaluate_model(model, ds, batch_size: int = 32, device="cpu", votes: int = 1
     """Metrics of ``model`` on ``ds``, plus ``unknown_threshold`` calibrated on these shapes. In a
     torchrun job (``world``) each process predicts its share of the shapes and all get the metrics."""
     if world is not None and world.active:
-        import copy
-
         shard = copy.copy(ds)
         shard.indices = ds.indices[world.rank::world.size]
         parts = world.gather(predict(model, shard, batch_size, device, votes))
@@ -168,12 +171,6 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     trained on estimated normals gets estimated normals even where the data has its own.
     ``val``/``train`` are the run's own split: its seed and validation fraction come from the
     checkpoint (the defaults, seed 0 and 0.2, for checkpoints that predate storing them)."""
-    from ..models.checkpoint import load_model, train_config_of
-    from ..config import ROTATIONS, SAMPLINGS, TrainConfig, check_choice
-    from ..data.datasets import load_dataset, with_estimated_normals
-    from ..data.splits import SPLITS, default_split, run_split
-    from ..data.transforms import eval_dataset
-
     check_choice(rotate, ROTATIONS, "--rotate")
     check_choice(split, SPLITS, "--split")
     check_choice(sampling, SAMPLINGS, "--sampling")
@@ -204,8 +201,6 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
 
 def write_eval_outputs(out: Path, m: dict) -> None:
     """metrics.json, confusion.csv and confusion.png in ``out`` (each written atomically)."""
-    from .plots import confusion_matrix_png
-
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "metrics.json", json.dumps(m, indent=2).encode())
     buf = io.StringIO()

@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import math
-import queue
 import signal
 import threading
 import time
@@ -22,32 +21,30 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from ..models.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from ..config import ModelConfig, TrainConfig
-from .distributed import World, rank_batches, setup, synchronise_norms
-from .ema import WeightAverage
+from ..data.datasets import load_dataset
+from ..data.splits import run_split
+from ..data.transforms import PointCloudDataset, eval_dataset
 from ..errors import PcsymError
-from .evaluate import evaluate_model
 from ..files import atomic_write_bytes
-from .mix import mix_generator, point_cutmix
+from ..models.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from ..models.classifier import build_model
+from ..models.layers import EquivBatchNorm
 from ..models.shards import Shards, forward, forward_backward
+from .allocator import keep_freed_memory
+from .distributed import World, resolve_device, setup, synchronise_norms
+from .ema import WeightAverage
+from .evaluate import evaluate_model
+from .loader import Prefetch, make_loader
+from .mix import mix_generator, point_cutmix
+from .plots import learning_curve
+from .unknown import calibrate_checkpoint
 
 #: the validation figure each ``--select`` choice compares (keys of a metrics row); ``last`` compares
 #: nothing: best.pt is the last epoch (a small validation split cannot pick an epoch), its figure mAcc
 SELECT_COLUMN = {"macc": "val_macc", "oa": "val_acc", "last": "val_macc"}
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is available, else ``cpu``; ``cuda`` without a GPU is an error."""
-    from ..config import DEVICES, check_choice
-
-    check_choice(device, DEVICES, "--device")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PcsymError("--device cuda requested but no CUDA GPU is available (use --device cpu or auto)")
-    return device
 
 
 def seed_all(seed: int) -> None:
@@ -84,84 +81,6 @@ def balanced_class_weights(counts: np.ndarray) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def make_loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, workers: int, drop_last: bool = False,
-                world: World | None = None, balanced: bool = False):
-    """A seeded loader: the same batches for the same (seed, epoch). In a torchrun job (``world``)
-    each process gets its equal slice of each of those global batches (``batch_size`` is global).
-    ``balanced``: an epoch of len(ds) draws with replacement, each class equally likely."""
-    gen = torch.Generator().manual_seed(seed * 100003 + epoch)
-    if balanced:
-        labels = np.asarray(ds.data.labels)[ds.indices]
-        per_shape = 1.0 / np.bincount(labels)[labels]
-        sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(per_shape, dtype=torch.double), len(ds),
-                                                         replacement=True, generator=gen)
-        if world is None or not world.active:
-            return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                               drop_last=drop_last, generator=torch.Generator().manual_seed(seed))
-        return torch.utils.data.DataLoader(ds, batch_sampler=rank_batches(list(sampler), batch_size, world),
-                                           num_workers=workers, generator=torch.Generator().manual_seed(seed))
-    if world is None or not world.active:
-        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                                           num_workers=workers, drop_last=drop_last, persistent_workers=False)
-    # the single-process loader's order: its iterator draws one number (the workers' base seed) from
-    # the generator before the sampler's permutation
-    torch.empty((), dtype=torch.int64).random_(generator=gen)
-    order = list(torch.utils.data.RandomSampler(ds, generator=gen)) if shuffle else list(range(len(ds)))
-    return torch.utils.data.DataLoader(ds, batch_sampler=rank_batches(order, batch_size, world), num_workers=workers,
-                                       generator=torch.Generator().manual_seed(seed))  # global RNG untouched
-
-
-class Prefetch:
-    """Iterate ``loader`` one batch ahead on a background thread: while the caller trains on batch t,
-    batch t + 1 is read and augmented (with ``workers=0`` that reading was serial, the cores idle). The
-    same batches in the same order (the loader's randomness is its own seeded generator and per-shape
-    seeds; the global RNG is not touched there). A loader error is raised in the caller; ``close`` (or
-    leaving the ``with``) stops the thread, also when the caller stops early."""
-
-    def __init__(self, loader, depth: int = 2):
-        self._queue: queue.Queue = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, args=(loader,), name="pcsym-prefetch", daemon=True)
-        self._thread.start()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _fill(self, loader) -> None:
-        try:
-            for batch in loader:
-                if not self._put((True, batch)):
-                    return
-            self._put((False, None))
-        except BaseException as exc:  # handed to the caller
-            self._put((False, exc))
-
-    def __iter__(self):
-        while True:
-            ok, item = self._queue.get()
-            if not ok:
-                if item is not None:
-                    raise item
-                return
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def __enter__(self) -> "Prefetch":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def shard_count(shards: int, device: torch.device, world: World) -> int:
     """Shards per batch (pcsym.shards): ``--shards``, 0 = one per torch CPU thread; 1 on a GPU or in a
     torchrun job (their batches are split across devices and processes instead)."""
@@ -186,8 +105,6 @@ def recalibrate_norms(model, ds, batches: int, batch_size: int, seed: int, epoch
     loader, global RNG state untouched), so resumed runs stay identical to uninterrupted ones. The
     norms of a ``frozen`` part of the model are left alone (it runs in eval mode). ``shards`` > 1:
     each batch's trunk runs in that many shards side by side (an EquivariantClassifier; same statistics)."""
-    from ..models.layers import EquivBatchNorm
-
     skip = set(map(id, frozen.modules())) if frozen is not None else set()
     norms = [m for m in model.modules() if isinstance(m, (EquivBatchNorm, nn.BatchNorm1d)) and id(m) not in skip]
     if not norms or batches < 1:
@@ -287,12 +204,6 @@ class Trainer:
     def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig,
                  on_epoch: Callable[[dict], None] | None = None,
                  on_step: Callable[[int, int, float, float], None] | None = None):
-        from .allocator import keep_freed_memory
-        from ..data.datasets import load_dataset
-        from ..data.splits import run_split
-        from ..models.classifier import build_model
-        from ..data.transforms import PointCloudDataset, eval_dataset
-
         self.mcfg, self.tcfg = mcfg, tcfg.validate()
         keep_freed_memory()  # no page faults for each step's temporaries (pcsym.allocator)
         if tcfg.threads:
@@ -339,8 +250,6 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay, foreach=True)
         self.net = self.model  # what a training step calls: the DDP wrapper in a torchrun job
         if self.world.active:
-            from torch.nn.parallel import DistributedDataParallel
-
             synchronise_norms(self.model)
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if device != "cpu" and
                                                self.device.type == "cuda" else None)
@@ -442,8 +351,6 @@ class Trainer:
     def end_epoch(self, row: dict, state: RunState) -> None:
         """Record the epoch: best.pt when the --select figure improved, last.pt, metrics, plot
         (files from rank 0 only; every rank keeps the same state)."""
-        from .plots import learning_curve
-
         state.history.append(row)
         state.epoch, state.partial = row["epoch"] - 1, None
         figure = row[SELECT_COLUMN[self.tcfg.select]]
@@ -462,8 +369,6 @@ class Trainer:
     def calibrate_unknown(self) -> None:
         """Give best.pt its "unknown" detector (pcsym.unknown): the pooled features of the training
         shapes and the threshold keeping 95% of the validation shapes, both at the validation rotation."""
-        from .unknown import calibrate_checkpoint
-
         tc = self.tcfg
         calibrate_checkpoint(self.out / "best.pt", self.train_ds.data, self.train_ds.indices, self.val_ds.indices,
                              tc.eval_rotate, tc.seed)

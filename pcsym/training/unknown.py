@@ -17,8 +17,12 @@ real meshes on which it does worse for the o2 model.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from ..data.transforms import eval_dataset
 from ..inference.runtime import UNKNOWN_K, neighbour_similarity
+from ..models.checkpoint import load_model, update_checkpoint
+from .loader import make_loader
 
 #: fraction of in-class validation shapes a calibrated "unknown" threshold keeps
 UNKNOWN_KEEP = 0.95
@@ -37,10 +41,6 @@ def unknown_threshold(probs, keep: float = UNKNOWN_KEEP) -> float:
 
 def pooled_features(model, ds, batch_size: int = 32, device="cpu") -> np.ndarray:
     """Pooled invariant features (len(ds), D) of a dataset's shapes, eval mode, vote 0."""
-    import torch
-
-    from .train import make_loader
-
     model.eval()
     out = []
     with torch.no_grad():
@@ -52,8 +52,6 @@ def pooled_features(model, ds, batch_size: int = 32, device="cpu") -> np.ndarray
 def feature_bank(model, data, train_idx, rotate: str, seed: int):
     """The bank: unit pooled features (float16) of the training shapes ``train_idx`` of ``data``, rotated
     as ``rotate`` (seeded apart from the validation rotations of ``seed``)."""
-    from ..data.transforms import eval_dataset
-
     bank = pooled_features(model, eval_dataset(data, train_idx, model.cfg.points, rotate, seed + 1))
     return (bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)).astype(np.float16)
 
@@ -62,10 +60,6 @@ def calibrate(model, data, train_idx, val_idx, rotate: str, seed: int, keep: flo
     """The neighbour-similarity detector of ``model``: the :func:`feature_bank` of the training shapes
     ``train_idx`` of ``data`` and the threshold keeping ``keep`` of the validation shapes ``val_idx``
     (rotated as ``rotate``). Stored in checkpoints as ``"unknown"``."""
-    import torch
-
-    from ..data.transforms import eval_dataset
-
     bank = feature_bank(model, data, train_idx, rotate, seed)
     val = pooled_features(model, eval_dataset(data, val_idx, model.cfg.points, rotate, seed))
     threshold = score_threshold(neighbour_similarity(val, bank, UNKNOWN_K), keep)
@@ -76,8 +70,6 @@ def calibrate(model, data, train_idx, val_idx, rotate: str, seed: int, keep: flo
 def calibrate_checkpoint(path, data, train_idx, val_idx, rotate: str, seed: int, keep: float = UNKNOWN_KEEP) -> dict:
     """Add (or replace) the neighbour-similarity detector of the checkpoint at ``path`` (rewritten
     atomically; everything else it holds is kept). Returns the detector without its bank."""
-    from ..models.checkpoint import load_model, update_checkpoint
-
     model, ckpt = load_model(path)
     unknown = calibrate(model, data, train_idx, val_idx, rotate, seed, keep)
     update_checkpoint(path, model, ckpt, {"unknown": unknown})
