@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import seeds
 from ..config import DATA_FORMATS, UP_AXES, check_choice
 from ..errors import PcsymError
 from ..files import atomic_writer, user_cache_dir
@@ -280,7 +281,7 @@ def _off_source(root: Path) -> _Source:
             geom = read_geometry(off)
             if not geom.is_mesh:
                 raise PcsymError("OFF file without faces; cannot sample a surface", path=off)
-            rng = np.random.default_rng([source.seed, i])
+            rng = seeds.rng(source.seed, i)
             pts, nrm = sample_surface(geom.vertices, geom.faces, source.sample_points, rng)
             yield _Shape(pts, nrm, label, split)
 
@@ -321,7 +322,7 @@ def _folder_source(root: Path) -> _Source:
     def shapes() -> Iterator[_Shape]:
         for i, (path, cls, split) in enumerate(entries):
             try:
-                pts, nrm = load_cloud(path, n_points=source.sample_points, rng=np.random.default_rng([source.seed, i]))
+                pts, nrm = load_cloud(path, n_points=source.sample_points, rng=seeds.rng(source.seed, i))
             except PcsymError as exc:
                 source.skipped.append((path, str(exc)))
                 log.warning("warning: skipped %s", exc)
@@ -435,7 +436,7 @@ def _build_arrays(source: _Source, keep: int, up_axis: str, seed: int, progress:
     for i, shape in enumerate(source.shapes()):
         if i >= total:
             raise PcsymError("dataset changed while reading", path=source.root)
-        rng = np.random.default_rng([seed, i])
+        rng = seeds.rng(seed, i)
         i = n  # the row: skipped files leave no gap
         m = len(shape.points)
         if m == keep:
@@ -489,7 +490,7 @@ def with_estimated_normals(data: PointCloudData, points: int, seed: int = 0, row
     rows = np.arange(len(data.labels)) if rows is None else np.asarray(rows)
     pts = data.points[rows]
     if 0 < points < pts.shape[1]:
-        keep = np.random.default_rng(seed).random((len(pts), pts.shape[1])).argsort(1)[:, :points]
+        keep = seeds.rng(seed).random((len(pts), pts.shape[1])).argsort(1)[:, :points]
         pts = np.take_along_axis(pts, keep[..., None], axis=1)
     normals = np.empty_like(pts)
     _estimate_missing_normals(pts, normals, np.ones(len(pts), bool), progress)

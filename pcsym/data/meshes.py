@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import seeds
 from ..errors import PcsymError
-from .parseutil import Lines, NumberError, as_indices, check_text, check_vertex_count, fan, line_number
 from ..geometry.numpy_graph import estimate_normals
+from .parseutil import Lines, NumberError, as_indices, check_text, check_vertex_count, fan, line_number
 from .parseutil import looks_utf16, strip_comments
 from .plyfile import read_ply
 from .stlfile import read_stl
@@ -198,7 +199,7 @@ def load_cloud(
     ``rng`` defaults to a fixed seed so classifying the same file twice gives the same cloud.
     Returns float32 (n_points, 3), (n_points, 3), both finite.
     """
-    rng = np.random.default_rng(0) if rng is None else rng
+    rng = seeds.rng(0) if rng is None else rng
     geom = read_geometry(path, max_vertices=max_vertices)
     with np.errstate(all="ignore"):
         try:

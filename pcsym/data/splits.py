@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import seeds
 from ..config import check_choice
-from .datasets import PointCloudData
 from ..errors import PcsymError
+from ..seeds import derive
+from .datasets import PointCloudData
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -20,7 +22,7 @@ def train_val_split(labels: np.ndarray, val_fraction: float = 0.2, seed: int = 0
     if not 0.0 <= val_fraction < 1.0:
         raise PcsymError(f"validation fraction must be in [0, 1), got {val_fraction}")
     labels = np.asarray(labels).reshape(-1)
-    rng = np.random.default_rng(seed)
+    rng = seeds.rng(seed)
     val = []
     for c in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == c))
@@ -75,7 +77,7 @@ def split_indices(data: PointCloudData, split: str, val_fraction: float, seed: i
     if not 0 < train_fraction <= 1:
         raise PcsymError(f"the training fraction must be in (0, 1], got {train_fraction:g}")
     if train_fraction < 1:  # the same stratified draw, seeded apart from the validation one
-        tr = tr[train_val_split(labels[tr], 1.0 - train_fraction, seed + 1)[0]]
+        tr = tr[train_val_split(labels[tr], 1.0 - train_fraction, derive("train-fraction", seed))[0]]
     return pool[tr]
 
 

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import seeds
 from ..config import ROTATIONS, check_choice
 from ..errors import PcsymError
+from ..seeds import derive
 from .meshes import Y_UP_TO_Z_UP
 
 
@@ -169,7 +171,7 @@ class PointCloudDataset:
         import torch
 
         shape = int(self.indices[i])
-        rng = np.random.default_rng([self.seed, self.epoch, shape])
+        rng = seeds.rng(self.seed, self.epoch, shape)
         pts, nrm = self.data.points[shape], self.data.normals[shape]
         stored = len(pts)
         if stored > self.points:
@@ -190,4 +192,5 @@ def eval_dataset(data, indices, points: int, rotate: str, run_seed: int) -> Poin
     """The clouds a run is validated or evaluated on: the first ``points`` stored points of each shape,
     no augmentation but ``rotate``, whose rotations are seeded from the run's seed (offset so that
     they differ from the training draws). Training, ``evaluate`` and the benchmarks all use this."""
-    return PointCloudDataset(data, indices, points=points, rotate=rotate, resample=False, seed=run_seed + 7919)
+    return PointCloudDataset(data, indices, points=points, rotate=rotate, resample=False,
+                             seed=derive("eval", run_seed))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..seeds import derive
 from . import native
 from .numpy_graph import KNN_BLOCK_ENTRIES, NORMAL_K
 from .numpy_graph import estimate_normals as _estimate_normals
@@ -80,7 +81,7 @@ def random_order(b: int, n: int, generator: torch.Generator | None = None, devic
     return torch.rand(b, n, generator=generator, device=device).argsort(dim=1)
 
 
-EVAL_ORDER_SEED = 0
+EVAL_ORDER_SEED = derive("vote", 0)  # eval mode's order is test-time vote 0's
 
 
 def eval_order(b: int, n: int, device=None, seed: int = EVAL_ORDER_SEED) -> torch.Tensor:
@@ -93,7 +94,7 @@ def eval_order(b: int, n: int, device=None, seed: int = EVAL_ORDER_SEED) -> torc
 def vote_order(vote: int, b: int, n: int, device=None) -> torch.Tensor:
     """The order of test-time vote ``vote`` of a randomly downsampling model (vote 0 = the eval order);
     ``evaluate --votes``, ``classify --votes`` and the exports all use these."""
-    return eval_order(b, n, device, EVAL_ORDER_SEED + vote)
+    return eval_order(b, n, device, derive("vote", vote))
 
 
 def fps_order(pos: torch.Tensor, m: int | None = None) -> torch.Tensor:

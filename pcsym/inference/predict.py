@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import seeds
 from ..data.meshes import load_cloud
 from ..data.transforms import to_z_up
 from ..errors import PcsymError
@@ -128,7 +129,7 @@ def read_input(path: str | os.PathLike, points: int, seed: int = 0, max_vertices
     (``estimated_normals`` = P > 0, :attr:`pcsym.config.ModelConfig.estimated_normals`) the normals are
     PCA estimates in a cloud of max(P, points) samples, of which the first ``points`` are kept, as in
     training. Raises PcsymError for a file that cannot be used."""
-    pts, nrm = load_cloud(path, n_points=max(points, estimated_normals), rng=np.random.default_rng(seed),
+    pts, nrm = load_cloud(path, n_points=max(points, estimated_normals), rng=seeds.rng(seed),
                           max_vertices=max_vertices, estimate=estimated_normals > 0)
     return to_z_up(pts[:points], nrm[:points], up_axis)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import seeds
 from ..config import ModelConfig
 from ..data.meshes import load_cloud
 from .checkpoint import load_model
@@ -133,5 +134,5 @@ def check_file(src, checkpoint: str | None = None, group: str | None = None, ker
         torch.manual_seed(seed)
         net = build_model(ModelConfig(group=group, kernel=kernel, points=points,
                                       class_names=[f"c{i}" for i in range(10)]))
-    pts, nrm = load_cloud(src, n_points=net.cfg.points, rng=np.random.default_rng(seed))
+    pts, nrm = load_cloud(src, n_points=net.cfg.points, rng=seeds.rng(seed))
     return net, check_model(net, torch.as_tensor(pts), torch.as_tensor(nrm), n_random=n_random, seed=seed)

@@ -13,6 +13,7 @@ import threading
 import numpy as np
 import torch
 
+from ..seeds import derive
 from .distributed import World, rank_batches
 
 
@@ -21,7 +22,8 @@ def make_loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, worke
     """A seeded loader: the same batches for the same (seed, epoch). In a torchrun job (``world``)
     each process gets its equal slice of each of those global batches (``batch_size`` is global).
     ``balanced``: an epoch of len(ds) draws with replacement, each class equally likely."""
-    gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+    gen = torch.Generator().manual_seed(derive("loader", seed, epoch))
+    own = torch.Generator().manual_seed(derive("loader-workers", seed))  # a loader's own: global RNG untouched
     if balanced:
         labels = np.asarray(ds.data.labels)[ds.indices]
         per_shape = 1.0 / np.bincount(labels)[labels]
@@ -29,9 +31,9 @@ def make_loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, worke
                                                          replacement=True, generator=gen)
         if world is None or not world.active:
             return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                               drop_last=drop_last, generator=torch.Generator().manual_seed(seed))
+                                               drop_last=drop_last, generator=own)
         return torch.utils.data.DataLoader(ds, batch_sampler=rank_batches(list(sampler), batch_size, world),
-                                           num_workers=workers, generator=torch.Generator().manual_seed(seed))
+                                           num_workers=workers, generator=own)
     if world is None or not world.active:
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
                                            num_workers=workers, drop_last=drop_last, persistent_workers=False)
@@ -40,7 +42,7 @@ def make_loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, worke
     torch.empty((), dtype=torch.int64).random_(generator=gen)
     order = list(torch.utils.data.RandomSampler(ds, generator=gen)) if shuffle else list(range(len(ds)))
     return torch.utils.data.DataLoader(ds, batch_sampler=rank_batches(order, batch_size, world), num_workers=workers,
-                                       generator=torch.Generator().manual_seed(seed))  # global RNG untouched
+                                       generator=own)
 
 
 class Prefetch:

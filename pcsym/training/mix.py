@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import torch
 
+from ..seeds import derive
+
 
 def mix_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 100_003 + step) * 1_009 + rank)
+    return torch.Generator().manual_seed(derive("mix", seed, epoch, step, rank))
 
 
 def point_cutmix(pos: torch.Tensor, normals: torch.Tensor | None, labels: torch.Tensor, num_classes: int,

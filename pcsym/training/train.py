@@ -33,6 +33,7 @@ from ..models.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from ..models.classifier import build_model
 from ..models.layers import EquivBatchNorm
 from ..models.shards import Shards, forward, forward_backward
+from ..seeds import derive
 from .allocator import keep_freed_memory
 from .distributed import World, resolve_device, setup, synchronise_norms
 from .ema import WeightAverage
@@ -49,7 +50,7 @@ SELECT_COLUMN = {"macc": "val_macc", "oa": "val_acc", "last": "val_macc"}
 
 def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
+    np.random.seed(derive("numpy-global", seed))
 
 
 def make_schedule(tcfg: TrainConfig, optimizer, steps_per_epoch: int):
@@ -115,8 +116,9 @@ def recalibrate_norms(model, ds, batches: int, batch_size: int, seed: int, epoch
     if frozen is not None:
         frozen.eval()
     with torch.random.fork_rng(devices=[]), Shards(shards) as sh:
-        torch.manual_seed(seed * 7907 + epoch)
-        loader = make_loader(ds, batch_size, True, seed + 31, epoch, workers, drop_last=True, world=world)
+        torch.manual_seed(derive("norms", seed, epoch))
+        loader = make_loader(ds, batch_size, True, derive("norms-loader", seed), epoch, workers, drop_last=True,
+                             world=world)
         with Prefetch(loader) as stream:
             for i, (pos, nrm, _) in enumerate(stream):
                 if i >= batches:
@@ -230,7 +232,7 @@ class Trainer:
             anisotropic_scale=(0.8, 1.25) if tcfg.anisotropic_scale else None, point_dropout=tcfg.point_dropout,
             resample=True, seed=tcfg.seed)
         self.val_ds = eval_dataset(data, va_idx, mcfg.points, tcfg.eval_rotate, tcfg.seed)
-        seed_all(tcfg.seed)
+        seed_all(derive("process", tcfg.seed))
         self.model = build_model(mcfg).to(self.device)
         if tcfg.init:  # fine-tuning: the trunk from the model, a fresh head for these classes
             ckpt = read_checkpoint(tcfg.init)
@@ -281,7 +283,7 @@ class Trainer:
         """Train one epoch (from ``state.partial``'s step when resuming mid-epoch), re-estimate the
         norms, validate; returns the metrics row."""
         tcfg, model = self.tcfg, self.model
-        seed_all(tcfg.seed * 1000 + epoch)
+        seed_all(derive("epoch", tcfg.seed, epoch))
         self.train_ds.set_epoch(epoch)
         self._train_mode()
         t0, c0 = time.time(), time.process_time()

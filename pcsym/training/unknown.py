@@ -22,6 +22,7 @@ import torch
 from ..data.transforms import eval_dataset
 from ..inference.runtime import UNKNOWN_K, neighbour_similarity
 from ..models.checkpoint import load_model, update_checkpoint
+from ..seeds import derive
 from .loader import make_loader
 
 #: fraction of in-class validation shapes a calibrated "unknown" threshold keeps
@@ -52,7 +53,7 @@ def pooled_features(model, ds, batch_size: int = 32, device="cpu") -> np.ndarray
 def feature_bank(model, data, train_idx, rotate: str, seed: int):
     """The bank: unit pooled features (float16) of the training shapes ``train_idx`` of ``data``, rotated
     as ``rotate`` (seeded apart from the validation rotations of ``seed``)."""
-    bank = pooled_features(model, eval_dataset(data, train_idx, model.cfg.points, rotate, seed + 1))
+    bank = pooled_features(model, eval_dataset(data, train_idx, model.cfg.points, rotate, derive("bank", seed)))
     return (bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)).astype(np.float16)
 
 
