@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from ..config import MAX_VERTICES
 from ..errors import PcsymError
 from .common import app, check_up_axis, console, json_option, options, run, up_axis_option
 
@@ -20,7 +21,7 @@ def classify(
     top_k: int = typer.Option(5, "--top-k", help="How many classes to show."),
     votes: int = typer.Option(1, "--votes", help="Average over N seeded downsamplings (1-8)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the surface sampling."),
-    max_vertices: int = typer.Option(2_000_000, "--max-vertices", help="Refuse larger inputs."),
+    max_vertices: int = typer.Option(MAX_VERTICES, "--max-vertices", help="Refuse larger inputs."),
     up_axis: Optional[str] = up_axis_option(),
     out: Optional[Path] = typer.Option(None, "--out", help="Append one JSON line per input to this file as each is "
                                                            "done (a crash loses nothing)."),

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import seeds
+from ..config import MAX_VERTICES
 from ..errors import PcsymError
 from ..geometry.numpy_graph import estimate_normals
 from .parseutil import Lines, NumberError, as_indices, check_text, check_vertex_count, fan, line_number
@@ -77,7 +78,7 @@ class Geometry:
 # --------------------------------------------------------------------------------------------
 
 
-def read_geometry(path: str | os.PathLike, max_vertices: int = 2_000_000) -> Geometry:
+def read_geometry(path: str | os.PathLike, max_vertices: int = MAX_VERTICES) -> Geometry:
     """Read and validate a mesh or point cloud; raise :class:`PcsymError` on any problem.
 
     Meshes with polygons are fan-triangulated. A ``.ply`` / ``.obj`` / ``.off`` without faces is a
@@ -187,7 +188,7 @@ def load_cloud(
     path: str | os.PathLike,
     n_points: int = 1024,
     rng: np.random.Generator | None = None,
-    max_vertices: int = 2_000_000,
+    max_vertices: int = MAX_VERTICES,
     estimate: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a mesh or point cloud and return ``n_points`` normalized points and unit normals.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import seeds
-from ..config import ROTATIONS, check_choice
+from ..config import ROTATIONS, TrainConfig, check_choice
 from ..errors import PcsymError
 from ..seeds import derive
 from .meshes import Y_UP_TO_Z_UP
@@ -93,7 +93,7 @@ class Jitter:
     """Gaussian noise of std ``sigma`` on positions, clipped to ±``clip``."""
 
     sigma: float
-    clip: float = 0.05
+    clip: float = TrainConfig.jitter_clip
 
     def __call__(self, pts, nrm, rng):
         noise = np.clip(self.sigma * rng.standard_normal(pts.shape), -self.clip, self.clip)
@@ -114,7 +114,7 @@ class PointDropout:
         return pts, nrm
 
 
-def augmentations(rotate: str = "none", jitter: float = 0.0, jitter_clip: float = 0.05,
+def augmentations(rotate: str = "none", jitter: float = 0.0, jitter_clip: float = TrainConfig.jitter_clip,
                   scale: tuple[float, float] | None = None, anisotropic_scale: tuple[float, float] | None = None,
                   point_dropout: float = 0.0) -> list:
     """The augmentation pipeline, in its fixed order, leaving out the ones switched off."""
@@ -145,7 +145,7 @@ class PointCloudDataset:
     """
 
     def __init__(self, data, indices: np.ndarray | None = None, points: int = 1024, resample: bool = True,
-                 rotate: str = "none", jitter: float = 0.0, jitter_clip: float = 0.05,
+                 rotate: str = "none", jitter: float = 0.0, jitter_clip: float = TrainConfig.jitter_clip,
                  scale: tuple[float, float] | None = None, anisotropic_scale: tuple[float, float] | None = None,
                  point_dropout: float = 0.0, seed: int = 0):
         self.data = data

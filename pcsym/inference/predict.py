@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .. import seeds
+from ..config import MAX_VERTICES
 from ..data.meshes import load_cloud
 from ..data.transforms import to_z_up
 from ..errors import PcsymError
@@ -122,7 +123,7 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
                       unknown, None if unknown is None else unknown["bank"].float().numpy())
 
 
-def read_input(path: str | os.PathLike, points: int, seed: int = 0, max_vertices: int = 2_000_000,
+def read_input(path: str | os.PathLike, points: int, seed: int = 0, max_vertices: int = MAX_VERTICES,
                up_axis: str | None = None, estimated_normals: int = 0):
     """A file's cloud as the model takes it: ``points`` seeded surface samples (or cloud points) with
     normals, in pcsym's z-up convention. For a model trained on estimated normals
@@ -155,14 +156,14 @@ def result_row(clf: Classifier, path, probs: np.ndarray, score: float | None, to
 
 
 def classify_file(clf: Classifier, path: str | os.PathLike, top_k: int = 5, votes: int = 1, seed: int = 0,
-                  max_vertices: int = 2_000_000, up_axis: str | None = None, unknown: bool = True) -> dict:
+                  max_vertices: int = MAX_VERTICES, up_axis: str | None = None, unknown: bool = True) -> dict:
     """``{"file", "ok": True, "top": [{"class", "probability"}, ...]}`` for a readable mesh or cloud,
     ``{"file", "ok": False, "error"}`` for one that is not (its one-line reason)."""
     return next(classify_files(clf, [path], top_k, votes, seed, max_vertices, up_axis, unknown=unknown))
 
 
 def classify_files(clf: Classifier, files, top_k: int = 5, votes: int = 1, seed: int = 0,
-                   max_vertices: int = 2_000_000, up_axis: str | None = None, workers: int = 0, unknown: bool = True):
+                   max_vertices: int = MAX_VERTICES, up_axis: str | None = None, workers: int = 0, unknown: bool = True):
     """Yield :func:`classify_file`'s result for each file, in order, as soon as it is known. With
     ``workers`` > 0 the files are read and sampled in that many processes (the model runs here)."""
     jobs = [(f, clf.cfg.points, seed, max_vertices, up_axis, clf.cfg.estimated_normals) for f in files]

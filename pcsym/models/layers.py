@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import ModelConfig
 from ..geometry.graph import gather
 from . import fused, shards
 from .cache import cached
@@ -245,7 +246,7 @@ class HarmonicEmbedding(nn.Module):
     Y_l = C_l (Y_{l-1} ⊗ x), so the forward pass is plain torch.
     """
 
-    def __init__(self, group: Group, lmax: int = 2, n_radial: int = 4, max_radius: float = 2.5):
+    def __init__(self, group: Group, lmax: int = 2, n_radial: int = 4, max_radius: float = ModelConfig.radial_max):
         super().__init__()
         from escnn.kernels.harmonic_polynomial_r3 import HarmonicPolynomialR3Generator
 
@@ -290,10 +291,11 @@ class ImplicitKernelConv(nn.Module):
     """
 
     def __init__(self, group: Group, in_reps, out_reps, kernel_dims: int = 16, kernel_layers: int = 2,
-                 lmax: int = 2, n_radial: int = 4, edge_dims: int = 0, edge_vectors: int = 0):
+                 lmax: int = 2, n_radial: int = 4, edge_dims: int = 0, edge_vectors: int = 0,
+                 radial_max: float = ModelConfig.radial_max):
         super().__init__()
         self.in_size, self.out_size = type_size(in_reps), type_size(out_reps)
-        self.embed = HarmonicEmbedding(group, lmax, n_radial)
+        self.embed = HarmonicEmbedding(group, lmax, n_radial, radial_max)
         # edge features appended to the embedding: edge_dims invariant scalars, then edge_vectors vectors
         # (x, y, z columns, acted on like positions)
         self.edge_cols = edge_dims + 3 * edge_vectors
@@ -331,7 +333,8 @@ class ImplicitKernelConv(nn.Module):
     def from_config(cls, group: Group, in_reps, out_reps, cfg) -> "ImplicitKernelConv":
         scalars, vectors = EDGE_FIELDS[cfg.edge_features]
         return cls(group, in_reps, out_reps, kernel_dims=cfg.kernel_dims, kernel_layers=cfg.kernel_layers,
-                   lmax=cfg.lmax, n_radial=cfg.n_radial, edge_dims=scalars, edge_vectors=vectors)
+                   lmax=cfg.lmax, n_radial=cfg.n_radial, edge_dims=scalars, edge_vectors=vectors,
+                   radial_max=cfg.radial_max)
 
     def kernel_hidden(self, rel: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
         h = fused.kernel_hidden(self, rel, edge)  # the compiled kernel where it applies (same maths)
@@ -412,8 +415,8 @@ class BasisKernelConv(nn.Module):
     sampler (``R3PointConv.basissampler.compute_messages``) on the same kNN edges, and averaged.
     """
 
-    def __init__(self, group: Group, in_reps, out_reps, max_radius: float = 3.0, n_rings: int = 3,
-                 frequencies_cutoff: float = 2.0):
+    def __init__(self, group: Group, in_reps, out_reps, max_radius: float = ModelConfig.basis_radius,
+                 n_rings: int = ModelConfig.basis_rings, frequencies_cutoff: float = ModelConfig.basis_cutoff):
         super().__init__()
         from escnn import nn as enn
 
@@ -431,7 +434,7 @@ class BasisKernelConv(nn.Module):
 
     @classmethod
     def from_config(cls, group: Group, in_reps, out_reps, cfg) -> "BasisKernelConv":
-        return cls(group, in_reps, out_reps)  # escnn's default basis (the paper's baseline)
+        return cls(group, in_reps, out_reps, cfg.basis_radius, cfg.basis_rings, cfg.basis_cutoff)
 
     def convolve(self, rel: torch.Tensor, f_src: torch.Tensor, idx: torch.Tensor,
                  edge: torch.Tensor | None = None) -> torch.Tensor:
