@@ -10,7 +10,7 @@ from pcsym.config import MAX_VERTICES, ModelConfig, TrainConfig, merge_settings
 from pcsym.errors import PcsymError
 from pcsym.models.groups import resolve
 from pcsym.models.layers import ImplicitKernelConv, channel_types, channels_for
-from pcsym.training.train import make_schedule
+from pcsym.training.parts import make_schedule
 
 
 def test_defaults_are_the_values_every_shipped_model_was_trained_with():

@@ -127,7 +127,7 @@ def test_shards_restore_the_thread_count_and_split_batches_evenly():
 
 
 def test_shard_count_follows_threads_and_refuses_gpus_and_torchrun():
-    from pcsym.training.train import shard_count
+    from pcsym.training.parts import shard_count
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert shard_count(0, cpu, World()) == torch.get_num_threads()

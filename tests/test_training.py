@@ -111,7 +111,7 @@ def test_votes_average_over_downsampling_orders(sample_dataset):
 
 
 def test_balanced_class_weights_equalise_the_expected_loss():
-    from pcsym.training.train import balanced_class_weights
+    from pcsym.training.parts import balanced_class_weights
 
     counts = np.array([889, 106, 0, 200])
     w = balanced_class_weights(counts).numpy()

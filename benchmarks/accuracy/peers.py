@@ -102,7 +102,7 @@ def train_peer(name, data, args, train_rotate: str, log) -> dict:
     from pcsym.training.evaluate import evaluate_model
     from pcsym.data.splits import split_indices
     from pcsym.training.loader import make_loader
-    from pcsym.training.train import seed_all
+    from pcsym.training.parts import seed_all
     from pcsym.data.transforms import PointCloudDataset, eval_dataset
 
     seed_all(args.seed)

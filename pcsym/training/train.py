@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import signal
 import threading
 import time
@@ -18,80 +17,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ModelConfig, TrainConfig
-from ..data.datasets import load_dataset
-from ..data.splits import run_split
-from ..data.transforms import PointCloudDataset, eval_dataset
 from ..errors import PcsymError
 from ..files import atomic_write_bytes
 from ..models.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from ..models.classifier import build_model
 from ..models.layers import EquivBatchNorm
 from ..models.shards import Shards, forward, forward_backward
 from ..seeds import derive
-from .allocator import keep_freed_memory
-from .distributed import World, resolve_device, setup, synchronise_norms
+from .distributed import World
 from .ema import WeightAverage
 from .evaluate import evaluate_model
 from .loader import Prefetch, make_loader
 from .mix import mix_generator, point_cutmix
+from .parts import (build_network, load_splits, make_datasets, make_loss, make_optimizer, make_schedule, seed_all,
+                    shard_count, start_process, steps_per_epoch, wrap_for_processes)
 from .plots import learning_curve
 from .unknown import calibrate_checkpoint
 
 #: the validation figure each ``--select`` choice compares (keys of a metrics row); ``last`` compares
 #: nothing: best.pt is the last epoch (a small validation split cannot pick an epoch), its figure mAcc
 SELECT_COLUMN = {"macc": "val_macc", "oa": "val_acc", "last": "val_macc"}
-
-
-def seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(derive("numpy-global", seed))
-
-
-def make_schedule(tcfg: TrainConfig, optimizer, steps_per_epoch: int):
-    total = max(1, tcfg.epochs * steps_per_epoch)
-    warm = min(steps_per_epoch, int(total * tcfg.warmup))
-
-    def f(step):
-        if step < warm:
-            return (step + 1) / warm
-        if tcfg.schedule == "step":
-            return tcfg.step_factor ** ((step // steps_per_epoch) // max(1, tcfg.epochs // tcfg.step_stages))
-        cosine = 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-        return cosine * (1 - tcfg.lr_floor) + tcfg.lr_floor
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
-
-
-def class_counts(ds, num_classes: int) -> np.ndarray:
-    """Shapes per class in a :class:`PointCloudDataset`'s split."""
-    return np.bincount(np.asarray(ds.data.labels)[ds.indices], minlength=num_classes)
-
-
-def balanced_class_weights(counts: np.ndarray) -> torch.Tensor:
-    """Loss weights n / (C · n_c): every class contributes equally to the expected loss, as in a
-    balanced test split; a weighted mean over the batch keeps the loss's scale. Absent classes: 0."""
-    counts = np.asarray(counts, dtype=np.float64)
-    present = counts > 0
-    w = np.zeros_like(counts)
-    w[present] = counts.sum() / (present.sum() * counts[present])
-    return torch.tensor(w, dtype=torch.float32)
-
-
-def shard_count(shards: int, device: torch.device, world: World) -> int:
-    """Shards per batch (pcsym.shards): ``--shards``, 0 = one per torch CPU thread; 1 on a GPU or in a
-    torchrun job (their batches are split across devices and processes instead)."""
-    if device.type == "cpu" and not world.active:
-        return shards or torch.get_num_threads()
-    if shards > 1:
-        raise PcsymError("--shards splits a batch across the CPU threads of one process; use --shards 1 (or 0) "
-                         "with --device cuda or torchrun")
-    return 1
 
 
 @torch.no_grad()
@@ -202,68 +150,28 @@ def _main_thread() -> bool:
 
 
 class Trainer:
-    """One run: data, model, optimiser and the epoch loop. ``Trainer(mcfg, tcfg).run(resume)``."""
+    """One run: its parts, assembled by the named steps of :mod:`pcsym.training.parts`, and the epoch loop
+    (:meth:`run_epoch`: :meth:`train_step` per batch, then :func:`recalibrate_norms` and validation;
+    :meth:`end_epoch`: checkpoints and metrics). ``Trainer(mcfg, tcfg).run(resume)``."""
 
     def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig,
                  on_epoch: Callable[[dict], None] | None = None,
                  on_step: Callable[[int, int, float, float], None] | None = None):
         self.mcfg, self.tcfg = mcfg, tcfg.validate()
-        keep_freed_memory()  # no page faults for each step's temporaries (pcsym.allocator)
-        if tcfg.threads:
-            torch.set_num_threads(tcfg.threads)
         self.out = Path(tcfg.out)
-        device = resolve_device(tcfg.device)
-        self.world = setup(device)
-        if tcfg.batch_size % self.world.size:
-            raise PcsymError(f"--batch-size {tcfg.batch_size} (the global batch) must be a multiple of the "
-                             f"{self.world.size} processes")
-        if device == "cuda" and self.world.active:
-            device = f"cuda:{self.world.local_rank}"
-        self.device = torch.device(device)
+        self.world, self.device = start_process(tcfg)
         # progress and files come from rank 0 alone
         self.on_epoch, self.on_step = (on_epoch, on_step) if self.world.main else (None, None)
-        data = load_dataset(tcfg.data, points=mcfg.points, up_axis=tcfg.up_axis, fmt=tcfg.data_format)
-        tr_idx, va_idx = run_split(data, "train", tcfg), run_split(data, "val", tcfg)
-        mcfg.class_names = [str(c) for c in data.class_names]
-        mcfg.estimated_normals = data.estimated_normals  # inference makes its normals alike
-        if len(tr_idx) < 2:
-            raise PcsymError(f"the dataset has only {len(tr_idx)} training shapes", path=tcfg.data)
-        self.train_ds = PointCloudDataset(
-            data, tr_idx, points=mcfg.points, rotate=tcfg.rotate, jitter=tcfg.jitter, jitter_clip=tcfg.jitter_clip,
-            scale=tuple(tcfg.scale), anisotropic_scale=tuple(tcfg.anisotropic_range) if tcfg.anisotropic_scale else None, point_dropout=tcfg.point_dropout,
-            resample=True, seed=tcfg.seed)
-        self.val_ds = eval_dataset(data, va_idx, mcfg.points, tcfg.eval_rotate, tcfg.seed)
-        seed_all(derive("process", tcfg.seed))
-        self.model = build_model(mcfg).to(self.device)
-        if tcfg.init:  # fine-tuning: the trunk from the model, a fresh head for these classes
-            ckpt = read_checkpoint(tcfg.init)
-            load_weights(self.model, ckpt["state_dict"], tcfg.init, skip="head.")
-        if tcfg.freeze_trunk:
-            if not tcfg.init:
-                raise PcsymError("--freeze-trunk needs --init MODEL (a trunk to keep)")
-            self.model.blocks.requires_grad_(False)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        data, tr_idx, va_idx = load_splits(mcfg, tcfg)
+        self.train_ds, self.val_ds = make_datasets(data, tr_idx, va_idx, mcfg, tcfg)
+        self.model = build_network(mcfg, tcfg, self.device)
         self.ema = WeightAverage(self.model, tcfg.ema) if tcfg.ema else None
-        # foreach: the multi-tensor update, ~0.5 ms a step less on CPU than torch's per-tensor default and
-        # the same bits (tests/test_training.py)
-        if tcfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(trainable, lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay,
-                                             foreach=True)
-        else:
-            self.optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay, foreach=True)
-        self.net = self.model  # what a training step calls: the DDP wrapper in a torchrun job
-        if self.world.active:
-            synchronise_norms(self.model)
-            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if device != "cpu" and
-                                               self.device.type == "cuda" else None)
+        self.optimizer = make_optimizer(self.model, tcfg)
+        self.net = wrap_for_processes(self.model, self.world, self.device)  # what a training step calls
         self.shards = shard_count(tcfg.shards, self.device, self.world)
-        self.steps_per_epoch = max(1, len(self.train_ds) // tcfg.batch_size)
-        if tcfg.max_steps:
-            self.steps_per_epoch = min(self.steps_per_epoch, tcfg.max_steps)
+        self.steps_per_epoch = steps_per_epoch(len(self.train_ds), tcfg)
         self.scheduler = make_schedule(tcfg, self.optimizer, self.steps_per_epoch)
-        counts = class_counts(self.train_ds, mcfg.num_classes)
-        weight = balanced_class_weights(counts) if tcfg.balance == "loss" else None
-        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=tcfg.label_smoothing)
+        self.loss_fn = make_loss(self.train_ds, mcfg, tcfg)
         self.stop = False
 
     def _train_mode(self) -> None:
@@ -313,18 +221,7 @@ class Trainer:
                                      "cpu_seconds": time.process_time() - c0}
                     self._save_last(state)
                     raise TrainingInterrupted()
-                target = y  # --mix: soft targets of mixed shapes (the accuracy still counts y, the base shape's class)
-                if tcfg.mix:
-                    pos, nrm, target = point_cutmix(pos, nrm, y, self.mcfg.num_classes, tcfg.mix,
-                                                    mix_generator(tcfg.seed, epoch, step, self.world.rank))
-                pos, nrm, y, target = (t.to(self.device) for t in (pos, nrm, y, target))
-                self.optimizer.zero_grad(set_to_none=True)
-                logits, loss = forward_backward(self.net, shards, pos, nrm, target, self.loss_fn)
-                self.optimizer.step()
-                self.scheduler.step()
-                if self.ema is not None:
-                    self.ema.update()
-                n, c, l = self.world_sum(len(y), int((logits.argmax(1) == y).sum()), float(loss.detach()) * len(y))
+                n, c, l = self.train_step(shards, pos, nrm, y, epoch, step)
                 tot, correct, loss_sum = tot + n, correct + c, loss_sum + l
                 if self.on_step:
                     self.on_step(step + 1, self.steps_per_epoch, loss_sum / tot, correct / tot)
@@ -342,6 +239,22 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "epoch_seconds": round(train_time, 2), "shapes_per_second": round(tot / max(train_time, 1e-9), 2),
                 "cpu_seconds": round(cpu_time, 2)}  # this process's CPU time (all its threads), same interval
+
+    def train_step(self, shards: Shards, pos, nrm, y, epoch: int, step: int) -> tuple[int, int, float]:
+        """One optimiser step on a batch (mixed first with ``--mix``); the batch's shapes, correct predictions
+        and summed loss, over every process of a torchrun job."""
+        target = y  # --mix: soft targets of mixed shapes (the accuracy still counts y, the base shape's class)
+        if self.tcfg.mix:
+            pos, nrm, target = point_cutmix(pos, nrm, y, self.mcfg.num_classes, self.tcfg.mix,
+                                            mix_generator(self.tcfg.seed, epoch, step, self.world.rank))
+        pos, nrm, y, target = (t.to(self.device) for t in (pos, nrm, y, target))
+        self.optimizer.zero_grad(set_to_none=True)
+        logits, loss = forward_backward(self.net, shards, pos, nrm, target, self.loss_fn)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update()
+        return self.world_sum(len(y), int((logits.argmax(1) == y).sum()), float(loss.detach()) * len(y))
 
     def world_sum(self, *values: float) -> tuple:
         """The per-step counts summed over the processes of a torchrun job."""
