@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,10 +169,11 @@ def test_library_is_cached_and_a_damaged_one_is_rebuilt(fresh):
     damaged.replace(libs[0])
     child()
     assert libs[0].stat().st_size > 1000  # rebuilt
-    assert list((fresh / "cache" / "native").iterdir()) == libs  # no temporary files left
+    left = sorted((fresh / "cache" / "native").iterdir())
+    assert left == [libs[0].with_suffix(".lock"), libs[0]]  # no temporary files left, just the build lock
 
 
-def test_no_compiler_or_a_failing_one_falls_back(fresh, monkeypatch):
+def test_no_compiler_or_a_failing_one_falls_back_and_says_so_once(fresh, monkeypatch, capsys):
     torch.manual_seed(1)
     keys = torch.randn(2, 100, 3)
     ref = torch.cdist(keys, keys).topk(5, largest=False).indices
@@ -179,12 +181,51 @@ def test_no_compiler_or_a_failing_one_falls_back(fresh, monkeypatch):
     assert native.knn(keys.numpy(), keys.numpy(), 5) is None
     assert "no C compiler" in native.status()
     assert torch.equal(knn(keys, keys, 5), ref)
+    warned = capsys.readouterr().err.splitlines()
+    assert warned == [warned[0]] and warned[0].startswith("pcsym: warning: compiled kernels not used (no C compiler")
+    assert "slower torch/numpy path" in warned[0] and "PCSYM_NATIVE=off silences this" in warned[0]
     native.reset()
     monkeypatch.setenv("CC", shutil.which("false") or "/bin/false")
     assert native.knn(keys.numpy(), keys.numpy(), 5) is None
-    assert "build failed" in native.status()
+    assert "build failed" in native.status() and not native.describe()["active"]
     assert torch.equal(knn(keys, keys, 5), ref)
     np.testing.assert_array_equal(np.sort(np_knn(keys.numpy(), keys.numpy(), 5), -1), np.sort(ref.numpy(), -1))
+    warned = capsys.readouterr().err.splitlines()
+    assert len(warned) == 1 and "(build failed: false failed" in warned[0]
+    native.reset()
+    monkeypatch.setenv("PCSYM_NATIVE", "off")  # chosen, not a failure: no warning
+    assert native.knn(keys.numpy(), keys.numpy(), 5) is None and capsys.readouterr().err == ""
+
+
+_WAITER = """
+import time
+from pcsym.geometry import native
+t = time.perf_counter()
+ok = native.available()
+print(ok, time.perf_counter() - t)
+"""
+
+
+@pytest.mark.skipif(not HAS_CC or os.name != "posix", reason="no C compiler, or no POSIX file locks")
+def test_the_build_is_locked_across_processes(fresh):
+    """While one process holds the library's lock (building it), another waits, then loads what was built."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    assert native.available()  # build it here first, so the waiter only has to load it
+    target = Path(native._state["path"])
+    env = dict(os.environ, PCSYM_CACHE_DIR=str(fresh / "cache"))
+    with open(target.with_suffix(".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        child = subprocess.Popen([sys.executable, "-c", _WAITER], env=env, stdout=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert child.poll() is None  # waiting for the lock
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    out, _ = child.communicate(timeout=120)
+    ok, waited = out.split()
+    assert ok == "True" and float(waited) >= 2.5
 
 
 def test_cache_off_still_builds_in_a_private_folder_removed_at_exit(fresh, monkeypatch):

@@ -1,16 +1,18 @@
-"""Optional compiled kernels: built on first use with the machine's C compiler; torch-free.
+"""Compiled kernels: built by the set-up (``scripts/setup.sh``, which installs gcc) or on first use; torch-free.
 
 pcsym installs as pure Python. Where a C compiler is present (``$CC``, else ``cc``, ``gcc`` or
-``clang``), the first call builds ``knn.c`` and ``edge.c`` (plain C99 + POSIX threads, no torch
-headers: ~1 s; ``agg.c`` too) into one shared library in the user cache folder (``native/`` under
+``clang``), the set-up or the first call builds ``knn.c`` and ``edge.c`` (plain C99 + POSIX threads, no
+torch headers: ~1 s; ``agg.c`` too) into one shared library in the user cache folder (``native/`` under
 ``$PCSYM_CACHE_DIR``, else ``$XDG_CACHE_HOME/pcsym``, else ``~/.cache/pcsym``; a private temporary
 folder when the cache is ``off``) and loads it with ctypes. The file name is a hash of the sources,
 the compiler, its flags and the platform, so a changed source or compiler builds a new library; it
-is written atomically, and a library that does not load (damaged, foreign) is rebuilt once. Nothing
-here is ever fatal: with no compiler, a failed build or ``PCSYM_NATIVE=off``, :func:`knn` and
-:func:`edge_mlp` return None and the callers use their torch / numpy spelling of the same maths
-(:func:`pcsym.graph.knn`, :func:`pcsym.runtime.knn`, :mod:`pcsym.models.fused`). :func:`status`
-says which is in use (``pcsym --debug ...`` logs it).
+is written atomically under a file lock (processes started together, as torchrun's, build it once),
+and a library that does not load (damaged, foreign) is rebuilt once. Nothing here is fatal: with no
+compiler or a failed build, :func:`knn` and :func:`edge_mlp` return None and the callers use their
+torch / numpy spelling of the same maths (:func:`pcsym.geometry.graph.knn`,
+:func:`pcsym.geometry.numpy_graph.knn`, :mod:`pcsym.models.fused`) — about 3x slower training — and
+pcsym says so in one line on stderr, once per process; ``PCSYM_NATIVE=off`` chooses that path silently.
+:func:`status` (and ``pcsym info``) says which is in use.
 
 Why kernels (issue 12's profiles):
 
@@ -34,6 +36,7 @@ Why kernels (issue 12's profiles):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -41,9 +44,15 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no file lock (the kernels need POSIX threads anyway)
+    fcntl = None
 
 import numpy as np
 
@@ -54,6 +63,7 @@ HEADERS = tuple(Path(__file__).with_name(n) for n in ("edge_body.h", "agg_body.h
 # -fno-trapping-math: floating-point compares may be if-converted, so edge.c's ELU/sigmoid loops vectorise
 FLAGS = ("-O3", "-std=c99", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
 _ENV = "PCSYM_NATIVE"
+KERNELS = "kNN, farthest-point sampling, edge MLP and aggregation"
 
 _lock = threading.Lock()
 _state: dict = {}  # "lib": ctypes.CDLL | None, "why": str, "path": str
@@ -86,7 +96,8 @@ def _build(cc: str, target: Path) -> None:
         res = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", str(tmp)], capture_output=True, text=True,
                              timeout=120)
         if res.returncode != 0:
-            raise RuntimeError(f"{Path(cc).name} failed: {(res.stderr or res.stdout).strip().splitlines()[-1:]}")
+            said = (res.stderr or res.stdout).strip().splitlines()
+            raise RuntimeError(f"{Path(cc).name} failed: {said[-1] if said else f'exit code {res.returncode}'}")
 
 
 def _open(path: Path) -> ctypes.CDLL:
@@ -109,13 +120,46 @@ def _open(path: Path) -> ctypes.CDLL:
     return lib
 
 
-def _disabled() -> bool:
+def disabled() -> bool:
     """``PCSYM_NATIVE=off`` (or 0/no/false); read on every call, so it can be switched at run time."""
     return os.environ.get(_ENV, "").strip().lower() in ("off", "0", "no", "false")
 
 
+@contextlib.contextmanager
+def _file_lock(target: Path):
+    """An exclusive lock on ``target``'s ``.lock`` file while it is checked and built, so processes started
+    together build one library: the others wait, then load it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(target.with_suffix(".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _open_or_build(cc: str, target: Path) -> ctypes.CDLL:
+    if target.is_file():
+        try:
+            return _open(target)
+        except OSError:
+            pass  # damaged or foreign: rebuilt below
+    _build(cc, target)
+    return _open(target)
+
+
+def _warn_fallback(why: str) -> None:
+    """The one line on stderr when the kernels cannot be used (not when PCSYM_NATIVE=off chose so)."""
+    sys.stderr.write(f"pcsym: warning: compiled kernels not used ({why}); kNN, sampling and the kernel MLP run "
+                     f"on the slower torch/numpy path (bash scripts/setup.sh installs a C compiler; {_ENV}=off "
+                     "silences this)\n")
+
+
 def _load() -> ctypes.CDLL | None:
-    if _disabled():
+    if disabled():
         return None
     if "lib" in _state:
         return _state["lib"]
@@ -130,18 +174,15 @@ def _load() -> ctypes.CDLL | None:
             try:
                 target = _library_path(cc)
                 path = str(target)
-                if target.is_file():
-                    try:
-                        lib = _open(target)
-                    except OSError:
-                        lib = None  # damaged or foreign: rebuild below
-                if lib is None:
-                    _build(cc, target)
-                    lib = _open(target)
+                with _file_lock(target):
+                    lib = _open_or_build(cc, target)
             except Exception as exc:  # noqa: BLE001 - never fatal: the callers fall back
-                lib, why = None, f"build failed: {exc}"
+                said = str(exc).strip().splitlines() or [type(exc).__name__]
+                lib, why = None, f"build failed: {said[0]}"
         _state.update(lib=lib, why=why, path=path)
         logging.getLogger(__name__).debug("compiled kernels: %s", path if lib is not None else f"not used, {why}")
+        if lib is None:
+            _warn_fallback(why)
         return lib
 
 
@@ -150,14 +191,24 @@ def available() -> bool:
     return _load() is not None
 
 
-def status() -> str:
-    """One line: whether the compiled kernels (kNN, FPS, edge MLP, aggregation) are in use, and why not."""
-    if _disabled():
-        return f"kNN, farthest-point sampling, edge MLP and aggregation: torch/numpy ({_ENV}=off)"
+def describe() -> dict:
+    """The state of the kernels: ``active``, and ``library`` (its path) and ``loops`` (``AVX2+FMA`` or
+    ``baseline``) when they are, ``why`` not when they are not (building them on the first call)."""
+    if disabled():
+        return {"active": False, "library": None, "loops": None, "why": f"{_ENV}=off"}
     lib = _load()
     if lib is None:
-        return f"kNN, farthest-point sampling, edge MLP and aggregation: torch/numpy ({_state['why']})"
-    return f"kNN, farthest-point sampling, edge MLP and aggregation: compiled ({_state['path']}, {'AVX2+FMA' if lib.pcsym_edge_isa() else 'baseline'} loops)"
+        return {"active": False, "library": None, "loops": None, "why": _state["why"]}
+    return {"active": True, "library": _state["path"], "loops": "AVX2+FMA" if lib.pcsym_edge_isa() else "baseline",
+            "why": None}
+
+
+def status() -> str:
+    """One line: whether the compiled kernels (kNN, FPS, edge MLP, aggregation) are in use, and why not."""
+    d = describe()
+    if not d["active"]:
+        return f"{KERNELS}: torch/numpy ({d['why']})"
+    return f"{KERNELS}: compiled ({d['library']}, {d['loops']} loops)"
 
 
 def reset() -> None:
