@@ -24,7 +24,7 @@ from .errors import PcsymError
 
 # The allowed values of every enumerated setting (the CLI, the configs and the data layer use these).
 KERNELS = ("implicit", "basis")  # == models.layers.KERNELS' keys (a test keeps them equal)
-SAMPLINGS = ("random", "fps", "random-fps")  # see pcsym.graph.sampling_order
+SAMPLINGS = ("random", "fps", "random-fps")  # see pcsym.geometry.graph.sampling_order
 ROTATIONS = ("none", "z", "so3")
 SCHEDULES = ("cosine", "step")
 UP_AXES = ("y", "z")
@@ -235,7 +235,7 @@ class TrainConfig(_Config):
     workers: int = 0
     device: str = "cpu"
     threads: int = 0  # 0 = torch default
-    shards: int = 0  # batch shards run side by side on threads (pcsym.shards); 0 = one per CPU thread
+    shards: int = 0  # batch shards run side by side on threads (pcsym.models.shards); 0 = one per CPU thread
     max_steps: int = 0  # stop each epoch after this many steps (0 = full epoch); for smoke tests
     eval_rotate: str = "z"  # rotation applied to validation clouds (z-rotated validation by default)
     bn_batches: int = 32  # training batches used to re-estimate normalisation statistics after each epoch
@@ -245,8 +245,8 @@ class TrainConfig(_Config):
     balance: str = "none"  # none | loss | sampler (see BALANCES)
     optimizer: str = "adamw"  # adamw | sgd
     momentum: float = 0.9  # SGD's momentum
-    ema: float = 0.0  # decay of the weights' moving average that is validated and saved (0 = off; pcsym.ema)
-    mix: float = 0.0  # probability that a training shape gets a part of another (point CutMix; pcsym.mix)
+    ema: float = 0.0  # decay of the weights' moving average that is validated and saved (0 = off; pcsym.training.ema)
+    mix: float = 0.0  # probability that a training shape gets a part of another (point CutMix; pcsym.training.mix)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -1,4 +1,4 @@
-"""Calibrate a checkpoint's "unknown" detectors (pcsym.unknown) on its own split and store them with the
+"""Calibrate a checkpoint's "unknown" detectors (pcsym.training.unknown) on its own split and store them with the
 model (in the checkpoint, and in its numpy export when one sits beside it): the max-probability
 threshold and the neighbour-similarity detector (bank of training features + threshold).
 

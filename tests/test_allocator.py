@@ -1,4 +1,4 @@
-"""pcsym.allocator: with glibc's defaults, a step's big temporaries are mapped afresh every step (page
+"""pcsym.training.allocator: with glibc's defaults, a step's big temporaries are mapped afresh every step (page
 faults, kernel time); after keep_freed_memory() the freed pages are reused. Counted, not timed."""
 
 import subprocess

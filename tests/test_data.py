@@ -1,4 +1,4 @@
-"""Tests for pcsym.data: layout detection, the three readers, the cache, splits, augmentation."""
+"""Tests for pcsym.data.datasets: layout detection, the three readers, the cache, splits, augmentation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for pcsym.fetch: downloads from a local 127.0.0.1 server, resume, checksums,
+"""Tests for pcsym.data.fetch: downloads from a local 127.0.0.1 server, resume, checksums,
 hostile archives.  No test touches the network beyond the loopback interface."""
 
 from __future__ import annotations

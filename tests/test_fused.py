@@ -1,4 +1,4 @@
-"""The compiled per-edge MLP and neighbour aggregation (pcsym/native/edge.c, agg.c through
+"""The compiled per-edge MLP and neighbour aggregation (pcsym/geometry/native/edge.c, agg.c through
 pcsym.models.fused): the same values and gradients as the torch spelling, for every kind of kernel MLP
 and every feature width, and a clean fallback."""
 

@@ -1,4 +1,4 @@
-"""Tests for pcsym.meshes: readers (real files + generated broken ones), sampling, normalization."""
+"""Tests for pcsym.data.meshes: readers (real files + generated broken ones), sampling, normalization."""
 
 from __future__ import annotations
 

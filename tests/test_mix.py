@@ -1,4 +1,4 @@
-"""pcsym.mix: point CutMix moves a ball of the partner's points rigidly onto a ball of the shape's own
+"""pcsym.training.mix: point CutMix moves a ball of the partner's points rigidly onto a ball of the shape's own
 points, and the soft target weighs the two classes by their shares of the points."""
 
 import torch

@@ -1,4 +1,4 @@
-"""The compiled kNN kernel (pcsym.native): the same neighbours as brute force, and never fatal."""
+"""The compiled kNN kernel (pcsym.geometry.native): the same neighbours as brute force, and never fatal."""
 
 import os
 import shutil

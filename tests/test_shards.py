@@ -1,4 +1,4 @@
-"""A batch split into shards on threads (pcsym.shards): the single-batch maths, reproducibly."""
+"""A batch split into shards on threads (pcsym.models.shards): the single-batch maths, reproducibly."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 and PointNet, trained on the same split with the same augmentation as a pcsym run, for the same
 wall-clock budget, evaluated with the same protocols.
 
-Same data: the run's 80/20 split (``pcsym.splits``, seed), the same training clouds and augmentation
+Same data: the run's 80/20 split (``pcsym.data.splits``, seed), the same training clouds and augmentation
 (``PointCloudDataset``: resampled points, jitter, scale, the rotation of the protocol) and the same
 validation clouds (``transforms.eval_dataset``). Inputs: xyz and normals, like pcsym's models. Each
 model trains epoch by epoch until ``--minutes`` of training time are spent (validation not counted;

@@ -231,7 +231,7 @@ def main() -> int:
         "# bench_conv: one steerable point-conv layer, forward + backward",
         C.env_markdown_shared_process(env),
         f"Batch {sizes['batch']} clouds x {sizes['points']} Gaussian random points, k = {sizes['k']} (graph from "
-        "`pcsym.graph.knn`, shared by all layers and not timed). Input type = hidden activation type of "
+        "`pcsym.geometry.graph.knn`, shared by all layers and not timed). Input type = hidden activation type of "
         f"{sizes['channels']} channels, output type = its pre-activation type (`channel_types(g, {sizes['channels']})`). "
         "Time = median wall time of repeats after one warm-up of: gather neighbours + conv forward + "
         "backward w.r.t. the parameters and the input features (escnn: `R3PointConv` forward via torch_geometric "

@@ -73,7 +73,7 @@ def edge_count(model, n: int, k: int) -> int:
 
 @contextlib.contextmanager
 def training_step(model, opt, pos, normals, labels, loss_fn, sharded: bool = True, optimizer_step: bool = True):
-    """The training step as the tree's `pcsym train` takes it: where the tree has pcsym.shards, the batch in
+    """The training step as the tree's `pcsym train` takes it: where the tree has pcsym.models.shards, the batch in
     shards side by side, one per torch thread (torch at one intra-op thread inside this block); otherwise, or
     with ``sharded=False``, forward + backward of the whole batch on all threads."""
     import torch
@@ -379,7 +379,7 @@ def baseline_main(args) -> int:
                             ("evaluate_s", "evaluate s/batch")]),
              f"evaluate s/batch: {EVAL_BATCHES} batches as the tree's `pcsym evaluate` runs them (this tree: side by "
              "side on torch's threads, one each; the baseline: one after the other on all threads), per batch. "
-             "train step: as the tree's `pcsym train` takes it (trees with `pcsym.shards`: the batch in shards side "
+             "train step: as the tree's `pcsym train` takes it (trees with `pcsym.models.shards`: the batch in shards side "
              "by side, one per thread; the profiles below are of the unsharded step, as the profiler sees only its "
              "own thread).",
              "| recipe | train speed-up | eval forward speed-up | evaluate speed-up | matmul GFLOP/step | "

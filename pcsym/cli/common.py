@@ -86,7 +86,7 @@ def run(body: Callable[[], object], ctx: typer.Context):
 
 
 def setup_torch(threads: int, device: str = "cpu") -> str:
-    """Set the thread count and the allocator (:mod:`pcsym.allocator`); the device to use (``auto`` resolved)."""
+    """Set the thread count and the allocator (:mod:`pcsym.training.allocator`); the device to use (``auto`` resolved)."""
     import torch
 
     from ..training.allocator import keep_freed_memory

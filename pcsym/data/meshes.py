@@ -7,8 +7,8 @@
 * :func:`normalize` — centre at the centroid and scale into the unit sphere (ModelNet h5 convention).
 * :func:`load_cloud` — all of the above: a file in, ``(points, normals)`` of a fixed size out.
 
-All readers are our own numpy code (PLY in :mod:`pcsym.plyfile`, STL in :mod:`pcsym.stlfile`, OFF,
-OBJ, text and ``.npy`` here, shared tokenizing in :mod:`pcsym.parseutil`). We deliberately do not
+All readers are our own numpy code (PLY in :mod:`pcsym.data.plyfile`, STL in :mod:`pcsym.data.stlfile`, OFF,
+OBJ, text and ``.npy`` here, shared tokenizing in :mod:`pcsym.data.parseutil`). We deliberately do not
 use open3d or add another parsing dependency: open3d's native reader segfaulted on a corrupt PLY
 (issue 13) and silently padded truncated files, and a small audited numpy parser lets us check
 every count in a header against the bytes actually present before allocating anything, bound the
@@ -144,7 +144,7 @@ def sample_surface(
     Triangles are chosen with probability proportional to their area and points are uniform
     inside each triangle (barycentric coordinates via the square-root trick). The normal of a
     point is the unit normal of its triangle, flipped if needed so that it points away from the
-    mesh's (area-weighted) surface centroid, the convention of :func:`pcsym.runtime.estimate_normals`.
+    mesh's (area-weighted) surface centroid, the convention of :func:`pcsym.geometry.numpy_graph.estimate_normals`.
     Returns float32 arrays (n, 3), (n, 3).
     """
     v = np.asarray(vertices, dtype=np.float64)
@@ -195,7 +195,7 @@ def load_cloud(
 
     Meshes are sampled with :func:`sample_surface`. Point clouds are subsampled (without
     replacement when they have enough points, else with replacement) and keep their own normals
-    when the file has valid ones, else get :func:`pcsym.runtime.estimate_normals`. ``estimate``:
+    when the file has valid ones, else get :func:`pcsym.geometry.numpy_graph.estimate_normals`. ``estimate``:
     every cloud gets estimated normals, whatever the file has (for models trained on them).
     ``rng`` defaults to a fixed seed so classifying the same file twice gives the same cloud.
     Returns float32 (n_points, 3), (n_points, 3), both finite.
@@ -226,7 +226,7 @@ def subsample_cloud(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` points of a cloud (without replacement if it has at least ``n``) and their normals.
 
-    Missing normals are estimated on the chosen points with :func:`pcsym.runtime.estimate_normals`.
+    Missing normals are estimated on the chosen points with :func:`pcsym.geometry.numpy_graph.estimate_normals`.
     Returns float32 (n, 3), (n, 3).
     """
     idx = rng.choice(len(points), n, replace=len(points) < n)

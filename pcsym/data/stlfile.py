@@ -1,4 +1,4 @@
-"""STL reader (binary and ascii) written in numpy; see :mod:`pcsym.plyfile` for why we parse
+"""STL reader (binary and ascii) written in numpy; see :mod:`pcsym.data.plyfile` for why we parse
 mesh files ourselves instead of going through open3d.
 
 Binary STL: an 80-byte header, a little-endian uint32 triangle count, then 50 bytes per triangle
@@ -9,7 +9,7 @@ SolidWorks writes them). ASCII STL: ``solid`` then ``facet normal .. / outer loo
 per ``endloop``.
 
 Vertices are not merged: the mesh has three vertices per triangle, in file order. Merging would
-only cost time; :func:`pcsym.meshes.sample_surface` needs triangle corners, not shared vertices.
+only cost time; :func:`pcsym.data.meshes.sample_surface` needs triangle corners, not shared vertices.
 ``max_vertices`` therefore applies to three times the triangle count, before any parsing.
 """
 

@@ -131,7 +131,7 @@ def augmentations(rotate: str = "none", jitter: float = 0.0, jitter_clip: float 
 
 class PointCloudDataset:
     """A map-style torch dataset (torch is imported on first item, so this module stays torch-free):
-    shapes of a :class:`~pcsym.data.PointCloudData` (optionally a subset ``indices``) as tensors.
+    shapes of a :class:`~pcsym.data.datasets.PointCloudData` (optionally a subset ``indices``) as tensors.
 
     ``dataset[i]`` -> ``(points (P, 3) float32, normals (P, 3) float32, label int)``.
 

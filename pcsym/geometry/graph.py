@@ -1,4 +1,4 @@
-"""Graph operations on batched point clouds in torch (kNN through :mod:`pcsym.native` when it is built).
+"""Graph operations on batched point clouds in torch (kNN through :mod:`pcsym.geometry.native` when it is built).
 
 * :func:`knn` — k nearest neighbours: the compiled kernel, else torch in cache-sized blocks
   (:func:`knn_torch`); memory bounded either way, never O(N²) for large N.
@@ -35,7 +35,7 @@ def knn(query: torch.Tensor, keys: torch.Tensor, k: int, entries: int = KNN_BLOC
     """Indices (B, M, k) of the k nearest ``keys`` (B, N, 3) for each ``query`` point (B, M, 3).
 
     Neighbours are sorted by distance (nearest first). A query point that is also a key finds
-    itself first. On CPU float32 the compiled kernel of :mod:`pcsym.native` does it when it is
+    itself first. On CPU float32 the compiled kernel of :mod:`pcsym.geometry.native` does it when it is
     available (same neighbours, 3-4x faster); else torch, block by block (:func:`knn_blocks`), so
     peak memory is ``entries`` distances, never O(N²); each block is one fused ``baddbmm``
     (|k|² − 2 q·k: the |q|² term is the same for every key of a query and cannot change its order)
@@ -102,7 +102,7 @@ def fps_order(pos: torch.Tensor, m: int | None = None) -> torch.Tensor:
 
     Starts from the point farthest from the centroid (computed in float64), so the order is
     equivariant to isometries fixing the centroid (up to exact ties). Squared distances are spelled
-    component by component, exactly as :func:`pcsym.runtime.fps_order`, so both pick the same points.
+    component by component, exactly as :func:`pcsym.geometry.numpy_graph.fps_order`, so both pick the same points.
     """
     b, n, _ = pos.shape
     m = n if m is None else m
@@ -177,7 +177,7 @@ def take(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 
 def estimate_normals(pos: torch.Tensor, k: int = NORMAL_K) -> torch.Tensor:
-    """Unit normals (B, N, 3) or (N, 3) of ``pos``: :func:`pcsym.runtime.estimate_normals` (PCA over k
+    """Unit normals (B, N, 3) or (N, 3) of ``pos``: :func:`pcsym.geometry.numpy_graph.estimate_normals` (PCA over k
     neighbours, oriented away from the centroid; equivariant to O(3)) with the neighbours found by
     :func:`knn`. Not differentiable."""
     batch = pos.detach().float()[None] if pos.dim() == 2 else pos.detach().float()

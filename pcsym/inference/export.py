@@ -3,7 +3,7 @@
 The exported network takes points already in sampling order — ``prepare_inputs`` applies the
 same seeded order the model uses in eval mode — so exported and original models give the same
 logits. The equivariant weights are expanded once; running the export needs neither escnn nor
-pcsym's model code (TorchScript: only torch; ONNX: onnxruntime; numpy: :mod:`pcsym.runtime`).
+pcsym's model code (TorchScript: only torch; ONNX: onnxruntime; numpy: :mod:`pcsym.inference.runtime`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class OrderedNet(nn.Module):
 
 def prepare_inputs(pos: torch.Tensor, normals: torch.Tensor, cfg, vote: int = 0):
     """Put (B, N, 3) clouds in the eval-mode sampling order of a model of config ``cfg``
-    (:func:`pcsym.graph.sampling_order`; another vote's order for test-time voting)."""
+    (:func:`pcsym.geometry.graph.sampling_order`; another vote's order for test-time voting)."""
     order = sampling_order(pos, cfg.sampling, cfg.layer_points(pos.shape[1]), vote)
     return take(pos, order), take(normals, order)
 
@@ -72,7 +72,7 @@ def _tracing():
 
 def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_threshold: float | None = None,
                  unknown: dict | None = None) -> Path:
-    """Write ``model`` as ``fmt``; its checkpoint's "unknown" detectors (:mod:`pcsym.unknown`) travel
+    """Write ``model`` as ``fmt``; its checkpoint's "unknown" detectors (:mod:`pcsym.training.unknown`) travel
     with it: ``unknown_threshold`` (max probability) in every format, ``unknown`` (neighbour similarity,
     with its bank of training features) in numpy exports, the one format that also outputs features."""
     path = Path(path)
@@ -112,7 +112,7 @@ def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_thre
 
 
 def numpy_arrays(model, unknown_threshold: float | None = None, unknown: dict | None = None) -> dict:
-    """The frozen eval-mode network as named arrays for :class:`pcsym.runtime.NumpyClassifier`
+    """The frozen eval-mode network as named arrays for :class:`pcsym.inference.runtime.NumpyClassifier`
     (with ``unknown``: the neighbour-similarity detector's bank, float16, and its settings)."""
     arrays = {"orders": torch.cat([vote_order(v, 1, model.cfg.points) for v in range(runtime.VOTE_ORDERS)]),
               "sizes": torch.tensor(model.cfg.layer_points())}

@@ -1,12 +1,12 @@
 """Inference on single shapes: one :func:`load_classifier` for every kind of model file.
 
 * ``.npz`` numpy exports — and the shipped models, which ship one — run through
-  :mod:`pcsym.runtime` without importing torch or escnn (a cold ``classify`` in about half a second);
+  :mod:`pcsym.inference.runtime` without importing torch or escnn (a cold ``classify`` in about half a second);
 * ``.ts`` TorchScript exports run with plain torch;
 * anything else is a checkpoint, rebuilt with escnn.
 
 Each gives a :class:`Classifier`: the model config plus ``predict(points, normals, votes)`` (class
-probabilities and the "unknown" score, :mod:`pcsym.unknown`), averaged over the same seeded
+probabilities and the "unknown" score, :mod:`pcsym.training.unknown`), averaged over the same seeded
 downsampling orders as ``evaluate --votes``.
 """
 
@@ -37,7 +37,7 @@ class Classifier:
     def __init__(self, cfg, net: Callable[[np.ndarray, np.ndarray, int], tuple], max_votes: int,
                  unknown_threshold: float | None = None, unknown: dict | None = None, unknown_bank=None):
         self.cfg, self._net, self.max_votes = cfg, net, max_votes
-        if unknown is not None and unknown_bank is not None:  # neighbour similarity (pcsym.unknown)
+        if unknown is not None and unknown_bank is not None:  # neighbour similarity (pcsym.training.unknown)
             self.unknown_score, self.unknown_threshold = "neighbour-similarity", float(unknown["threshold"])
             self.unknown_k, self.unknown_bank = int(unknown["k"]), np.asarray(unknown_bank, dtype=np.float32)
         else:  # max probability, calibrated on validation (None: not calibrated)
@@ -50,7 +50,7 @@ class Classifier:
 
     def predict(self, points: np.ndarray, normals: np.ndarray, votes: int = 1) -> tuple[np.ndarray, float | None]:
         """(class probabilities (C,), "unknown" score or None) of one cloud (N, 3) with its normals,
-        both averaged over ``votes`` seeded downsampling orders (vote v: :func:`pcsym.graph.sampling_order`
+        both averaged over ``votes`` seeded downsampling orders (vote v: :func:`pcsym.geometry.graph.sampling_order`
         of vote v; models that sample farthest points have one order per cloud, so one vote)."""
         pts = np.asarray(points, dtype=np.float32)[None]
         nrm = np.asarray(normals, dtype=np.float32)[None]

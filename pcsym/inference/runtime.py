@@ -4,7 +4,7 @@ Importing torch takes 2-3 s on a small CPU, longer than classifying a mesh; this
 numpy, so ``pcsym classify`` with a shipped model starts in well under a second. The file holds the
 network as plain arrays — the equivariant weights already expanded, batch norms folded to per-channel
 affine maps, the seeded random point orders of the votes (farthest-point steps are computed per cloud,
-exactly as :func:`pcsym.graph.sampling_order`) — and a JSON copy of the model config. It is loaded with
+exactly as :func:`pcsym.geometry.graph.sampling_order`) — and a JSON copy of the model config. It is loaded with
 ``allow_pickle=False``: nothing in it is executed. The forward pass mirrors
 :class:`pcsym.models.classifier.EquivariantClassifier` in eval mode; tests pin equal logits.
 """
@@ -123,7 +123,7 @@ class NumpyClassifier:
         return query, self._act(out, p + ".act")
 
     def logits(self, pos: np.ndarray, normals: np.ndarray, vote: int = 0, pooled: bool = False):
-        """Logits (B, C); ``vote`` v uses the order of :func:`pcsym.graph.vote_order` (0 = eval order).
+        """Logits (B, C); ``vote`` v uses the order of :func:`pcsym.geometry.graph.vote_order` (0 = eval order).
         ``pooled``: (logits, the pooled invariant features (B, D) the classifier head takes)."""
         orders = self.a["orders"]
         if not 0 <= vote < len(orders):

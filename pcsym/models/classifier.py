@@ -2,7 +2,7 @@
 
 With ``depth`` > 1, each stage adds residual blocks on its own points after the downsampling one.
 
-Downsampling uses one point *order* per cloud (:func:`pcsym.graph.sampling_order`: random,
+Downsampling uses one point *order* per cloud (:func:`pcsym.geometry.graph.sampling_order`: random,
 farthest-point, or random then farthest-point); layer l keeps the first N_l points of it and
 convolves over the k nearest of the previous layer's points. A cloud and its transformed copy
 therefore use identical indices.

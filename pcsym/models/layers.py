@@ -217,7 +217,7 @@ class EquivBatchNorm(nn.Module):
 
     def moments(self, x: torch.Tensor, P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per channel: the batch mean projected on the invariant subspace, and the mean square about
-        it. Over the whole batch when it runs in shards on threads (pcsym.shards: one all-reduce)."""
+        it. Over the whole batch when it runs in shards on threads (pcsym.models.shards: one all-reduce)."""
         if shards.current() is not None:
             return shards.moments(x, P if self.has_invariant else None)
         mean = self.batch_mean(x) @ P if self.has_invariant else torch.zeros_like(x[0])
@@ -225,7 +225,7 @@ class EquivBatchNorm(nn.Module):
 
     def batch_mean(self, t: torch.Tensor) -> torch.Tensor:
         """Mean over the batch (rows); over every process of a torchrun job in the synchronised
-        subclass (pcsym.distributed)."""
+        subclass (pcsym.training.distributed)."""
         return t.mean(0)
 
     def _channel_scale(self, var: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ cores (benchmarks/README.md). The maths is the single-batch maths:
   in shard order, so results are reproducible for a shard count; they equal the unsharded ones up to
   float summation order.
 
-Used by :mod:`pcsym.train` (``--shards``) for training steps and the norms' re-estimation.
+Used by :mod:`pcsym.training.train` (``--shards``) for training steps and the norms' re-estimation.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Two scores, each with a threshold calibrated to keep ``UNKNOWN_KEEP`` of the run
 
 * **neighbour similarity** (checkpoints and numpy exports of models trained or calibrated with this
   pcsym): the cosine similarity of a shape's pooled invariant features to its k-th most similar
-  training shape (:func:`pcsym.runtime.neighbour_similarity`; deep nearest neighbours, Sun et al.,
+  training shape (:func:`pcsym.inference.runtime.neighbour_similarity`; deep nearest neighbours, Sun et al.,
   ICML 2022). The model stores the unit features of its training shapes (the *bank*, float16).
 * **max probability** (Hendrycks & Gimpel, ICLR 2017): what remains for runtimes that see only
   logits (TorchScript, ONNX) and for older checkpoints.

@@ -242,7 +242,7 @@ def knn(query: np.ndarray, keys: np.ndarray, k: int, threads: int = 1) -> np.nda
 
 def fps(pos: np.ndarray, start: np.ndarray, m: int, threads: int = 1) -> np.ndarray | None:
     """Farthest-point order (B, m) int64 of ``pos`` (B, N, 3) from the points ``start`` (B,): the loop of
-    :func:`pcsym.graph.fps_order` / :func:`pcsym.runtime.fps_order` (the same picks: the same float32 distances,
+    :func:`pcsym.geometry.graph.fps_order` / :func:`pcsym.geometry.numpy_graph.fps_order` (the same picks: the same float32 distances,
     ties to the lower index). None when the kernel is unavailable or a coordinate is not finite (the callers'
     spelling then decides, with its own NaN rules)."""
     lib = _load()

@@ -1,4 +1,4 @@
-/* The implicit kernel's per-edge MLP, fused, forward and backward, for pcsym.native (see its docstring).
+/* The implicit kernel's per-edge MLP, fused, forward and backward, for pcsym.geometry.native (see its docstring).
  *
  * For every edge: the harmonic embedding of its relative position (1, Y_1 .. Y_lmax by the recursion
  * Y_l = C_l (Y_{l-1} (x) Y_1), Gaussian radial features, invariant edge features), then each layer's

@@ -1,4 +1,4 @@
-/* k nearest neighbours of 3-D points, brute force, for pcsym.native (built on first use; see its docstring);
+/* k nearest neighbours of 3-D points, brute force, for pcsym.geometry.native (built on first use; see its docstring);
  * and farthest-point sampling (pcsym_fps, at the end of the file).
  *
  * For each query: squared distances to every key (exact (q-k)^2, float32, keys copied to a
@@ -176,7 +176,7 @@ int pcsym_knn(const float *q, const float *keys, int64_t b, int64_t m, int64_t n
   return err;
 }
 
-/* Farthest-point sampling (pcsym.graph.fps_order / pcsym.runtime.fps_order, whose loop this is): per cloud, m
+/* Farthest-point sampling (pcsym.geometry.graph.fps_order / pcsym.geometry.numpy_graph.fps_order, whose loop this is): per cloud, m
  * picks from start[c]; a point's distance to the picked set is the running minimum of its squared distances,
  * each spelled as in those functions, (dx*dx + dy*dy) + dz*dz in float32 (this file is built without FMA
  * contraction, -std=c99), so the same points are picked; a picked point's distance is set to -1 (never picked
