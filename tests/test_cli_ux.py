@@ -175,11 +175,11 @@ def test_classify_rows_show_paths_as_given_and_round_alike(tmp_path, monkeypatch
 def test_evaluate_names_the_model_and_says_what_its_group_does_not_cover(sample_dataset, tmp_path, monkeypatch):
     """`pcsym evaluate o2 --rotate so3`: the header and the PNG title name the model, a note says that o2
     is invariant only to rotations about z; the confusion matrix keeps every class name."""
-    import pcsym.plots
+    import pcsym.training.evaluate
 
     titles = []
-    real = pcsym.plots.confusion_matrix_png
-    monkeypatch.setattr(pcsym.plots, "confusion_matrix_png", lambda *a: (titles.append(a[3]), real(*a)))
+    real = pcsym.training.evaluate.confusion_matrix_png  # imported at the module's top (issue 39)
+    monkeypatch.setattr(pcsym.training.evaluate, "confusion_matrix_png", lambda *a: (titles.append(a[3]), real(*a)))
     r = run("evaluate", "o2", "--data", sample_dataset, "--rotate", "so3", "--out", tmp_path / "ev")
     assert r.exit_code == 0, r.output
     out = r.stdout.splitlines()
@@ -194,7 +194,7 @@ def test_evaluate_names_the_model_and_says_what_its_group_does_not_cover(sample_
 
 
 def test_evaluate_seed_draws_another_pass_and_the_same_seed_the_same(o2_run, sample_dataset):
-    from pcsym.evaluate import evaluate_checkpoint
+    from pcsym.training.evaluate import evaluate_checkpoint
 
     def probs(seed):
         return np.array(evaluate_checkpoint(str(o2_run), sample_dataset, rotate="so3", seed=seed,
@@ -364,7 +364,7 @@ def test_quiet_and_debug_after_the_command_reach_it():
 
 def test_data_fetch_help_lists_the_known_datasets_and_fetch_refuses_to_replace(tmp_path):
     from pcsym.cli.data import KNOWN_DATASETS
-    from pcsym.fetch import KNOWN_DATASETS as KNOWN
+    from pcsym.data.fetch import KNOWN_DATASETS as KNOWN
 
     assert KNOWN_DATASETS == tuple(KNOWN)
     shown = run("data", "fetch", "--help").stdout
@@ -399,9 +399,9 @@ def test_one_overwrite_rule_for_every_command_that_writes(o2_run, sample_dataset
 
 def test_constants_the_cli_keeps_to_stay_fast_match_the_library():
     from pcsym.cli import classify, evaluate, export
-    from pcsym.export import EXPORT_FORMATS
-    from pcsym.runtime import VOTE_ORDERS
-    from pcsym.splits import SPLITS
+    from pcsym.inference.export import EXPORT_FORMATS
+    from pcsym.inference.runtime import VOTE_ORDERS
+    from pcsym.data.splits import SPLITS
 
     assert classify.VOTE_ORDERS == VOTE_ORDERS and export.FORMATS == EXPORT_FORMATS
     assert evaluate.SPLITS == SPLITS

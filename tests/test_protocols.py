@@ -1,4 +1,4 @@
-"""benchmarks/protocols.py: the one command that scores shipped models on the official test split (the
+"""benchmarks/accuracy/protocols.py: the one command that scores shipped models on the official test split (the
 split issue 14's targets are measured on) or, without one, on each run's own validation split."""
 
 import json
@@ -9,14 +9,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pcsym.evaluate import evaluate_checkpoint
+from pcsym.training.evaluate import evaluate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "sample_data" / "modelnet10_mini"
 
 
 def _protocols(*args):
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "protocols.py"), "--threads", "1", *args],
+    return subprocess.run([sys.executable, "-m", "benchmarks.accuracy.protocols", "--threads", "1", *args],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 

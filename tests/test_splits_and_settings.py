@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from pcsym.cli import app
 from pcsym.config import ModelConfig, TrainConfig, merge_settings
-from pcsym.data import PointCloudData
-from pcsym.splits import default_split, split_indices, train_val_split
+from pcsym.data.datasets import PointCloudData
+from pcsym.data.splits import default_split, split_indices, train_val_split
 from pcsym.errors import PcsymError
-from pcsym.evaluate import metrics_from_predictions, read_prior
+from pcsym.training.evaluate import metrics_from_predictions, read_prior
 
 runner = CliRunner()
 TINY = ["--points", "256", "--widths", "16,32", "--batch-size", "8", "--threads", "1"]
@@ -133,7 +133,7 @@ def seeded_run(tmp_path_factory, sample_dataset):
 
 def test_evaluate_val_uses_the_runs_own_split(seeded_run, sample_dataset):
     """Trained with --seed 3 --val-fraction 0.1: evaluate scores exactly the 30 shapes it held out."""
-    from pcsym.data import load_dataset
+    from pcsym.data.datasets import load_dataset
 
     r = runner.invoke(app, ["evaluate", str(seeded_run), "--data", str(sample_dataset), "--json"])
     assert r.exit_code == 0, r.output
@@ -192,10 +192,10 @@ def test_evaluate_defaults_to_test_and_refuses_val_without_train(tmp_path, seede
 def test_batches_predicted_side_by_side_give_the_same_probabilities(seeded_run, sample_dataset):
     """predict runs batches on torch's threads, one each: the same probabilities (bit for bit) as one
     batch at a time, torch's thread count restored, and a failing batch raises."""
-    import pcsym.evaluate as E
-    from pcsym.checkpoint import load_model
-    from pcsym.data import load_dataset
-    from pcsym.transforms import eval_dataset
+    import pcsym.training.evaluate as E
+    from pcsym.models.checkpoint import load_model
+    from pcsym.data.datasets import load_dataset
+    from pcsym.data.transforms import eval_dataset
 
     model, _ = load_model(seeded_run)
     ds = eval_dataset(load_dataset(sample_dataset), np.arange(40), model.cfg.points, "so3", 0)

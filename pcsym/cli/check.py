@@ -43,17 +43,17 @@ def check_equivariance(
         if (checkpoint is None) == (group is None):
             raise PcsymError("give either a checkpoint or --group NAME")
         if checkpoint is not None:
-            from ..checkpoint import resolve_checkpoint
+            from ..models.checkpoint import resolve_checkpoint
 
             resolve_checkpoint(checkpoint)
         else:
-            from ..groups import get_group
+            from ..models.groups import get_group
 
             get_group(group)
         src = input or _default_sample()
         if not Path(src).exists():
             raise PcsymError("no such file (--input)", path=src)
-        from ..equivariance import check_file
+        from ..models.equivariance import check_file
 
         net, rows = check_file(src, checkpoint=checkpoint, group=group, kernel=kernel, points=points,
                                n_random=n_random, seed=seed)

@@ -8,11 +8,12 @@ from typing import List, Optional
 
 import typer
 
+from ..config import MAX_VERTICES
 from ..errors import PcsymError
 from .common import (UP_AXIS, app, column, console, debug_option, force_option, integer, json_option, options,
                      print_table, quiet_option, run, table, threads_option, up_axis_option)
 
-VOTE_ORDERS = 8  # == pcsym.runtime.VOTE_ORDERS (a test keeps them equal; runtime imports numpy)
+VOTE_ORDERS = 8  # == pcsym.inference.runtime.VOTE_ORDERS (a test keeps them equal; runtime imports numpy)
 
 
 @app.command()
@@ -25,7 +26,7 @@ def classify(
     votes: int = typer.Option(1, "--votes", parser=integer("--votes", 1, VOTE_ORDERS),
                               help=f"Average over N seeded downsamplings (1-{VOTE_ORDERS})."),
     seed: int = typer.Option(0, "--seed", parser=integer("--seed", 0), help="Seed of the surface sampling."),
-    max_vertices: int = typer.Option(2_000_000, "--max-vertices", parser=integer("--max-vertices", 1),
+    max_vertices: int = typer.Option(MAX_VERTICES, "--max-vertices", parser=integer("--max-vertices", 1),
                                      help="Refuse larger inputs."),
     up_axis: Optional[UP_AXIS] = up_axis_option(),
     out: Optional[Path] = typer.Option(None, "--out", help="Append one JSON line per input to this file as each is "
@@ -46,8 +47,8 @@ def classify(
     one input, one row per input for several). Exit 2 if any input could not be classified."""
 
     def body():
-        from ..meshes import SUPPORTED_EXTENSIONS
-        from ..predict import ResultLog, classify_files, expand_inputs, load_classifier
+        from ..data.meshes import SUPPORTED_EXTENSIONS
+        from ..inference.predict import ResultLog, classify_files, expand_inputs, load_classifier
 
         if (resume or force) and out is None:
             raise PcsymError("--resume and --force need --out FILE")

@@ -236,11 +236,11 @@ def run(body: Callable[[], object], ctx: typer.Context):
 
 
 def setup_torch(threads: int, device: str = "cpu") -> str:
-    """Set the thread count and the allocator (:mod:`pcsym.allocator`); the device to use (``auto`` resolved)."""
+    """Set the thread count and the allocator (:mod:`pcsym.training.allocator`); the device to use (``auto`` resolved)."""
     import torch
 
-    from ..allocator import keep_freed_memory
-    from ..train import resolve_device
+    from ..training.allocator import keep_freed_memory
+    from ..training.distributed import resolve_device
 
     keep_freed_memory()
     if threads:

@@ -11,7 +11,7 @@ from ..errors import PcsymError
 from .common import (DATA_FORMAT, UP_AXIS, console, data_app, debug_option, force_option, format_option, integer,
                      options, quiet_option, refuse_existing, run, up_axis_option)
 
-#: == pcsym.fetch.KNOWN_DATASETS' keys (a test keeps them equal; pcsym.fetch imports the network stack)
+#: == pcsym.data.fetch.KNOWN_DATASETS' keys (a test keeps them equal; pcsym.data.fetch imports the network stack)
 KNOWN_DATASETS = ("modelnet40_ply_hdf5_2048", "modelnet40_normal_resampled", "ModelNet40", "ModelNet10")
 
 
@@ -37,7 +37,7 @@ def data_prepare(
             raise PcsymError("no such dataset directory", path=src)
         if out is not None:
             refuse_existing([out], force)
-        from ..data import prepare
+        from ..data.datasets import prepare
 
         path = prepare(src, out=out, points=points, up_axis=up_axis or "z", fmt=fmt)
         console().print(f"cache written: {path}", markup=False)
@@ -62,7 +62,7 @@ def data_fetch(
     """Download a public ModelNet release (resumable, checksum-verified, safely extracted)."""
 
     def body():
-        from ..fetch import fetch
+        from ..data.fetch import fetch
 
         path = fetch(name, out, url=url, sha256=sha256, progress=not options(ctx).quiet, extract=not no_extract,
                      force=force)

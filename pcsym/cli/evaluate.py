@@ -14,7 +14,7 @@ from .common import (DATA_FORMAT, DEVICE, ROTATION, SAMPLING, UP_AXIS, app, chec
                      debug_option, force_option, format_option, integer, json_option, print_table, quiet_option,
                      refuse_existing, run, setup_torch, table, threads_option, up_axis_option)
 
-SPLITS = ("train", "val", "test", "all")  # == pcsym.splits.SPLITS (a test keeps them equal; splits imports numpy)
+SPLITS = ("train", "val", "test", "all")  # == pcsym.data.splits.SPLITS (a test keeps them equal; splits imports numpy)
 #: what ``evaluate --out`` writes
 OUT_FILES = ("metrics.json", "confusion.csv", "confusion.png")
 
@@ -59,7 +59,7 @@ def evaluate(
     """Overall / mean-class (/ prior-weighted) accuracy, per-class table and confusion matrix."""
 
     def body():
-        from ..checkpoint import resolve_checkpoint
+        from ..models.checkpoint import resolve_checkpoint
 
         resolve_checkpoint(checkpoint)  # every argument is checked before torch is imported
         check_dataset(data)
@@ -69,7 +69,7 @@ def evaluate(
             if out.exists() and not out.is_dir():
                 raise PcsymError("--out exists and is not a folder", path=out)
             refuse_existing([out / name for name in OUT_FILES], force)
-        from ..evaluate import evaluate_checkpoint, invariance_note, write_eval_outputs
+        from ..training.evaluate import evaluate_checkpoint, invariance_note, write_eval_outputs
 
         dev = setup_torch(threads, device)
         m = evaluate_checkpoint(checkpoint, data, split=split, rotate=rotate, votes=votes, prior=prior,

@@ -9,7 +9,7 @@ import typer
 
 from .common import app, choice, console, debug_option, force_option, quiet_option, refuse_existing, run
 
-FORMATS = ("torchscript", "onnx", "numpy")  # == pcsym.export.EXPORT_FORMATS (a test keeps them equal)
+FORMATS = ("torchscript", "onnx", "numpy")  # == pcsym.inference.export.EXPORT_FORMATS (a test keeps them equal)
 SUFFIXES = {"torchscript": ".ts", "onnx": ".onnx", "numpy": ".npz"}
 
 
@@ -30,12 +30,11 @@ def export(
     """Export to TorchScript, ONNX or numpy: runs with plain torch / onnxruntime / numpy, same logits."""
 
     def body():
-        from ..checkpoint import resolve_checkpoint
+        from ..models.checkpoint import load_model, resolve_checkpoint
 
         target = out or resolve_checkpoint(checkpoint).with_suffix(SUFFIXES[fmt])
         refuse_existing([target], force)
-        from ..checkpoint import load_model
-        from ..export import export_model
+        from ..inference.export import export_model
 
         model, ckpt = load_model(checkpoint)
         export_model(model, target, fmt, ckpt.get("unknown_threshold"), ckpt.get("unknown"))

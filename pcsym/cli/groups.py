@@ -12,7 +12,7 @@ from .common import app, column, console, debug_option, json_option, print_table
 @app.command()
 def groups(as_json: bool = json_option(), _quiet: bool = quiet_option(), _debug: bool = debug_option()):
     """List the supported symmetry groups (z is up)."""
-    from ..groups import GROUPS
+    from ..models.groups import GROUPS
 
     rows = [{"name": s.name, "description": s.description, "escnn": f"escnn.gspaces.{s.constructor}",
              "order": "continuous" if s.continuous else s.order,

@@ -186,7 +186,7 @@ def _refuse_finished(out: Path, epochs: int) -> None:
 
 
 def _model_config_of(checkpoint: str) -> dict:
-    from ..checkpoint import read_checkpoint
+    from ..models.checkpoint import read_checkpoint
 
     return read_checkpoint(checkpoint)["model_config"]
 
@@ -195,7 +195,7 @@ def _train_with_progress(mcfg, tcfg, resume: bool, quiet: bool, changes: list):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from ..config import complete_message
-    from ..train import train as run_train
+    from ..training.train import train as run_train
 
     main = int(os.environ.get("RANK", "0")) == 0  # in a torchrun job only rank 0 reports
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
