@@ -37,7 +37,8 @@ def test_the_schedule_reads_its_settings_from_the_config():
 
 
 def test_a_config_file_sets_them_and_impossible_values_are_refused(tmp_path):
-    flags = {**ModelConfig().to_dict(), **TrainConfig().to_dict(), "out": str(tmp_path / "run")}
+    # a dataset is named: merge_settings itself requires one unless resuming (issue 41)
+    flags = {**ModelConfig().to_dict(), **TrainConfig().to_dict(), "out": str(tmp_path / "run"), "data": str(tmp_path)}
     cfg = tmp_path / "c.yaml"
     cfg.write_text("momentum: 0.5\nanisotropic_range: [0.9, 1.1]\nradial_max: 2.0\nbasis_rings: 4\n")
     m, t = merge_settings(flags, explicit=set(), config_file=cfg)
