@@ -24,7 +24,7 @@ from .errors import PcsymError
 
 # The allowed values of every enumerated setting (the CLI, the configs and the data layer use these).
 KERNELS = ("implicit", "basis")  # == models.layers.KERNELS' keys (a test keeps them equal)
-SAMPLINGS = ("random", "fps", "random-fps")  # see pcsym.graph.sampling_order
+SAMPLINGS = ("random", "fps", "random-fps")  # see pcsym.geometry.graph.sampling_order
 ROTATIONS = ("none", "z", "so3")
 SCHEDULES = ("cosine", "step")
 UP_AXES = ("y", "z")
@@ -39,6 +39,9 @@ EDGE_FEATURES = ("none", "ppf", "ppf+normals")
 #: class balancing of training: none, a class-weighted loss, or a class-balanced sampler
 BALANCES = ("none", "loss", "sampler")
 OPTIMIZERS = ("adamw", "sgd")
+#: the most vertices (or points) an input file may have: larger ones are refused before they are parsed (the
+#: readers' limit; ``classify --max-vertices``)
+MAX_VERTICES = 2_000_000
 
 
 def check_choice(value, choices: tuple[str, ...], what: str):
@@ -116,6 +119,14 @@ class ModelConfig(_Config):
     kernel_layers: int = 2
     lmax: int = 2  # degree of the harmonic-polynomial embedding
     n_radial: int = 4
+    #: the implicit kernel's radial Gaussians are centred from 0 to radial_max (neighbour offsets are scaled to a
+    #: mean length of 1 per cloud)
+    radial_max: float = 2.5
+    #: the basis kernel (escnn's R3PointConv, the paper's baseline): radius of its rings, their number, and its
+    #: angular frequency cutoff
+    basis_radius: float = 3.0
+    basis_rings: int = 3
+    basis_cutoff: float = 2.0
     use_normals: bool = True
     use_positions: bool = True  # centred positions as an input vector field (global shape context)
     #: where the training normals came from: 0 = the data's own (mesh faces, files); P > 0 = PCA
@@ -166,7 +177,7 @@ class ModelConfig(_Config):
         return super().from_dict(d)
 
     def validate(self) -> "ModelConfig":
-        from .groups import get_group
+        from .models.groups import get_group  # here, not at the top: `pcsym --help` imports config, not numpy
 
         get_group(self.group)
         check_choice(self.kernel, KERNELS, "kernel")
@@ -190,6 +201,8 @@ class ModelConfig(_Config):
             raise PcsymError(f"{self.points} points are too few for strides {self.strides} with k={self.k}")
         if self.max_freq is not None and not 0 <= self.max_freq <= 4:
             raise PcsymError(f"max_freq must be between 0 and 4, got {self.max_freq}")
+        if min(self.radial_max, self.basis_radius, self.basis_cutoff) <= 0 or self.basis_rings < 1:
+            raise PcsymError("radial_max, basis_radius and basis_cutoff must be positive and basis_rings at least 1")
         return self
 
 
@@ -204,19 +217,25 @@ class TrainConfig(_Config):
     lr: float = 2e-3
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # cosine | step
+    warmup: float = 0.1  # linear warm-up over this fraction of all steps, at most one epoch
+    lr_floor: float = 0.01  # cosine: the rate falls to this fraction of --lr
+    step_factor: float = 0.5  # step: the rate is multiplied by this every epochs // step_stages epochs
+    step_stages: int = 3
     label_smoothing: float = 0.1
     seed: int = 0
     val_fraction: float = 0.2
     train_fraction: float = 1.0  # part of the training split used (learning curves; validation unchanged)
     rotate: str = "z"  # none | z | so3 (train-time augmentation)
     jitter: float = 0.01
+    jitter_clip: float = 0.05  # the jitter is clipped to +-jitter_clip
     scale: tuple[float, ...] = (0.8, 1.2)  # range of the random isotropic scale factor
     anisotropic_scale: bool = False
+    anisotropic_range: tuple[float, ...] = (0.8, 1.25)  # range of the per-axis factors of --anisotropic-scale
     point_dropout: float = 0.0
     workers: int = 0
     device: str = "cpu"
     threads: int = 0  # 0 = torch default
-    shards: int = 0  # batch shards run side by side on threads (pcsym.shards); 0 = one per CPU thread
+    shards: int = 0  # batch shards run side by side on threads (pcsym.models.shards); 0 = one per CPU thread
     max_steps: int = 0  # stop each epoch after this many steps (0 = full epoch); for smoke tests
     eval_rotate: str = "z"  # rotation applied to validation clouds (z-rotated validation by default)
     bn_batches: int = 32  # training batches used to re-estimate normalisation statistics after each epoch
@@ -224,9 +243,10 @@ class TrainConfig(_Config):
     init: str | None = None  # fine-tune: shipped model name or checkpoint whose trunk starts the run
     freeze_trunk: bool = False  # fine-tune: train only the head
     balance: str = "none"  # none | loss | sampler (see BALANCES)
-    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
-    ema: float = 0.0  # decay of the weights' moving average that is validated and saved (0 = off; pcsym.ema)
-    mix: float = 0.0  # probability that a training shape gets a part of another (point CutMix; pcsym.mix)
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9  # SGD's momentum
+    ema: float = 0.0  # decay of the weights' moving average that is validated and saved (0 = off; pcsym.training.ema)
+    mix: float = 0.0  # probability that a training shape gets a part of another (point CutMix; pcsym.training.mix)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -247,8 +267,8 @@ class TrainConfig(_Config):
         check_choice(self.select, SELECT_METRICS, "--select")
         check_choice(self.balance, BALANCES, "--balance")
         check_choice(self.optimizer, OPTIMIZERS, "--optimizer")
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise PcsymError(f"--scale needs 0 < LOW <= HIGH, got '{','.join(f'{s:g}' for s in self.scale)}'")
+        _check_range("--scale", self.scale)
+        _check_range("anisotropic_range", self.anisotropic_range)
         if not 0 <= self.point_dropout < 1 or not 0 < self.val_fraction < 1:
             raise PcsymError("--point-dropout must be in [0, 1) and --val-fraction in (0, 1)")
         if not 0 < self.train_fraction <= 1:
@@ -259,22 +279,63 @@ class TrainConfig(_Config):
             raise PcsymError(f"--mix must be in [0, 1] (the probability a training shape is mixed), got {self.mix:g}")
         if self.shards < 0:
             raise PcsymError("--shards must be 0 (one per CPU thread) or more")
+        if not (0 <= self.momentum < 1 and 0 <= self.warmup <= 1 and 0 <= self.lr_floor <= 1 and self.step_factor > 0
+                and self.step_stages >= 1 and self.jitter_clip >= 0):
+            raise PcsymError("momentum must be in [0, 1), warmup and lr_floor in [0, 1], step_factor positive, "
+                             "step_stages at least 1 and jitter_clip 0 or more")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise PcsymError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("seed", "max_steps", "bn_batches", "workers", "threads"):
+            if getattr(self, name) < 0:
+                raise PcsymError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if not self.lr > 0 or not self.weight_decay >= 0 or not self.jitter >= 0:
+            raise PcsymError("--lr must be greater than 0, --weight-decay and --jitter at least 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise PcsymError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing:g}")
         return self
 
 
 #: model settings that shape the equivariant trunk: a fine-tuned run takes them from its --init model
 TRUNK_FIELDS = ("group", "kernel", "widths", "strides", "invariant_dims", "max_freq", "kernel_dims", "kernel_layers",
-                "lmax", "n_radial", "use_normals", "use_positions", "edge_features", "depth")
+                "lmax", "n_radial", "radial_max", "basis_radius", "basis_rings", "basis_cutoff", "use_normals",
+                "use_positions", "edge_features", "depth")
 
 #: model settings a fine-tuned run takes from its --init model unless given: the neighbourhood and downsampling
 #: its trunk was trained with (the shipped so3: k = 16, random-fps), which a fine-tune may change
 INIT_DEFAULTS = ("k", "sampling")
 
-#: settings a resumed run does not take from its saved config: where to read and write, the machine
-MACHINE_SETTINGS = ("data", "out", "device", "threads", "shards", "workers")
+#: settings a resumed run does not take from its saved config: where to write, the machine (``data``: the
+#: run's own unless given)
+MACHINE_SETTINGS = ("out", "device", "threads", "shards", "workers")
+
+#: model settings a resumed run may change: the rest shape the trained weights (or what they compute), so a
+#: different value is refused; ``points`` only changes the clouds fed to the same weights (a note, recorded)
+RESUME_MODEL_CHANGES = ("points",)
+
+#: train settings a resumed run changes without a note: raising the epoch count is how a run is continued
+RESUME_SILENT = ("epochs",)
+
+
+def show_value(value) -> str:
+    """A setting's value as its flag spells it: ``16,32`` for a tuple, ``default`` for None, on/off."""
+    if value is None:
+        return "default"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def complete_message(done: int, epochs: int) -> str:
+    """What resuming a finished run says (it exits 0: nothing failed, nothing was left to do)."""
+    return f"run already complete ({done}/{epochs} epochs); raise --epochs to continue"
+
+
+def flag_name(key: str) -> str:
+    return {"use_positions": "--positions", "data_format": "--format"}.get(
+        key, "--" + key.replace("_", "-"))
 
 
 def read_config_file(path: Path) -> dict:
@@ -315,7 +376,8 @@ def read_run_config(out: Path) -> dict:
 
 def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = None, resume: bool = False,
                    aliases: dict[str, str] | None = None,
-                   init_model: Callable[[str], dict] | None = None) -> tuple[ModelConfig, TrainConfig]:
+                   init_model: Callable[[str], dict] | None = None,
+                   changes: list | None = None) -> tuple[ModelConfig, TrainConfig]:
     """The model and train configs of a ``train`` command, validated.
 
     ``flags`` maps setting names to values (every flag, defaults included); ``explicit`` names
@@ -323,16 +385,24 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
     (``resume``: from ``flags["out"]``/config.json, except :data:`MACHINE_SETTINGS`), the config
     file, explicit flags. ``aliases`` lets a config file use a flag's spelling for a setting
     (``positions`` for ``use_positions``). Keys that are not settings (``resume``, ...) are ignored.
+
+    Resuming, a model setting (flag or config file) that differs from the run's is an error naming the
+    flag and the run's value, except :data:`RESUME_MODEL_CHANGES`; every other setting that differs
+    (but :data:`RESUME_SILENT`) is appended to ``changes`` as ``{"setting", "from", "to"}``, for the
+    caller to report and record.
     When the merged settings name an ``init`` model, ``init_model(init)`` (its model config, read from
     the checkpoint) fixes the :data:`TRUNK_FIELDS`; a flag or config-file value that contradicts it is an
     error. The :data:`INIT_DEFAULTS` come from the model too unless given (or resumed).
     """
     names = ModelConfig.field_names() | TrainConfig.field_names()
     merged = {k: v for k, v in flags.items() if k in names}
+    saved: dict = {}
     if resume:
-        for key, value in read_run_config(Path(str(flags["out"]))).items():
-            if key not in MACHINE_SETTINGS and key != "class_names":
-                merged[key] = value
+        saved = {k: v for k, v in read_run_config(Path(str(flags["out"]))).items()
+                 if k not in MACHINE_SETTINGS and k != "class_names"}
+        if "data" in saved and not saved["data"]:
+            del saved["data"]
+        merged.update(saved)
     file_keys = set()
     if config_file is not None:
         for key, value in read_config_file(config_file).items():
@@ -342,6 +412,8 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
             merged[key] = value
             file_keys.add(key)
     merged.update({k: v for k, v in flags.items() if k in explicit and k in names})
+    if saved:
+        _check_resume(merged, saved, explicit | file_keys, str(flags["out"]), changes)
     if merged.get("init") and init_model is not None:
         trunk = ModelConfig.from_dict(init_model(str(merged["init"]))).to_dict()  # older checkpoints: defaults
         for key in TRUNK_FIELDS:
@@ -354,6 +426,9 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
         for key in INIT_DEFAULTS:
             if key not in explicit and key not in file_keys and not resume:
                 merged[key] = trunk[key]
+    if not merged.get("data"):
+        raise PcsymError("missing --data: the dataset to train on (a folder or a cache .npz)" if not resume else
+                         "missing --data: the run records no dataset; give it with --data")
     n_layers = len(ModelConfig.parse("widths", merged["widths"]))
     if "strides" not in merged or len(ModelConfig.parse("strides", merged["strides"])) != n_layers:
         merged["strides"] = default_strides(n_layers)  # strides follow the widths unless a run saved its own
@@ -362,6 +437,27 @@ def merge_settings(flags: dict, explicit: set[str], config_file: Path | None = N
     train = TrainConfig.from_dict({k: v for k, v in merged.items() if k in split["train"]})
     model.class_names = model.class_names or ["?"]
     return model.validate(), train.validate()
+
+
+def _check_resume(merged: dict, saved: dict, given: set[str], out: str, changes: list | None) -> None:
+    """A resumed run keeps its model: a given model setting that differs from the run's is refused; other
+    settings that differ are listed in ``changes``."""
+    model_keys = ModelConfig.field_names()
+    for key in sorted(given & set(saved), key=lambda k: (k not in model_keys, k)):
+        cls = ModelConfig if key in model_keys else TrainConfig
+        mine, theirs = cls.parse(key, merged[key]), cls.parse(key, saved[key])
+        if mine == theirs or (key == "data" and Path(mine).resolve() == Path(theirs).resolve()):
+            continue
+        if key in model_keys and key not in RESUME_MODEL_CHANGES:
+            raise PcsymError(f"{flag_name(key)} {show_value(mine)} differs from the run in {out.rstrip('/')}/, whose "
+                             f"model has {key}={show_value(theirs)}; drop it to resume the run (or start a new run "
+                             "with --force)")
+        if key not in RESUME_SILENT and changes is not None:
+            changes.append({"setting": key, "from": theirs, "to": mine})
+def _check_range(name: str, values) -> None:
+    """A LOW,HIGH range of positive factors (``--scale``, ``anisotropic_range``)."""
+    if len(values) != 2 or not 0 < values[0] <= values[1]:
+        raise PcsymError(f"{name} needs 0 < LOW <= HIGH, got '{','.join(f'{s:g}' for s in values)}'")
 
 
 def _prod(xs) -> int:

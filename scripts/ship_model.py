@@ -12,26 +12,36 @@ from pathlib import Path
 import torch
 
 from pcsym.config import ModelConfig
-from pcsym.checkpoint import _state_to_plain, load_model, save_checkpoint
-from pcsym.export import export_model
+from pcsym.data.datasets import load_dataset
+from pcsym.inference.export import export_model
+from pcsym.models.checkpoint import PRETRAINED_DIR, _state_to_plain, load_model, save_checkpoint
 
-run, name = Path(sys.argv[1]), sys.argv[2]
-src = run / "best.pt" if run.is_dir() else run
-ckpt = torch.load(src, map_location="cpu", weights_only=False)
-ckpt = _state_to_plain(ckpt)
-if "estimated_normals" not in ckpt["model_config"]:  # trained before the field existed: ask its training data
-    from pcsym.data import load_dataset
 
-    tc, mc = ckpt["train_config"], ckpt["model_config"]
-    data = load_dataset(tc["data"], points=mc["points"], up_axis=tc.get("up_axis"), fmt=tc.get("data_format"))
-    mc["estimated_normals"] = data.estimated_normals
-dest = Path("pcsym/pretrained") / f"{name}.pt"
-tmp = dest.with_name(f"{name}.shipping.pt")
-torch.save(ckpt, tmp)  # plain again; now rebuild through the normal loader
-model, _ = load_model(tmp)
-keep = {k: ckpt[k] for k in ("epoch", "best_val_acc", "history", "train_config", "val_accuracy", "unknown_threshold",
-                             "unknown") if k in ckpt}
-save_checkpoint(dest, model, ModelConfig.from_dict(ckpt["model_config"]), keep)
-tmp.unlink()
-export_model(model, dest.with_suffix(".npz"), "numpy", ckpt.get("unknown_threshold"), ckpt.get("unknown"))
-print(f"shipped {dest} (+ .npz): epoch {ckpt.get('epoch', 0) + 1}, val acc {ckpt.get('best_val_acc')}")
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) != 2:
+        print(__doc__.split("\n\n")[1].splitlines()[0], file=sys.stderr)
+        return 2
+    run, name = Path(argv[0]), argv[1]
+    src = run / "best.pt" if run.is_dir() else run
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    ckpt = _state_to_plain(ckpt)
+    if "estimated_normals" not in ckpt["model_config"]:  # trained before the field existed: ask its training data
+        tc, mc = ckpt["train_config"], ckpt["model_config"]
+        data = load_dataset(tc["data"], points=mc["points"], up_axis=tc.get("up_axis"), fmt=tc.get("data_format"))
+        mc["estimated_normals"] = data.estimated_normals
+    dest = PRETRAINED_DIR / f"{name}.pt"
+    tmp = dest.with_name(f"{name}.shipping.pt")
+    torch.save(ckpt, tmp)  # plain again; now rebuild through the normal loader
+    model, _ = load_model(tmp)
+    keep = {k: ckpt[k] for k in ("epoch", "best_val_acc", "history", "train_config", "val_accuracy", "unknown_threshold",
+                                 "unknown") if k in ckpt}
+    save_checkpoint(dest, model, ModelConfig.from_dict(ckpt["model_config"]), keep)
+    tmp.unlink()
+    export_model(model, dest.with_suffix(".npz"), "numpy", ckpt.get("unknown_threshold"), ckpt.get("unknown"))
+    print(f"shipped {dest} (+ .npz): epoch {ckpt.get('epoch', 0) + 1}, val acc {ckpt.get('best_val_acc')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,4 @@
-import importlib.util
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,22 +13,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("PCSYM_CACHE_DIR", tempfile.mkdtemp(prefix="pcsym-test-cache-"))
 
 
-def load_script(relpath: str):
-    """A script of the repository (``benchmarks/peers.py``, ``scripts/fuzz_readers.py``) as a module;
-    its folder goes on sys.path first, for the helpers it imports from beside it."""
-    path = ROOT / relpath
-    if str(path.parent) not in sys.path:
-        sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory):
     """The shipped ModelNet10 subset, prepared once into a cache in a temp dir."""
-    from pcsym.data import prepare
+    from pcsym.data.datasets import prepare
 
     out = tmp_path_factory.mktemp("cache") / "mini.npz"
     return prepare(SAMPLE / "modelnet10_mini", out=out, points=1024)

@@ -1,4 +1,4 @@
-"""pcsym.allocator: with glibc's defaults, a step's big temporaries are mapped afresh every step (page
+"""pcsym.training.allocator: with glibc's defaults, a step's big temporaries are mapped afresh every step (page
 faults, kernel time); after keep_freed_memory() the freed pages are reused. Counted, not timed."""
 
 import subprocess
@@ -10,7 +10,7 @@ STEPS = """
 import resource, sys
 import numpy as np
 if sys.argv[1] == "tuned":
-    from pcsym.allocator import keep_freed_memory
+    from pcsym.training.allocator import keep_freed_memory
     assert keep_freed_memory() and keep_freed_memory()  # idempotent
 def step():  # temporaries of 1-24 MB alive together, then freed, like a training step's
     live = [np.ones(n) for n in (1 << 17, 3 << 19, 1 << 21, 5 << 18, 1 << 20, 3 << 20)]

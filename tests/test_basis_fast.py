@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pcsym.config import ModelConfig
-from pcsym.equivariance import check_model
-from pcsym.groups import resolve
+from pcsym.models.equivariance import check_model
+from pcsym.models.groups import resolve
 from pcsym.models import layers
 from pcsym.models.basis import FastBasisKernelConv, harmonic_cobs
 from pcsym.models.classifier import build_model, count_parameters
@@ -172,7 +172,7 @@ def test_check_equivariance_cli_with_basis_kernel():
 def test_checkpoint_of_the_escnn_sampled_basis_model_loads(mode, tmp_path, monkeypatch):
     """A checkpoint written by the escnn-sampled basis model (state_dict keys ``pc.*``, in train or eval mode)
     loads into the fast model and gives the same logits."""
-    from pcsym.checkpoint import load_model, save_checkpoint
+    from pcsym.models.checkpoint import load_model, save_checkpoint
 
     cfg = ModelConfig(group="o2", kernel="basis", points=128, widths=(16, 24), strides=(2, 4), invariant_dims=8,
                       class_names=["a", "b", "c"])
@@ -204,8 +204,8 @@ def test_numpy_export_of_a_basis_model_gives_its_logits(name, tmp_path):
     """The numpy runtime reproduces a basis-kernel model (export format version 2; implicit models stay 1)."""
     import json
 
-    from pcsym.export import export_model
-    from pcsym.runtime import NumpyClassifier
+    from pcsym.inference.export import export_model
+    from pcsym.inference.runtime import NumpyClassifier
 
     torch.manual_seed(1)
     cfg = ModelConfig(group=name, kernel="basis", points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16,
@@ -229,7 +229,7 @@ def test_numpy_export_of_a_basis_model_gives_its_logits(name, tmp_path):
 
 
 def test_torchscript_and_onnx_export_of_a_basis_model(tmp_path):
-    from pcsym.export import ScriptedClassifier, export_model, prepare_inputs
+    from pcsym.inference.export import ScriptedClassifier, export_model, prepare_inputs
 
     torch.manual_seed(2)
     cfg = ModelConfig(group="o2", kernel="basis", points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16,
@@ -250,7 +250,7 @@ def test_torchscript_and_onnx_export_of_a_basis_model(tmp_path):
 def test_compiled_aggregation_and_torch_spelling_agree():
     """The fast conv's training path (compiled aggregation over packed columns, per-entry weight expansion)
     equals the plain torch spelling, values and gradients."""
-    from pcsym.graph import gather, knn
+    from pcsym.geometry.graph import gather, knn
     from pcsym.models import fused
 
     _, fast = _pair("o2")

@@ -184,8 +184,8 @@ def test_classify_shipped_model_runs_without_torch_and_matches_its_checkpoint(sa
     meshes and for clouds without normals (estimated in numpy); the answer must be the checkpoint's."""
     import numpy as np
 
-    from pcsym.checkpoint import resolve_checkpoint
-    from pcsym.meshes import load_cloud
+    from pcsym.models.checkpoint import resolve_checkpoint
+    from pcsym.data.meshes import load_cloud
 
     code = ("import sys\nfrom pcsym.cli import main\n"
             "sys.argv = ['pcsym', 'classify', sys.argv[1], '--json', '--votes', '3']\n"
@@ -287,9 +287,9 @@ def test_garbage_and_foreign_checkpoints(tmp_path):
 def test_export_torchscript_onnx_and_numpy_give_the_same_logits(tiny_run, tmp_path, sample_mesh):
     import numpy as np
 
-    from pcsym.checkpoint import load_model
-    from pcsym.export import ScriptedClassifier, prepare_inputs
-    from pcsym.meshes import load_cloud
+    from pcsym.models.checkpoint import load_model
+    from pcsym.inference.export import ScriptedClassifier, prepare_inputs
+    from pcsym.data.meshes import load_cloud
 
     assert run("export", tiny_run, "--out", tmp_path / "m.ts").exit_code == 0
     assert run("export", tiny_run, "--format", "onnx", "--out", tmp_path / "m.onnx").exit_code == 0
@@ -305,7 +305,7 @@ def test_export_torchscript_onnx_and_numpy_give_the_same_logits(tiny_run, tmp_pa
     pp, nn_ = prepare_inputs(p, n, model.cfg)
     out = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"pos": pp.numpy(), "normals": nn_.numpy()})[0]
     assert np.abs(out - ref.numpy()).max() < 1e-4
-    from pcsym.runtime import NumpyClassifier
+    from pcsym.inference.runtime import NumpyClassifier
 
     assert np.abs(NumpyClassifier(tmp_path / "m.npz")(p.numpy(), n.numpy()) - ref.numpy()).max() < 1e-4
     answers = []
@@ -344,7 +344,7 @@ def test_config_file_with_flag_override(tmp_path, sample_dataset):
     for bad_flag, msg in ((["--schedule", "linear"], "unknown --schedule 'linear'"),
                           (["--scale", "1.2,0.8"], "--scale needs 0 < LOW <= HIGH"),
                           (["--eval-rotate", "x"], "unknown --eval-rotate 'x'"),
-                          (["--max-freq", "9"], "max_freq must be between 0 and 4")):
+                          (["--max-freq", "9"], "--max-freq must be between 0 and 4, got 9")):
         r = run("train", "--data", sample_dataset, "--out", tmp_path / "y", *bad_flag)
         assert r.exit_code == 2 and msg in r.stderr, r.output
     bad = tmp_path / "bad.yaml"

@@ -1,4 +1,4 @@
-"""Tests for pcsym.data: layout detection, the three readers, the cache, splits, augmentation."""
+"""Tests for pcsym.data.datasets: layout detection, the three readers, the cache, splits, augmentation."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from pcsym import data as D
-from pcsym.data import PointCloudData, detect_format, load_dataset, prepare
-from pcsym.splits import train_val_split
+from pcsym.data import datasets as D
+from pcsym.data.datasets import PointCloudData, detect_format, load_dataset, prepare
+from pcsym.data.splits import train_val_split
 from pcsym.errors import PcsymError
-from pcsym.meshes import Y_UP_TO_Z_UP, normalize, read_geometry, read_point_table
-from pcsym.transforms import PointCloudDataset, rotation_matrix
+from pcsym.data.meshes import Y_UP_TO_Z_UP, normalize, read_geometry, read_point_table
+from pcsym.data.transforms import PointCloudDataset, rotation_matrix
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -152,7 +152,7 @@ def test_off_reader_samples_surfaces(off_dir):
 
 def sample_surface_reference(g):
     """Normalized mesh vertices (the bbox of the normalized surface samples is within theirs)."""
-    from pcsym.meshes import sample_surface
+    from pcsym.data.meshes import sample_surface
 
     pts, _ = sample_surface(g.vertices, g.faces, 20000, np.random.default_rng(0))
     centred = pts - pts.mean(0)
@@ -361,8 +361,8 @@ def test_dataset_in_dataloader(h5_dir):
 def test_estimated_normals_for_data_with_its_own(nr_dir):
     """What evaluate feeds a model trained on estimated normals: a seeded subset of the model's cloud
     size with PCA normals estimated in it; the loaded data is left as it was."""
-    from pcsym.data import with_estimated_normals
-    from pcsym.runtime import estimate_normals
+    from pcsym.data.datasets import with_estimated_normals
+    from pcsym.geometry.numpy_graph import estimate_normals
 
     d = load_dataset(nr_dir, points=128)
     given = d.normals.copy()

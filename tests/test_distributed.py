@@ -15,7 +15,7 @@ from .conftest import SAMPLE
 SCRIPT = """
 import sys
 from pcsym.config import ModelConfig, TrainConfig
-from pcsym.train import train
+from pcsym.training.train import train
 data, out = sys.argv[1], sys.argv[2]
 # no dropout, farthest-point order: nothing random is drawn differently by 1 or 2 processes
 mcfg = ModelConfig(group="m", points=256, widths=(8, 16), strides=(2, 4), invariant_dims=16, sampling="fps",

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pcsym.config import ModelConfig
-from pcsym.equivariance import check_model
-from pcsym.groups import GROUPS, get_group, gspace, resolve
+from pcsym.models.equivariance import check_model
+from pcsym.models.groups import GROUPS, get_group, gspace, resolve
 from pcsym.models.classifier import build_model
 from pcsym.models.layers import (BasisKernelConv, ImplicitKernelConv, channel_types, channels_for,
                                  direct_sum_matrix, type_size)
@@ -115,8 +115,8 @@ def test_model_is_invariant_and_layers_equivariant(name):
 def test_numpy_export_gives_the_models_logits(name, tmp_path):
     """The numpy runtime (classify's torch-free path) is a second forward pass: pin it to the model,
     with non-trivial batch-norm statistics, gated (continuous) and regular (finite) fields."""
-    from pcsym.export import export_model
-    from pcsym.runtime import NumpyClassifier
+    from pcsym.inference.export import export_model
+    from pcsym.inference.runtime import NumpyClassifier
 
     torch.manual_seed(1)
     cfg = ModelConfig(group=name, points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16,
@@ -185,8 +185,8 @@ def test_edge_feature_model_is_invariant_and_exports(name, edges, tmp_path):
     """--edge-features ppf (point-pair invariants fed to every kernel MLP) and ppf+normals (the two normals
     as vector fields besides) keep the model exactly invariant, change what it computes, and the numpy
     runtime reproduces it."""
-    from pcsym.export import export_model
-    from pcsym.runtime import NumpyClassifier
+    from pcsym.inference.export import export_model
+    from pcsym.inference.runtime import NumpyClassifier
 
     torch.manual_seed(0)
     base = dict(group=name, points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16,
@@ -227,8 +227,8 @@ def test_farthest_point_sampling_models_are_invariant_end_to_end_and_export(samp
     logits still agree to float64 rounding. The numpy runtime computes the same orders and logits."""
     from scipy.spatial.transform import Rotation
 
-    from pcsym.export import export_model
-    from pcsym.runtime import NumpyClassifier
+    from pcsym.inference.export import export_model
+    from pcsym.inference.runtime import NumpyClassifier
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(group="so3", points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16,
@@ -261,8 +261,8 @@ def test_residual_blocks_keep_the_model_invariant_and_export(name, tmp_path, mon
     """--depth 2: a residual block (f + block(f)) on each stage's own points after the downsampling one.
     Every layer stays equivariant, the shortcut changes what the model computes, and the numpy runtime
     reproduces it."""
-    from pcsym.export import export_model
-    from pcsym.runtime import NumpyClassifier
+    from pcsym.inference.export import export_model
+    from pcsym.inference.runtime import NumpyClassifier
 
     torch.manual_seed(0)
     cfg = ModelConfig(group=name, points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16, depth=(2,),

@@ -1,4 +1,4 @@
-"""Tests for pcsym.fetch: downloads from a local 127.0.0.1 server, resume, checksums,
+"""Tests for pcsym.data.fetch: downloads from a local 127.0.0.1 server, resume, checksums,
 hostile archives.  No test touches the network beyond the loopback interface."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pcsym.errors import PcsymError
-from pcsym.fetch import KNOWN_DATASETS, download, fetch, safe_extract
+from pcsym.data.fetch import KNOWN_DATASETS, download, fetch, safe_extract
 
 
 # --------------------------------------------------------------------------- local server

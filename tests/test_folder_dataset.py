@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pcsym.cli import app
-from pcsym.data import detect_format, load_dataset
-from pcsym.splits import split_indices
+from pcsym.data.datasets import detect_format, load_dataset
+from pcsym.data.splits import split_indices
 from pcsym.errors import PcsymError
 
 from .conftest import SAMPLE

@@ -1,4 +1,4 @@
-"""The compiled per-edge MLP and neighbour aggregation (pcsym/native/edge.c, agg.c through
+"""The compiled per-edge MLP and neighbour aggregation (pcsym/geometry/native/edge.c, agg.c through
 pcsym.models.fused): the same values and gradients as the torch spelling, for every kind of kernel MLP
 and every feature width, and a clean fallback."""
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pcsym import native
+from pcsym.geometry import native
 from pcsym.config import ModelConfig
-from pcsym.groups import resolve
-from pcsym.graph import gather
+from pcsym.models.groups import resolve
+from pcsym.geometry.graph import gather
 from pcsym.models import fused
 from pcsym.models.classifier import build_model
 from pcsym.models.layers import ImplicitKernelConv, channel_types
@@ -175,7 +175,7 @@ def test_a_short_training_run_gives_the_same_loss_curve(sample_dataset, tmp_path
     with the compiled MLP and with torch's: the same loss curve and validation accuracies within float
     tolerance (the kernel sums in another order, so not bit for bit)."""
     from pcsym.config import TrainConfig
-    from pcsym.train import train
+    from pcsym.training.train import train
 
     mcfg = dict(group="so3", points=256, widths=(12, 16), strides=(2, 4), invariant_dims=16, edge_features="ppf")
     common = dict(data=str(sample_dataset), batch_size=16, seed=0, threads=2, rotate="so3", eval_rotate="so3",

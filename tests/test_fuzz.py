@@ -8,7 +8,8 @@ hang or allocate memory out of proportion to the file; it is read, or refused wi
 * pathological but valid files (millions of degenerate faces, one enormous line) within seconds;
 * absurd header counts refused before allocating (peak memory measured in a subprocess).
 
-The mutation engine lives in scripts/fuzz_readers.py, which also runs longer campaigns.
+The mutation engine lives in tests/fuzz_readers.py, which also runs longer campaigns
+(``python -m tests.fuzz_readers --help``).
 """
 
 from __future__ import annotations
@@ -24,12 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import load_script
+from . import fuzz_readers as fz
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MESHES = Path(__file__).resolve().parents[2] / "shared" / "meshes"
-
-fz = load_script("scripts/fuzz_readers.py")
 
 SEED = 20240613
 N_MUTANTS = 400  # ~25 s on 2 cores: every (seed file, mutation) pair once, then random stacks
@@ -185,7 +184,7 @@ def test_pathological_valid_files_finish_in_seconds(tmp_path):
     r = _python("""
         import json, sys, time
         from pcsym.errors import PcsymError
-        from pcsym.meshes import load_cloud
+        from pcsym.data.meshes import load_cloud
         out = {}
         for f in sys.argv[1:]:
             t = time.perf_counter()
@@ -243,7 +242,7 @@ def test_absurd_counts_are_refused_before_allocating(tmp_path):
     r = _python("""
         import json, resource, sys, tracemalloc
         from pcsym.errors import PcsymError
-        from pcsym.meshes import read_geometry
+        from pcsym.data.meshes import read_geometry
         def rss():  # peak resident set size so far, bytes (ru_maxrss is KiB on Linux)
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         base = rss()

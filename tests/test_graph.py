@@ -1,6 +1,6 @@
 import torch
 
-from pcsym.graph import estimate_normals, fps_order, gather, knn, knn_torch, random_order, take
+from pcsym.geometry.graph import estimate_normals, fps_order, gather, knn, knn_torch, random_order, take
 
 
 def test_knn_matches_brute_force_and_chunking():
@@ -30,7 +30,7 @@ def test_knn_rejects_k_larger_than_cloud():
 def test_knn_blocks_cover_everything_within_the_budget():
     # every (cloud, query) pair in exactly one block; no block over budget (one query row at least),
     # so a 4096-point cloud never materialises its N x N distances
-    from pcsym.graph import knn_blocks
+    from pcsym.geometry.graph import knn_blocks
 
     for b, m, n, entries in [(16, 512, 1024, 1 << 19), (16, 32, 128, 1 << 19), (3, 4096, 4096, 1 << 19),
                              (2, 7, 5, 3), (5, 10, 10, 250)]:
@@ -84,7 +84,7 @@ def test_normals_are_one_estimate_in_numpy_and_torch_and_commute_with_reflection
     orthogonal map (a rotation times the inversion) carries the normals along."""
     import numpy as np
 
-    from pcsym import runtime
+    from pcsym.geometry import numpy_graph as runtime
 
     rng = np.random.default_rng(0)
     p = (rng.normal(size=(3, 400, 3)) * [1.0, 0.6, 0.3]).astype(np.float32)  # ellipsoidal blobs
@@ -102,8 +102,8 @@ def test_sampling_orders_keep_their_promises():
     fps: the farthest-point prefix; every order is a permutation. The numpy runtime computes the same."""
     import numpy as np
 
-    from pcsym import runtime
-    from pcsym.graph import sampling_order, vote_order
+    from pcsym.geometry import numpy_graph as runtime
+    from pcsym.geometry.graph import sampling_order, vote_order
 
     torch.manual_seed(0)
     p = torch.rand(3, 256, 3)
@@ -132,8 +132,8 @@ def test_fps_never_picks_a_point_twice_in_a_cloud_of_duplicates():
     pick is a different index, the orders stay permutations, and the numpy runtime agrees."""
     import numpy as np
 
-    from pcsym import runtime
-    from pcsym.graph import sampling_order, vote_order
+    from pcsym.geometry import numpy_graph as runtime
+    from pcsym.geometry.graph import sampling_order, vote_order
 
     torch.manual_seed(0)
     p = torch.rand(1, 12, 3).repeat(1, 16, 1)  # 192 points, 12 distinct

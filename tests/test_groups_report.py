@@ -1,20 +1,19 @@
-"""Smoke test of benchmarks/groups_report.py (a few seconds: two groups, 1 epoch of 1 step)."""
+"""Smoke test of benchmarks/accuracy/groups_report.py (a few seconds: two groups, 1 epoch of 1 step)."""
 
 import json
 
 import pytest
 
-from .conftest import load_script
+from benchmarks.accuracy import groups_report
 
 
 def test_groups_report_quick(tmp_path):
-    gr = load_script("benchmarks/groups_report.py")
     out = tmp_path / "rep"
-    rc = gr.main(["--quick", "--groups", "trivial,so3", "--max-steps", "1", "--out", str(out)])
+    rc = groups_report.main(["--quick", "--groups", "trivial,so3", "--max-steps", "1", "--out", str(out)])
     assert rc == 0
     rep = json.loads(out.with_suffix(".json").read_text())
     assert rep["reduced_budget"] is True
-    assert rep["command"].startswith("python benchmarks/groups_report.py --quick")
+    assert rep["command"].startswith("python -m benchmarks.accuracy.groups_report --quick")
     for g in ("trivial", "so3"):
         m = rep["parameter_matching"][g]
         assert m["matched"] and abs(m["ratio"] - 1) <= 0.10
@@ -27,6 +26,5 @@ def test_groups_report_quick(tmp_path):
 
 
 def test_groups_report_rejects_unknown_group():
-    gr = load_script("benchmarks/groups_report.py")
     with pytest.raises(SystemExit):
-        gr.parse_args(["--groups", "so4"])
+        groups_report.parse_args(["--groups", "so4"])

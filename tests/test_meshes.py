@@ -1,4 +1,4 @@
-"""Tests for pcsym.meshes: readers (real files + generated broken ones), sampling, normalization."""
+"""Tests for pcsym.data.meshes: readers (real files + generated broken ones), sampling, normalization."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pcsym.errors import PcsymError
-from pcsym.meshes import (
+from pcsym.data.meshes import (
     MIN_CLOUD_POINTS,
     Geometry,
     load_cloud,

@@ -1,9 +1,9 @@
-"""pcsym.mix: point CutMix moves a ball of the partner's points rigidly onto a ball of the shape's own
+"""pcsym.training.mix: point CutMix moves a ball of the partner's points rigidly onto a ball of the shape's own
 points, and the soft target weighs the two classes by their shares of the points."""
 
 import torch
 
-from pcsym.mix import mix_generator, point_cutmix
+from pcsym.training.mix import mix_generator, point_cutmix
 
 
 def _batch(b=8, n=64):

@@ -1,16 +1,17 @@
-"""The compiled kNN kernel (pcsym.native): the same neighbours as brute force, and never fatal."""
+"""The compiled kNN kernel (pcsym.geometry.native): the same neighbours as brute force, and never fatal."""
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from pcsym import native
-from pcsym.graph import knn, knn_torch
-from pcsym.runtime import knn as np_knn
-from pcsym.runtime import knn_numpy
+from pcsym.geometry import native
+from pcsym.geometry.graph import knn, knn_torch
+from pcsym.geometry.numpy_graph import knn as np_knn
+from pcsym.geometry.numpy_graph import knn_numpy
 
 HAS_CC = shutil.which(os.environ.get("CC") or "cc") is not None
 
@@ -98,8 +99,8 @@ def test_fps_kernel_picks_the_same_points_as_torch_and_numpy(fresh, kind, monkey
     """The compiled farthest-point loop picks exactly the points of graph.fps_order's torch spelling and of the
     numpy runtime's (same float32 distances, ties to the lower index, picked points never again), for any
     thread count; non-finite coordinates are left to the callers' spelling."""
-    from pcsym.graph import fps_order, fps_order_torch
-    from pcsym.runtime import fps_order as np_fps
+    from pcsym.geometry.graph import fps_order, fps_order_torch
+    from pcsym.geometry.numpy_graph import fps_order as np_fps
 
     if kind == "ties":  # a grid: many exactly equal distances
         p = np.stack(np.meshgrid(*[np.arange(6, dtype=np.float32)] * 3, indexing="ij"), -1).reshape(1, -1, 3)
@@ -137,7 +138,7 @@ def test_fps_kernel_picks_the_same_points_as_torch_and_numpy(fresh, kind, monkey
 
 _CHILD = """
 import numpy as np
-from pcsym import native
+from pcsym.geometry import native
 p = np.random.default_rng(0).normal(size=(1, 50, 3)).astype(np.float32)
 d = ((p[0][:, None] - p[0][None]) ** 2).sum(-1)
 assert (native.knn(p, p, 3) == np.argsort(d, axis=1)[:, :3]).all(), native.status()
@@ -168,10 +169,11 @@ def test_library_is_cached_and_a_damaged_one_is_rebuilt(fresh):
     damaged.replace(libs[0])
     child()
     assert libs[0].stat().st_size > 1000  # rebuilt
-    assert list((fresh / "cache" / "native").iterdir()) == libs  # no temporary files left
+    left = sorted((fresh / "cache" / "native").iterdir())
+    assert left == [libs[0].with_suffix(".lock"), libs[0]]  # no temporary files left, just the build lock
 
 
-def test_no_compiler_or_a_failing_one_falls_back(fresh, monkeypatch):
+def test_no_compiler_or_a_failing_one_falls_back_and_says_so_once(fresh, monkeypatch, capsys):
     torch.manual_seed(1)
     keys = torch.randn(2, 100, 3)
     ref = torch.cdist(keys, keys).topk(5, largest=False).indices
@@ -179,12 +181,51 @@ def test_no_compiler_or_a_failing_one_falls_back(fresh, monkeypatch):
     assert native.knn(keys.numpy(), keys.numpy(), 5) is None
     assert "no C compiler" in native.status()
     assert torch.equal(knn(keys, keys, 5), ref)
+    warned = capsys.readouterr().err.splitlines()
+    assert warned == [warned[0]] and warned[0].startswith("pcsym: warning: compiled kernels not used (no C compiler")
+    assert "slower torch/numpy path" in warned[0] and "PCSYM_NATIVE=off silences this" in warned[0]
     native.reset()
     monkeypatch.setenv("CC", shutil.which("false") or "/bin/false")
     assert native.knn(keys.numpy(), keys.numpy(), 5) is None
-    assert "build failed" in native.status()
+    assert "build failed" in native.status() and not native.describe()["active"]
     assert torch.equal(knn(keys, keys, 5), ref)
     np.testing.assert_array_equal(np.sort(np_knn(keys.numpy(), keys.numpy(), 5), -1), np.sort(ref.numpy(), -1))
+    warned = capsys.readouterr().err.splitlines()
+    assert len(warned) == 1 and "(build failed: false failed" in warned[0]
+    native.reset()
+    monkeypatch.setenv("PCSYM_NATIVE", "off")  # chosen, not a failure: no warning
+    assert native.knn(keys.numpy(), keys.numpy(), 5) is None and capsys.readouterr().err == ""
+
+
+_WAITER = """
+import time
+from pcsym.geometry import native
+t = time.perf_counter()
+ok = native.available()
+print(ok, time.perf_counter() - t)
+"""
+
+
+@pytest.mark.skipif(not HAS_CC or os.name != "posix", reason="no C compiler, or no POSIX file locks")
+def test_the_build_is_locked_across_processes(fresh):
+    """While one process holds the library's lock (building it), another waits, then loads what was built."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    assert native.available()  # build it here first, so the waiter only has to load it
+    target = Path(native._state["path"])
+    env = dict(os.environ, PCSYM_CACHE_DIR=str(fresh / "cache"))
+    with open(target.with_suffix(".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        child = subprocess.Popen([sys.executable, "-c", _WAITER], env=env, stdout=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert child.poll() is None  # waiting for the lock
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    out, _ = child.communicate(timeout=120)
+    ok, waited = out.split()
+    assert ok == "True" and float(waited) >= 2.5
 
 
 def test_cache_off_still_builds_in_a_private_folder_removed_at_exit(fresh, monkeypatch):
@@ -197,7 +238,7 @@ def test_cache_off_still_builds_in_a_private_folder_removed_at_exit(fresh, monke
     pts = _clouds("surface", 2, 80, 3)
     np.testing.assert_array_equal(native.knn(pts, pts, 4), _brute(pts, pts, 4))
     assert not (fresh / "cache").exists()
-    code = "from pathlib import Path; from pcsym import native; native.status(); print(Path(native._state['path']).parent)"
+    code = "from pathlib import Path; from pcsym.geometry import native; native.status(); print(Path(native._state['path']).parent)"
     res = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True, timeout=120)
     folder = res.stdout.strip().splitlines()[-1]
     assert res.returncode == 0 and "pcsym-native-" in folder, res.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""benchmarks/neardup.py: the distance to the nearest training shape is a true symmetric Chamfer distance,
+"""benchmarks/accuracy/neardup.py: the distance to the nearest training shape is a true symmetric Chamfer distance,
 taken over training shapes of the same class only, and the script writes its quartile table."""
 
 import json
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .conftest import load_script
+from benchmarks.accuracy import neardup
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,24 +20,23 @@ def _chamfer(a, b):
 
 
 def test_nearest_training_shape_distance_is_same_class_chamfer():
-    nd = load_script("benchmarks/neardup.py")
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(7, 40, 3)).astype(np.float32)
     labels = np.array([0, 0, 0, 1, 1, 1, 1])
     pts[4] = pts[0]          # an exact copy of validation shape 0, but in another class: must not count
     pts[2] = pts[1] + 0.01   # validation shape 1 has a near twin (shape 2) in its own class
     va, tr = np.array([0, 1, 3]), np.array([2, 4, 5, 6])
-    got = nd.nearest_train_distance(SimpleNamespace(points=pts, labels=labels), va, tr, points=40)
+    got = neardup.nearest_train_distance(SimpleNamespace(points=pts, labels=labels), va, tr, points=40)
     want = [min(_chamfer(pts[v], pts[t]) for t in tr if labels[t] == labels[v]) for v in va]
     np.testing.assert_allclose(got, want, rtol=1e-4)
     assert got[0] > 0.1 and got[1] < 1e-3
-    assert nd.accuracy(np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1])) == (0.75, 0.75)
+    assert neardup.accuracy(np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1])) == (0.75, 0.75)
 
 
 def _neardup(out, *args):
     """The script on the shipped ModelNet10 sample, 32 points per cloud in the Chamfer distance; ``args``:
     further options, then the models."""
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "neardup.py"), "--data",
+    return subprocess.run([sys.executable, "-m", "benchmarks.accuracy.neardup", "--data",
                            str(ROOT / "sample_data" / "modelnet10_mini"), "--points", "32", "--out", str(out),
                            *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
 
@@ -65,7 +64,7 @@ def test_neardup_refuses_a_model_that_reads_another_cloud_size(tmp_path):
     be scored on clouds of the wrong size, so the script stops with a one-line reason instead."""
     import torch
 
-    from pcsym.checkpoint import read_checkpoint
+    from pcsym.models.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint("o2")
     ckpt["model_config"] = {**ckpt["model_config"], "points": 512}

@@ -1,4 +1,4 @@
-"""benchmarks/peers.py: the DGCNN and PointNet peers are real point-cloud classifiers (permutation
+"""benchmarks/accuracy/peers.py: the DGCNN and PointNet peers are real point-cloud classifiers (permutation
 invariant, trainable on pcsym's data pipeline), and a --quick run writes its table."""
 
 import json
@@ -6,11 +6,10 @@ import sys
 
 import torch
 
-from .conftest import load_script
+from benchmarks.accuracy import peers
 
 
 def test_peers_are_permutation_invariant_classifiers():
-    peers = load_script("benchmarks/peers.py")
     torch.manual_seed(0)
     pos = torch.randn(2, 64, 3)
     nrm = torch.nn.functional.normalize(torch.randn(2, 64, 3), dim=-1)
@@ -26,7 +25,6 @@ def test_peers_are_permutation_invariant_classifiers():
 
 
 def test_peers_quick_run_writes_its_table(sample_dataset, tmp_path, monkeypatch):
-    peers = load_script("benchmarks/peers.py")
     monkeypatch.setattr(sys, "argv", ["peers.py", "--quick", "--data", str(sample_dataset), "--minutes", "0.2",
                                       "--train-rotations", "z", "--out", str(tmp_path)])
     assert peers.main() == 0
@@ -52,7 +50,6 @@ def test_pcsym_rows_count_cpu_time_where_the_run_recorded_it(tmp_path):
     that column fall back to wall time, and the row says which it used."""
     import csv
 
-    peers = load_script("benchmarks/peers.py")
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"model": {"group": "so3"}, "train": {"rotate": "so3", "eval_rotate": "so3"}}))

@@ -1,4 +1,4 @@
-"""benchmarks/protocols.py: the one command that scores shipped models on the official test split (the
+"""benchmarks/accuracy/protocols.py: the one command that scores shipped models on the official test split (the
 split issue 14's targets are measured on) or, without one, on each run's own validation split."""
 
 import json
@@ -9,14 +9,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pcsym.evaluate import evaluate_checkpoint
+from pcsym.training.evaluate import evaluate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "sample_data" / "modelnet10_mini"
 
 
 def _protocols(*args):
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "protocols.py"), "--threads", "1", *args],
+    return subprocess.run([sys.executable, "-m", "benchmarks.accuracy.protocols", "--threads", "1", *args],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 
@@ -61,3 +61,26 @@ def test_protocols_refuse_a_split_the_dataset_lacks_in_one_line(tmp_path):
     assert err.startswith(f"error: {data}") and "\n" not in err
     assert err.endswith(": the dataset has no train split, so no 'val' split (use --split test or all)")
     assert not (tmp_path / "prot.md").exists()
+
+
+def test_protocols_eval_seeds_report_mean_and_std_over_evaluation_seeds(tmp_path):
+    """--eval-seeds 0,1: every figure is the mean (± std) of `pcsym evaluate --seed 0` and `--seed 1`."""
+    import statistics
+
+    data = _test_only_copy(tmp_path / "mn10_test", per_class=2)
+    out = tmp_path / "prot"
+    proc = _protocols("--data", str(data), "--eval-seeds", "0,1", "--out", str(out), "o2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert res["eval_seeds"] == [0, 1]
+    (row,) = res["rows"]
+    runs = [evaluate_checkpoint("o2", data, rotate="so3", seed=s) for s in (0, 1)]
+    assert row["oa_so3_seeds"] == [m["overall_accuracy"] for m in runs]
+    assert row["oa_so3"] == statistics.fmean(row["oa_so3_seeds"])
+    assert row["macc_so3_std"] == statistics.pstdev(m["mean_class_accuracy"] for m in runs)
+    md = out.with_suffix(".md").read_text()
+    assert "mean ± std over evaluation seeds 0,1" in md and f"{row['oa_so3']:.4f} ± {row['oa_so3_std']:.4f}" in md
+    assert "--eval-seeds 0,1" in md
+    proc = _protocols("--data", str(data), "--eval-seeds", "0,x", "--out", str(out), "o2")
+    assert proc.returncode == 1 and proc.stderr.strip() == \
+        "error: --eval-seeds must be comma-separated integers 0 or more, got '0,x'"

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from pcsym.errors import PcsymError
-from pcsym.meshes import MAX_COORDINATE, MIN_CLOUD_POINTS, SUPPORTED_EXTENSIONS, Geometry, read_geometry
+from pcsym.data.meshes import MAX_COORDINATE, MIN_CLOUD_POINTS, SUPPORTED_EXTENSIONS, Geometry, read_geometry
 
 MAX_V = 5000
 SETTINGS = settings(max_examples=50, deadline=3000, derandomize=True, database=None,
@@ -425,7 +425,7 @@ def test_valid_file_with_one_fault(case):
             np.testing.assert_array_equal(g.faces, want_f)
 
 
-# inputs that once broke a reader (found by scripts/fuzz_readers.py, atheris or hypothesis)
+# inputs that once broke a reader (found by tests/fuzz_readers.py, atheris or hypothesis)
 REGRESSIONS = [
     (b"OFF0 0\t&", ".off"),  # no vertices, no faces, junk: IndexError (atheris)
     (b"OFF\n0 0 0\n", ".off"),

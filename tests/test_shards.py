@@ -1,4 +1,4 @@
-"""A batch split into shards on threads (pcsym.shards): the single-batch maths, reproducibly."""
+"""A batch split into shards on threads (pcsym.models.shards): the single-batch maths, reproducibly."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from pcsym import shards
+from pcsym.models import shards
 from pcsym.config import ModelConfig
-from pcsym.distributed import World
+from pcsym.training.distributed import World
 from pcsym.errors import PcsymError
 from pcsym.models.classifier import build_model
-from pcsym.shards import Shards, forward, forward_backward
+from pcsym.models.shards import Shards, forward, forward_backward
 
 
 def _model(**kw):
@@ -127,7 +127,7 @@ def test_shards_restore_the_thread_count_and_split_batches_evenly():
 
 
 def test_shard_count_follows_threads_and_refuses_gpus_and_torchrun():
-    from pcsym.train import shard_count
+    from pcsym.training.parts import shard_count
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert shard_count(0, cpu, World()) == torch.get_num_threads()
@@ -142,7 +142,7 @@ def test_a_short_sharded_training_run_gives_the_same_loss_curve(sample_dataset, 
     """Issue 12's "same numbers": 3 epochs on the sample with 2 shards and unsharded, seed 0: the same
     loss curve and validation accuracies within float tolerance."""
     from pcsym.config import TrainConfig
-    from pcsym.train import train
+    from pcsym.training.train import train
 
     mcfg = dict(group="so3", points=256, widths=(12, 16), strides=(2, 4), invariant_dims=16, edge_features="ppf",
                 sampling="random-fps")

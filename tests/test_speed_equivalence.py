@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pcsym.config import ModelConfig
-from pcsym.groups import resolve
+from pcsym.models.groups import resolve
 from pcsym.models import cache
 from pcsym.models.classifier import build_model
 from pcsym.models.layers import EquivLinear, ImplicitKernelConv, channel_types, channels_for, private_copy

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from pcsym.cli import app
 from pcsym.config import ModelConfig, TrainConfig, merge_settings
-from pcsym.data import PointCloudData
-from pcsym.splits import default_split, split_indices, train_val_split
+from pcsym.data.datasets import PointCloudData
+from pcsym.data.splits import default_split, split_indices, train_val_split
 from pcsym.errors import PcsymError
-from pcsym.evaluate import metrics_from_predictions, read_prior
+from pcsym.training.evaluate import metrics_from_predictions, read_prior
 
 runner = CliRunner()
 TINY = ["--points", "256", "--widths", "16,32", "--batch-size", "8", "--threads", "1"]
@@ -92,14 +92,24 @@ def test_merge_settings_precedence_and_parsing(tmp_path):
     saved_t = TrainConfig(epochs=7, lr=0.01, scale=(0.9, 1.1), seed=3, threads=4)
     (out / "config.json").write_text(json.dumps({"model": saved_m.to_dict(), "train": saved_t.to_dict()}))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("lr: 0.05\npositions: false\n")  # a flag's spelling works in a config file
-    flags = {**ModelConfig().to_dict(), **TrainConfig().to_dict(), "out": str(out), "epochs": 9,
+    cfg.write_text("lr: 0.05\n")
+    flags = {**ModelConfig().to_dict(), **TrainConfig().to_dict(), "out": str(out), "epochs": 9, "data": "d",
              "widths": "32,64,128", "scale": "0.8,1.2", "resume": True, "force": False, "config": cfg}
+    changes = []
     m, t = merge_settings(flags, explicit={"out", "epochs"}, config_file=cfg, resume=True,
-                          aliases={"positions": "use_positions"})
-    assert (m.group, m.widths, m.strides, m.points, m.use_positions) == ("m", (8, 16, 24), (2, 4, 4), 512, False)
+                          aliases={"positions": "use_positions"}, changes=changes)
+    assert (m.group, m.widths, m.strides, m.points, m.use_positions) == ("m", (8, 16, 24), (2, 4, 4), 512, True)
     assert (t.epochs, t.lr, t.scale, t.seed) == (9, 0.05, (0.9, 1.1), 3)  # flag > file > saved run
     assert t.threads == 0  # the machine's settings are not taken from the run
+    assert changes == [{"setting": "lr", "from": 0.01, "to": 0.05}]  # reported and recorded; epochs silently
+    # resuming keeps the run's model: a config file (or flag) that changes it is refused, naming the flag
+    cfg.write_text("positions: false\n")  # a flag's spelling works in a config file
+    with pytest.raises(PcsymError, match="^--positions off differs from the run in .*/run/, whose model has "
+                                         "use_positions=on; drop it to resume the run"):
+        merge_settings(flags, explicit={"out"}, config_file=cfg, resume=True, aliases={"positions": "use_positions"})
+    m, _ = merge_settings({**flags, "resume": False}, explicit={"out"}, config_file=cfg,
+                          aliases={"positions": "use_positions"})
+    assert not m.use_positions
     m, _ = merge_settings({**flags, "widths": "16,32"}, explicit={"widths"})
     assert m.widths == (16, 32) and m.strides == (2, 4)
     with pytest.raises(PcsymError, match="--widths must be comma-separated numbers, got '16,x'"):
@@ -123,7 +133,7 @@ def seeded_run(tmp_path_factory, sample_dataset):
 
 def test_evaluate_val_uses_the_runs_own_split(seeded_run, sample_dataset):
     """Trained with --seed 3 --val-fraction 0.1: evaluate scores exactly the 30 shapes it held out."""
-    from pcsym.data import load_dataset
+    from pcsym.data.datasets import load_dataset
 
     r = runner.invoke(app, ["evaluate", str(seeded_run), "--data", str(sample_dataset), "--json"])
     assert r.exit_code == 0, r.output
@@ -182,10 +192,10 @@ def test_evaluate_defaults_to_test_and_refuses_val_without_train(tmp_path, seede
 def test_batches_predicted_side_by_side_give_the_same_probabilities(seeded_run, sample_dataset):
     """predict runs batches on torch's threads, one each: the same probabilities (bit for bit) as one
     batch at a time, torch's thread count restored, and a failing batch raises."""
-    import pcsym.evaluate as E
-    from pcsym.checkpoint import load_model
-    from pcsym.data import load_dataset
-    from pcsym.transforms import eval_dataset
+    import pcsym.training.evaluate as E
+    from pcsym.models.checkpoint import load_model
+    from pcsym.data.datasets import load_dataset
+    from pcsym.data.transforms import eval_dataset
 
     model, _ = load_model(seeded_run)
     ds = eval_dataset(load_dataset(sample_dataset), np.arange(40), model.cfg.points, "so3", 0)

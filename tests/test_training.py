@@ -8,8 +8,8 @@ import torch
 
 from pcsym.config import ModelConfig
 from pcsym.config import TrainConfig
-from pcsym.evaluate import metrics_from_predictions
-from pcsym.train import train
+from pcsym.training.evaluate import metrics_from_predictions
+from pcsym.training.train import train
 
 #: the small so2 model the Trainer tests build (seconds per epoch on the sample data)
 TINY_MODEL = dict(group="so2", points=256, widths=(8, 16), strides=(2, 4), invariant_dims=16)
@@ -60,8 +60,8 @@ def test_short_training_beats_chance_clearly(sample_dataset, tmp_path):
 def test_norm_recalibration_averages_batch_statistics_and_leaves_rng_alone():
     import torch
 
-    from pcsym.train import recalibrate_norms
-    from pcsym.groups import gspace
+    from pcsym.training.train import recalibrate_norms
+    from pcsym.models.groups import gspace
     from pcsym.models.layers import EquivBatchNorm
 
     class Toy(torch.nn.Module):
@@ -91,10 +91,10 @@ def test_norm_recalibration_averages_batch_statistics_and_leaves_rng_alone():
 def test_votes_average_over_downsampling_orders(sample_dataset):
     import torch
 
-    from pcsym.data import load_dataset
-    from pcsym.evaluate import predict
-    from pcsym.transforms import PointCloudDataset
-    from pcsym.graph import eval_order
+    from pcsym.data.datasets import load_dataset
+    from pcsym.training.evaluate import predict
+    from pcsym.data.transforms import PointCloudDataset
+    from pcsym.geometry.graph import eval_order
     from pcsym.models.classifier import build_model
 
     data = load_dataset(sample_dataset, points=256)
@@ -111,7 +111,7 @@ def test_votes_average_over_downsampling_orders(sample_dataset):
 
 
 def test_balanced_class_weights_equalise_the_expected_loss():
-    from pcsym.train import balanced_class_weights
+    from pcsym.training.parts import balanced_class_weights
 
     counts = np.array([889, 106, 0, 200])
     w = balanced_class_weights(counts).numpy()
@@ -124,9 +124,9 @@ def test_balanced_class_weights_equalise_the_expected_loss():
 def test_balanced_sampler_draws_classes_equally_and_is_seeded(sample_dataset):
     """--balance sampler: an epoch of len(ds) draws, each class about equally often even when the
     split is imbalanced, the same draws for the same (seed, epoch) and other draws for the next epoch."""
-    from pcsym.data import load_dataset
-    from pcsym.train import make_loader
-    from pcsym.transforms import PointCloudDataset
+    from pcsym.data.datasets import load_dataset
+    from pcsym.training.loader import make_loader
+    from pcsym.data.transforms import PointCloudDataset
 
     data = load_dataset(sample_dataset, points=64)
     labels = np.asarray(data.labels)
@@ -152,7 +152,7 @@ def test_training_with_the_accuracy_levers(sample_dataset, tmp_path):
     config rebuilds them."""
     import torch
 
-    from pcsym.checkpoint import read_checkpoint
+    from pcsym.models.checkpoint import read_checkpoint
 
     mcfg = dict(group="so2", points=256, widths=(12, 16), strides=(2, 4), invariant_dims=16, edge_features="ppf")
     common = dict(data=str(sample_dataset), batch_size=16, seed=1, threads=2, rotate="z", eval_rotate="z",
@@ -170,9 +170,9 @@ def test_training_with_the_accuracy_levers(sample_dataset, tmp_path):
 
 
 def test_prefetch_yields_the_loaders_batches_in_order_and_stops_cleanly(sample_dataset):
-    from pcsym.data import load_dataset
-    from pcsym.train import Prefetch, make_loader
-    from pcsym.transforms import PointCloudDataset
+    from pcsym.data.datasets import load_dataset
+    from pcsym.training.loader import Prefetch, make_loader
+    from pcsym.data.transforms import PointCloudDataset
 
     ds = PointCloudDataset(load_dataset(sample_dataset), points=256, rotate="so3", jitter=0.01)
     direct = list(make_loader(ds, 8, True, 5, 2, 0, drop_last=True))
@@ -189,7 +189,7 @@ def test_prefetch_yields_the_loaders_batches_in_order_and_stops_cleanly(sample_d
 
 
 def test_prefetch_raises_the_loaders_error_in_the_caller():
-    from pcsym.train import Prefetch
+    from pcsym.training.loader import Prefetch
 
     def broken():
         yield 1
@@ -203,7 +203,7 @@ def test_prefetch_raises_the_loaders_error_in_the_caller():
 
 
 def test_trainer_optimiser_takes_the_multi_tensor_update_with_the_same_bits(sample_dataset, tmp_path):
-    from pcsym.train import Trainer
+    from pcsym.training.train import Trainer
 
     for name in ("adamw", "sgd"):
         tr = Trainer(ModelConfig(**TINY_MODEL),
@@ -225,7 +225,7 @@ def test_trainer_optimiser_takes_the_multi_tensor_update_with_the_same_bits(samp
 
 
 def test_weight_average_follows_its_formula_swaps_and_restores():
-    from pcsym.ema import WeightAverage
+    from pcsym.training.ema import WeightAverage
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
@@ -258,7 +258,7 @@ def test_ema_run_saves_the_average_and_resumes_exactly(sample_dataset, tmp_path)
     """--ema: last.pt/best.pt hold the average (not the trained weights), and a run stopped mid-epoch or
     between epochs resumes to the same bits as an uninterrupted one (with --mix too: its draws are seeded
     by the step)."""
-    from pcsym.train import Trainer
+    from pcsym.training.train import Trainer
 
     common = dict(data=str(sample_dataset), batch_size=8, seed=2, threads=1, epochs=3, max_steps=4, bn_batches=2,
                   ema=0.8, mix=0.5)
@@ -299,7 +299,7 @@ def test_ema_run_saves_the_average_and_resumes_exactly(sample_dataset, tmp_path)
 def test_resuming_with_ema_switched_on_or_off_continues_from_the_trained_weights(sample_dataset, tmp_path):
     """--ema added to, or dropped from, a resumed run: training goes on from the trained weights (not the
     average the last checkpoint's state_dict holds), and a new average starts from them."""
-    from pcsym.train import Trainer, restore
+    from pcsym.training.train import Trainer, restore
 
     common = dict(data=str(sample_dataset), batch_size=8, seed=2, threads=1, epochs=1, max_steps=3, bn_batches=2)
     for ema_before, ema_after in ((0.8, 0.0), (0.0, 0.8)):

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from pcsym.cli import app
-from pcsym.unknown import unknown_threshold
+from pcsym.training.unknown import unknown_threshold
 
 from .conftest import SAMPLE
 
@@ -34,7 +34,7 @@ def run_dir(tmp_path_factory, sample_dataset):
 
 
 def test_neighbour_similarity_is_the_kth_largest_cosine():
-    from pcsym.runtime import neighbour_similarity
+    from pcsym.inference.runtime import neighbour_similarity
 
     rng = np.random.default_rng(1)
     bank = rng.normal(size=(50, 8))
@@ -47,12 +47,12 @@ def test_neighbour_similarity_is_the_kth_largest_cosine():
 
 
 def test_training_stores_both_detectors_and_exports_carry_them(run_dir, tmp_path):
-    from pcsym.checkpoint import load_model, train_config_of
-    from pcsym.data import load_dataset
-    from pcsym.runtime import neighbour_similarity
-    from pcsym.splits import run_split
-    from pcsym.transforms import eval_dataset
-    from pcsym.unknown import pooled_features
+    from pcsym.models.checkpoint import load_model, train_config_of
+    from pcsym.data.datasets import load_dataset
+    from pcsym.inference.runtime import neighbour_similarity
+    from pcsym.data.splits import run_split
+    from pcsym.data.transforms import eval_dataset
+    from pcsym.training.unknown import pooled_features
 
     best = torch.load(run_dir / "best.pt", weights_only=True)
     assert 0.0 < best["unknown_threshold"] <= 1.0
@@ -134,9 +134,9 @@ def test_a_bed_stays_a_bed():
 
 
 def test_models_trained_on_estimated_normals_are_fed_estimated_normals(sample_mesh):
-    from pcsym.meshes import load_cloud
-    from pcsym.predict import load_classifier, read_input
-    from pcsym.runtime import estimate_normals
+    from pcsym.data.meshes import load_cloud
+    from pcsym.inference.predict import load_classifier, read_input
+    from pcsym.geometry.numpy_graph import estimate_normals
 
     assert load_classifier("so3").cfg.estimated_normals == load_classifier("o2").cfg.estimated_normals == 1024
     big, faces = load_cloud(sample_mesh, n_points=1024, rng=np.random.default_rng(3))

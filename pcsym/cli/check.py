@@ -8,8 +8,10 @@ from typing import Optional
 
 import typer
 
+from ..config import KERNELS
 from ..errors import PcsymError
-from .common import app, console, json_option, run
+from .common import (KERNEL, app, choice, column, console, debug_option, integer, json_option, number, print_table,
+                     quiet_option, run, table)
 
 SAMPLE_MESHES = Path(__file__).resolve().parents[2] / "sample_data" / "meshes"
 
@@ -19,22 +21,40 @@ def check_equivariance(
     ctx: typer.Context,
     checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint or shipped model name; omit with --group."),
     group: Optional[str] = typer.Option(None, "--group", help="Check a freshly initialised model of this group."),
-    kernel: str = typer.Option("implicit", "--kernel", help="Kernel of the fresh model: implicit or basis."),
+    kernel: KERNEL = typer.Option("implicit", "--kernel", parser=choice("--kernel", KERNELS),
+                                                        help="Kernel of the fresh model."),
     input: Optional[Path] = typer.Option(None, "--input", help="Mesh/cloud to test on (default: a shipped sample)."),
-    points: int = typer.Option(512, "--points", help="Points of the test cloud for a fresh model."),
-    n_random: int = typer.Option(3, "--random", help="Random group elements besides the generators."),
-    tol: float = typer.Option(1e-4, "--tol", help="Fail (exit 1) if an in-group relative error exceeds this."),
-    seed: int = typer.Option(0, "--seed"),
+    points: int = typer.Option(512, "--points", parser=integer("--points", 1),
+                               help="Points of the test cloud for a fresh model."),
+    n_random: int = typer.Option(3, "--random", parser=integer("--random", 0),
+                                 help="Random group elements besides the generators."),
+    tol: float = typer.Option(1e-4, "--tol", parser=number("--tol", 0, low_open=True),
+                              help="Fail (exit 1) if an in-group relative error exceeds this."),
+    seed: int = typer.Option(0, "--seed", parser=integer("--seed", 0),
+                             help="Seed of the random elements, the test cloud's sampling and a fresh model's "
+                                  "weights."),
     as_json: bool = json_option(),
+    _quiet: bool = quiet_option(),
+    _debug: bool = debug_option(),
 ):
     """Measure invariance of logits and equivariance of every steerable layer (float64)."""
 
     def body():
-        from ..equivariance import check_file
-
         if (checkpoint is None) == (group is None):
             raise PcsymError("give either a checkpoint or --group NAME")
+        if checkpoint is not None:
+            from ..models.checkpoint import resolve_checkpoint
+
+            resolve_checkpoint(checkpoint)
+        else:
+            from ..models.groups import get_group
+
+            get_group(group)
         src = input or _default_sample()
+        if not Path(src).exists():
+            raise PcsymError("no such file (--input)", path=src)
+        from ..models.equivariance import check_file
+
         net, rows = check_file(src, checkpoint=checkpoint, group=group, kernel=kernel, points=points,
                                n_random=n_random, seed=seed)
         bad = [r for r in rows if r.in_group and r.worst_rel > tol]
@@ -56,16 +76,14 @@ def _default_sample() -> Path:
 
 
 def _print_check(cfg, rows, tol, src):
-    from rich.table import Table
-
     layer_names = list(next((r.layers for r in rows if r.in_group), {}).keys())
-    t = Table(title=f"equivariance of a {cfg.group}/{cfg.kernel} model on {Path(src).name} (float64; "
-                    "layer columns: relative max error of ρ_out(g)·f(x) vs f(g·x))")
+    t = table(f"equivariance of a {cfg.group}/{cfg.kernel} model on {Path(src).name} (float64; "
+              "layer columns: relative max error of ρ_out(g)·f(x) vs f(g·x))")
     for col in ("element", "in G"):
-        t.add_column(col)
+        column(t, col)
     for col in ("logits abs", "logits rel", *layer_names):
-        t.add_column(col, justify="right")
-    t.add_column("verdict")
+        column(t, col, "right")
+    column(t, "verdict")
     for r in rows:
         if r.in_group:
             verdict = "[green]ok[/]" if r.worst_rel <= tol else "[red]FAIL[/]"
@@ -74,6 +92,6 @@ def _print_check(cfg, rows, tol, src):
         t.add_row(r.element, "yes" if r.in_group else "no", f"{r.logits_abs:.1e}", f"{r.logits_rel:.1e}",
                   *[f"{r.layers[n]:.1e}" if n in r.layers else "" for n in layer_names], verdict)
     con = console()
-    con.print(t)
+    print_table(con, t)
     worst = max((r.worst_rel for r in rows if r.in_group), default=0.0)
     con.print(f"worst in-group relative error {worst:.2e} (tol {tol:g}): {'PASS' if worst <= tol else 'FAIL'}")

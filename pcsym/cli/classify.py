@@ -8,55 +8,61 @@ from typing import List, Optional
 
 import typer
 
+from ..config import MAX_VERTICES
 from ..errors import PcsymError
-from .common import app, check_up_axis, console, json_option, options, run, up_axis_option
+from .common import (UP_AXIS, app, column, console, debug_option, force_option, integer, json_option, options,
+                     print_table, quiet_option, run, table, threads_option, up_axis_option)
+
+VOTE_ORDERS = 8  # == pcsym.inference.runtime.VOTE_ORDERS (a test keeps them equal; runtime imports numpy)
 
 
 @app.command()
 def classify(
     ctx: typer.Context,
     inputs: List[Path] = typer.Argument(..., help="Mesh/cloud files (obj, off, ply, stl, xyz, txt, npy) or directories."),
-    model: str = typer.Option("so3", "--model", help="Shipped model name (so3, o2), export (.npz, .ts) or checkpoint."),
-    top_k: int = typer.Option(5, "--top-k", help="How many classes to show."),
-    votes: int = typer.Option(1, "--votes", help="Average over N seeded downsamplings (1-8)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the surface sampling."),
-    max_vertices: int = typer.Option(2_000_000, "--max-vertices", help="Refuse larger inputs."),
-    up_axis: Optional[str] = up_axis_option(),
+    model: str = typer.Option("so3", "--model", help="Shipped model name (so3, o2), checkpoint .pt or run folder, "
+                                                     "or export (.npz, .ts, .onnx)."),
+    top_k: int = typer.Option(5, "--top-k", parser=integer("--top-k", 1), help="How many classes to show."),
+    votes: int = typer.Option(1, "--votes", parser=integer("--votes", 1, VOTE_ORDERS),
+                              help=f"Average over N seeded downsamplings (1-{VOTE_ORDERS})."),
+    seed: int = typer.Option(0, "--seed", parser=integer("--seed", 0), help="Seed of the surface sampling."),
+    max_vertices: int = typer.Option(MAX_VERTICES, "--max-vertices", parser=integer("--max-vertices", 1),
+                                     help="Refuse larger inputs."),
+    up_axis: Optional[UP_AXIS] = up_axis_option(),
     out: Optional[Path] = typer.Option(None, "--out", help="Append one JSON line per input to this file as each is "
                                                            "done (a crash loses nothing)."),
     resume: bool = typer.Option(False, "--resume", help="With --out: skip the inputs the file already holds."),
-    force: bool = typer.Option(False, "--force", help="With --out: overwrite an existing results file."),
-    workers: int = typer.Option(0, "--workers", help="Read and sample meshes in N processes."),
+    force: bool = force_option("an existing --out results file"),
+    workers: int = typer.Option(0, "--workers", parser=integer("--workers", 0),
+                                help="Read and sample meshes in N processes."),
     unknown: bool = typer.Option(True, "--unknown/--no-unknown",
                                  help="Mark shapes whose score falls below the model's calibrated threshold as "
                                       "unknown (outside its classes)."),
     as_json: bool = json_option(),
-    threads: int = typer.Option(0, "--threads"),
+    threads: int = threads_option(),
+    _quiet: bool = quiet_option(),
+    _debug: bool = debug_option(),
 ):
     """Classify meshes or point clouds; prints the top-k classes with probabilities (one table for
     one input, one row per input for several). Exit 2 if any input could not be classified."""
 
     def body():
-        from ..meshes import SUPPORTED_EXTENSIONS
-        from ..predict import ResultLog, classify_files, expand_inputs, load_classifier
-        from ..runtime import VOTE_ORDERS
+        from ..data.meshes import SUPPORTED_EXTENSIONS
+        from ..inference.predict import ResultLog, classify_files, expand_inputs, load_classifier
 
-        if top_k < 1:
-            raise PcsymError("--top-k must be at least 1")
-        if not 1 <= votes <= VOTE_ORDERS:
-            raise PcsymError(f"--votes must be between 1 and {VOTE_ORDERS}")
-        if workers < 0:
-            raise PcsymError("--workers must be 0 or more")
         if (resume or force) and out is None:
             raise PcsymError("--resume and --force need --out FILE")
-        check_up_axis(up_axis)
+        if resume and force:
+            raise PcsymError("--resume continues the --out file, --force replaces it: give one of them")
         files = expand_inputs(inputs, SUPPORTED_EXTENSIONS)
+        if out:
+            ResultLog.check(out, resume, force)
+        clf = load_classifier(model, threads)
         log = ResultLog(out, resume=resume, force=force) if out else None
         skipped = [f for f in files if log and str(f) in log.done]
         todo = [f for f in files if not (log and str(f) in log.done)]
-        clf = load_classifier(model, threads)
-        results = []
         try:
+            results = []
             with _progress(len(todo), options(ctx).quiet) as advance:
                 for r in classify_files(clf, todo, top_k=top_k, votes=votes, seed=seed, max_vertices=max_vertices,
                                         up_axis=up_axis, workers=workers, unknown=unknown):
@@ -109,45 +115,60 @@ class _progress:
 
 
 def _print_table(r: dict):
-    from rich.table import Table
-
     if not r["ok"]:
-        console().print(f"[red]{r['file']}: failed[/]")
+        console().print(f"{r['file']}: failed", style="red", markup=False)
         return
-    title = r["file"] + (f"  —  unknown (closest: {_closest(r)}; score below {r['threshold']:.2f})"
+    from rich.markup import escape
+
+    title = escape(r["file"]) + (f"  —  unknown (closest: {_closest(r)}; score below {r['threshold']:.4f})"
                          if r.get("unknown") else "")
-    t = Table(title=title)
-    t.add_column("#", justify="right")
-    t.add_column("class")
-    t.add_column("probability", justify="right")
+    t = table(title)
+    column(t, "#", "right")
+    column(t, "class")
+    column(t, "probability", "right")
     for i, c in enumerate(r["top"], 1):
         t.add_row(str(i), c["class"], f"{c['probability']:.4f}")
-    console().print(t)
+    print_table(console(), t)
+
+
+def shared_folder(files: list[str]) -> str:
+    """The folder all ``files`` are in, spelled as they were given (relative stays relative), when they
+    share one below the filesystem root; else "" (the rows then show each path as given)."""
+    import os
+
+    parents = [os.path.dirname(os.path.normpath(f)) for f in files]
+    if not parents or len({os.path.isabs(p) for p in parents}) > 1:
+        return ""
+    try:
+        base = os.path.commonpath(parents)
+    except ValueError:
+        return ""
+    return "" if base in ("", os.sep, os.curdir) else base
 
 
 def _print_rows(results: list):
     """One row per input; paths relative to the folder they share (named in the title), so the file
-    column stays readable in a narrow terminal."""
+    column stays readable in a narrow terminal. Inputs with no folder in common keep their paths."""
     import os
 
-    from rich.table import Table
+    from rich.markup import escape
 
-    parents = [os.path.dirname(os.path.abspath(r["file"])) for r in results]
-    base = os.path.commonpath(parents) if parents else ""
-    t = Table(title=f"{len(results)} files in {base}" if base else None)
+    base = shared_folder([r["file"] for r in results])
+    n = len(results)
+    t = table(f"{n} file{'s' if n != 1 else ''}" + (f" in {escape(base)}" if base else ""))
     for col, just in (("file", "left"), ("class", "left"), ("probability", "right"), ("runner-up", "left")):
-        t.add_column(col, justify=just, overflow="fold")
+        column(t, col, just)
     for r in results:
-        name = os.path.relpath(os.path.abspath(r["file"]), base) if base else r["file"]
+        name = escape(os.path.relpath(os.path.normpath(r["file"]), base) if base else r["file"])
         if not r["ok"]:
             t.add_row(name, "[red]failed[/]", "", "")
             continue
         top = r["top"]
-        second = f"{top[1]['class']} {top[1]['probability']:.2f}" if len(top) > 1 else ""
+        second = f"{top[1]['class']} {top[1]['probability']:.4f}" if len(top) > 1 else ""
         label = f"unknown (closest: {_closest(r)})" if r.get("unknown") else top[0]["class"]
         t.add_row(name, label, f"{top[0]['probability']:.4f}", second)
-    console().print(t)
+    print_table(console(), t)
 
 
 def _closest(r: dict) -> str:
-    return f"{r['top'][0]['class']} {r['top'][0]['probability']:.2f}"
+    return f"{r['top'][0]['class']} {r['top'][0]['probability']:.4f}"

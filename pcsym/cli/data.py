@@ -7,25 +7,40 @@ from typing import Optional
 
 import typer
 
-from .common import check_up_axis, console, data_app, format_option, options, run, up_axis_option
+from ..errors import PcsymError
+from .common import (DATA_FORMAT, UP_AXIS, console, data_app, debug_option, force_option, format_option, integer,
+                     options, quiet_option, refuse_existing, run, up_axis_option)
+
+#: == pcsym.data.fetch.KNOWN_DATASETS' keys (a test keeps them equal; pcsym.data.fetch imports the network stack)
+KNOWN_DATASETS = ("modelnet40_ply_hdf5_2048", "modelnet40_normal_resampled", "ModelNet40", "ModelNet10")
 
 
 @data_app.command("prepare")
 def data_prepare(
     ctx: typer.Context,
     src: Path = typer.Argument(..., help="Dataset directory in any supported layout."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Cache file (.npz); default: inside SRC or ~/.cache/pcsym."),
-    points: int = typer.Option(1024, "--points"),
-    up_axis: Optional[str] = up_axis_option(),
-    fmt: Optional[str] = format_option(),
+    out: Optional[Path] = typer.Option(None, "--out", help="Cache file (.npz); default: pcsym's own cache, inside "
+                                                           "SRC or ~/.cache/pcsym (rebuilt by this command)."),
+    points: int = typer.Option(1024, "--points", parser=integer("--points", 1),
+                               help="Points per shape the cache is made for (it keeps at least 2048 when the data "
+                                    "has them, for fresh subsets each epoch)."),
+    up_axis: Optional[UP_AXIS] = up_axis_option(),
+    fmt: Optional[DATA_FORMAT] = format_option(),
+    force: bool = force_option("an existing --out file"),
+    _quiet: bool = quiet_option(),
+    _debug: bool = debug_option(),
 ):
     """Convert a dataset once into a fast cached array file."""
 
     def body():
-        from ..data import prepare
+        if not src.exists():
+            raise PcsymError("no such dataset directory", path=src)
+        if out is not None:
+            refuse_existing([out], force)
+        from ..data.datasets import prepare
 
-        path = prepare(src, out=out, points=points, up_axis=check_up_axis(up_axis) or "z", fmt=fmt)
-        console().print(f"cache written: {path}")
+        path = prepare(src, out=out, points=points, up_axis=up_axis or "z", fmt=fmt)
+        console().print(f"cache written: {path}", markup=False)
 
     run(body, ctx)
 
@@ -33,18 +48,24 @@ def data_prepare(
 @data_app.command("fetch")
 def data_fetch(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Dataset name (see --list) or a URL."),
+    name: str = typer.Argument(..., help=f"A known dataset ({', '.join(KNOWN_DATASETS)}; any case) or an archive "
+                                         "URL."),
     out: Path = typer.Option(Path("data"), "--out", help="Where to download and extract."),
     url: Optional[str] = typer.Option(None, "--url", help="Mirror URL for a known dataset."),
     sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected SHA-256 of the archive."),
     no_extract: bool = typer.Option(False, "--no-extract", help="Only download the archive."),
+    force: bool = force_option("folders the archive unpacks to that already exist (a known dataset already "
+                               "unpacked is otherwise reused as it is)"),
+    _quiet: bool = quiet_option(),
+    _debug: bool = debug_option(),
 ):
     """Download a public ModelNet release (resumable, checksum-verified, safely extracted)."""
 
     def body():
-        from ..fetch import fetch
+        from ..data.fetch import fetch
 
-        path = fetch(name, out, url=url, sha256=sha256, progress=not options(ctx).quiet, extract=not no_extract)
-        console().print(f"ready: {path}")
+        path = fetch(name, out, url=url, sha256=sha256, progress=not options(ctx).quiet, extract=not no_extract,
+                     force=force)
+        console().print(f"ready: {path}", markup=False)
 
     run(body, ctx)

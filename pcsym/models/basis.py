@@ -29,21 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..groups import Group, quiet_stdout
+from ..config import ModelConfig
+from .cache import cached
+from .contraction import KernelContraction
+from .groups import Group, private_copy, quiet_stdout
 from .linear import EquivLinear, type_size
 
-#: escnn's basis of the paper's baseline (``R3PointConv(width=..., n_rings=..., frequencies_cutoff=...)``):
-#: rings at linspace(0, width, n_rings), frequencies up to frequencies_cutoff × radius on each
-BASIS_DEFAULTS = dict(width=3.0, n_rings=3, frequencies_cutoff=2.0)
 #: coefficients of T below this fraction of its largest are escnn's float noise (1e-15 and below, where
 #: genuine ones are 1e-2 and above): zeroed, so W's structural zeros stay structural
 NOISE = 1e-9
-
-
-def _implicit():
-    from .layers import ImplicitKernelConv  # layers imports this module (its KERNELS registry)
-
-    return ImplicitKernelConv
 
 
 def _pointconv(group: Group, in_reps, out_reps, width: float, n_rings: int, frequencies_cutoff: float):
@@ -80,8 +74,6 @@ def basis_spec(group: Group, in_reps, out_reps, width: float = 3.0, n_rings: int
     component), ``cob_<l>``. φ components no basis element uses are left out.
     """
     from escnn.nn.modules.basismanager import retrieve_indices
-
-    from .layers import private_copy
 
     pc = _pointconv(group, in_reps, out_reps, width, n_rings, frequencies_cutoff)
     sampler = pc.basissampler
@@ -151,8 +143,6 @@ def basis_spec(group: Group, in_reps, out_reps, width: float = 3.0, n_rings: int
 def cached_basis_spec(group: Group, in_reps, out_reps, width: float = 3.0, n_rings: int = 3,
                       frequencies_cutoff: float = 2.0) -> dict:
     """:func:`basis_spec` through the on-disk layer cache (:mod:`pcsym.models.cache`)."""
-    from .cache import cached
-
     kind = f"basis-w{width:g}-r{n_rings}-f{frequencies_cutoff:g}-v1"
     spec = cached(kind, group, {"in": list(in_reps), "out": list(out_reps)}, True,
                   lambda: basis_spec(group, in_reps, out_reps, width, n_rings, frequencies_cutoff))
@@ -238,7 +228,7 @@ class _BasisLinear(EquivLinear):
         return self._flat_blocks().index_select(0, index)
 
 
-class FastBasisKernelConv(nn.Module):
+class FastBasisKernelConv(KernelContraction):
     """Steerable point convolution in escnn's analytical basis (the paper's baseline, ``--kernel basis``),
     computed like :class:`~pcsym.models.layers.ImplicitKernelConv` with the basis functions φ in place of
     the kernel MLP's features (see the module docstring). Same interface; parameters ``contract.weight`` /
@@ -246,8 +236,8 @@ class FastBasisKernelConv(nn.Module):
     (:class:`pcsym.models.layers.BasisKernelConv`, keys ``pc.*``) load into it unchanged.
     """
 
-    def __init__(self, group: Group, in_reps, out_reps, max_radius: float = 3.0, n_rings: int = 3,
-                 frequencies_cutoff: float = 2.0):
+    def __init__(self, group: Group, in_reps, out_reps, max_radius: float = ModelConfig.basis_radius,
+                 n_rings: int = ModelConfig.basis_rings, frequencies_cutoff: float = ModelConfig.basis_cutoff):
         super().__init__()
         spec = cached_basis_spec(group, in_reps, out_reps, max_radius, n_rings, frequencies_cutoff)
         self.in_size, self.out_size = type_size(in_reps), type_size(out_reps)
@@ -267,36 +257,14 @@ class FastBasisKernelConv(nn.Module):
 
     @classmethod
     def from_config(cls, group: Group, in_reps, out_reps, cfg) -> "FastBasisKernelConv":
-        return cls(group, in_reps, out_reps, **dict(zip(("max_radius", "n_rings", "frequencies_cutoff"),
-                                                        BASIS_DEFAULTS.values())))
+        return cls(group, in_reps, out_reps, cfg.basis_radius, cfg.basis_rings, cfg.basis_cutoff)
 
     def kernel_hidden(self, rel: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
         """φ(rel) (..., H): the basis functions on the edges (edge features: not supported, as before)."""
         return self.embed(rel)
 
-    # the implicit kernel's contraction, unchanged (h = φ): aggregation h ⊗ f over the neighbours, then W
-    def forward(self, rel, f_nb, edge=None):
-        """rel (B, M, k, 3) scaled relative positions, f_nb (B, M, k, C_in) -> (B, M, C_out)."""
-        return _implicit().forward(self, rel, f_nb, edge)
-
-    def convolve(self, rel, f_src, idx, edge=None):
-        return _implicit().convolve(self, rel, f_src, idx, edge)
-
-    def kernel(self, rel, edge=None):
-        """The explicit kernel matrices k(rel) = Σ_b w_b B_b(rel): (..., out, in)."""
-        return _implicit().kernel(self, rel, edge)
-
-    def dense_weight(self):
-        return _implicit().dense_weight(self)
-
-    def _plan(self):
-        return _implicit()._plan(self)
-
-    def _pack(self, agg):
-        return _implicit()._pack(self, agg)
-
-    def _contract(self, agg, b, m, k):
-        return _implicit()._contract(self, agg, b, m, k)
+    # forward, convolve, kernel, dense_weight: the implicit kernel's contraction, unchanged (h = φ;
+    # pcsym.models.contraction.KernelContraction)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # a checkpoint of the escnn-sampled conv: its parameters are ours (same basis, same order); escnn's

@@ -99,9 +99,3 @@ def cached(kind: str, group, parts: dict, bias: bool, build: Callable[[], dict])
         pass
     return spec
 
-
-def cached_linear_spec(group, in_reps, out_reps, bias: bool = True) -> dict:
-    from .linear import linear_spec
-
-    return cached("linear", group, {"in": list(in_reps), "out": list(out_reps)}, bias,
-                  lambda: linear_spec(group, in_reps, out_reps, bias))

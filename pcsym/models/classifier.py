@@ -2,7 +2,7 @@
 
 With ``depth`` > 1, each stage adds residual blocks on its own points after the downsampling one.
 
-Downsampling uses one point *order* per cloud (:func:`pcsym.graph.sampling_order`: random,
+Downsampling uses one point *order* per cloud (:func:`pcsym.geometry.graph.sampling_order`: random,
 farthest-point, or random then farthest-point); layer l keeps the first N_l points of it and
 convolves over the k nearest of the previous layer's points. A cloud and its transformed copy
 therefore use identical indices.
@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..graph import gather, knn, random_order, sampling_order, take
-from ..groups import Group, resolve
+from ..geometry.graph import estimate_normals
+from ..geometry.graph import gather, knn, random_order, sampling_order, take
+from .groups import Group, resolve
 from .layers import EDGE_FIELDS, KERNELS, EquivBatchNorm, FieldNonlinearity, channel_types, channels_for
 
 
@@ -108,8 +109,6 @@ class EquivariantClassifier(nn.Module):
             feats.append(pos - pos.mean(dim=1, keepdim=True))
         if self.cfg.use_normals:
             if normals is None:
-                from ..graph import estimate_normals
-
                 normals = estimate_normals(pos)
             feats.append(normals)
         return torch.cat(feats + [torch.ones_like(pos[..., :1])], dim=-1)
@@ -150,8 +149,6 @@ class EquivariantClassifier(nn.Module):
         :meth:`pooled_features` takes. In training this draws the random sampling order (unless
         ``draw`` holds it: :meth:`draw_order`)."""
         if normals is None and self.cfg.use_normals:
-            from ..graph import estimate_normals
-
             normals = estimate_normals(pos)
         feat = self.input_features(normals, pos)
         if order is None:

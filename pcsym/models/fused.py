@@ -1,5 +1,5 @@
 """The implicit kernel's per-edge MLP and neighbour aggregation through the compiled kernels of
-:mod:`pcsym.native` (``edge.c``, ``agg.c``).
+:mod:`pcsym.geometry.native` (``edge.c``, ``agg.c``).
 
 :class:`~pcsym.models.layers.ImplicitKernelConv` computes h(x_i − x_j) = MLP(embedding(x_i − x_j), edge
 features) on every edge; in torch that is dozens of elementwise ops over (edges x width) tensors
@@ -19,7 +19,7 @@ import contextlib
 import numpy as np
 import torch
 
-from .. import native
+from ..geometry import native
 
 
 _off = [0]  # > 0 inside torch_spelling() blocks
@@ -43,7 +43,7 @@ def gate_channels(is_scalar, gate_of) -> np.ndarray:
 
 
 def _constants(conv) -> dict:
-    """The conv's fixed arrays for :class:`pcsym.native.EdgeNet` (taken once, kept on the module)."""
+    """The conv's fixed arrays for :class:`pcsym.geometry.native.EdgeNet` (taken once, kept on the module)."""
     const = conv.__dict__.get("_edge_constants")
     if const is None:
         emb = conv.embed

@@ -16,10 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import shards
-from ..graph import gather
-from . import fused
-from ..groups import Group, quiet_stdout
+from ..config import ModelConfig
+from ..geometry.graph import gather
+from . import fused, shards
+from .basis import FastBasisKernelConv
+from .cache import cached
+from .contraction import KernelContraction
+from .groups import Group, private_copy, quiet_stdout  # noqa: F401  (private_copy re-exported)
 from .linear import EquivLinear, FrozenLinear, freeze, linear_spec, type_size  # noqa: F401  (re-exported)
 
 
@@ -32,27 +35,6 @@ def direct_sum_matrix(reps, g) -> np.ndarray:
         out[p : p + r.size, p : p + r.size] = r(g)
         p += r.size
     return out
-
-
-def private_copy(module: nn.Module) -> nn.Module:
-    """Deep-copy an escnn module's torch state while sharing escnn's (immutable, cached) group,
-    representation and gspace objects. escnn shares basis modules between layers, so without
-    this ``.double()`` on one model would change the dtype of another."""
-    from escnn.group import Group, GroupElement, Representation
-    from escnn.gspaces import GSpace
-
-    classes = (Group, GroupElement, Representation, GSpace)
-    saved = {c: c.__dict__.get("__deepcopy__") for c in classes}
-    try:
-        for c in classes:
-            c.__deepcopy__ = lambda self, memo: self
-        return copy.deepcopy(module)
-    finally:
-        for c, fn in saved.items():
-            if fn is None:
-                del c.__deepcopy__
-            else:
-                c.__deepcopy__ = fn
 
 
 class FieldNonlinearity(nn.Module):
@@ -216,7 +198,7 @@ class EquivBatchNorm(nn.Module):
 
     def moments(self, x: torch.Tensor, P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per channel: the batch mean projected on the invariant subspace, and the mean square about
-        it. Over the whole batch when it runs in shards on threads (pcsym.shards: one all-reduce)."""
+        it. Over the whole batch when it runs in shards on threads (pcsym.models.shards: one all-reduce)."""
         if shards.current() is not None:
             return shards.moments(x, P if self.has_invariant else None)
         mean = self.batch_mean(x) @ P if self.has_invariant else torch.zeros_like(x[0])
@@ -224,7 +206,7 @@ class EquivBatchNorm(nn.Module):
 
     def batch_mean(self, t: torch.Tensor) -> torch.Tensor:
         """Mean over the batch (rows); over every process of a torchrun job in the synchronised
-        subclass (pcsym.distributed)."""
+        subclass (pcsym.training.distributed)."""
         return t.mean(0)
 
     def _channel_scale(self, var: torch.Tensor) -> torch.Tensor:
@@ -245,7 +227,7 @@ class HarmonicEmbedding(nn.Module):
     Y_l = C_l (Y_{l-1} ⊗ x), so the forward pass is plain torch.
     """
 
-    def __init__(self, group: Group, lmax: int = 2, n_radial: int = 4, max_radius: float = 2.5):
+    def __init__(self, group: Group, lmax: int = 2, n_radial: int = 4, max_radius: float = ModelConfig.radial_max):
         super().__init__()
         from escnn.kernels.harmonic_polynomial_r3 import HarmonicPolynomialR3Generator
 
@@ -274,7 +256,7 @@ class HarmonicEmbedding(nn.Module):
         return torch.cat(feats, dim=-1)
 
 
-class ImplicitKernelConv(nn.Module):
+class ImplicitKernelConv(KernelContraction):
     """Steerable point convolution with an implicit kernel (Zhdanov, Hoffmann, Cesa 2023).
 
     The kernel k(x_i − x_j) is a G-equivariant MLP of the harmonic embedding of the relative
@@ -290,10 +272,11 @@ class ImplicitKernelConv(nn.Module):
     """
 
     def __init__(self, group: Group, in_reps, out_reps, kernel_dims: int = 16, kernel_layers: int = 2,
-                 lmax: int = 2, n_radial: int = 4, edge_dims: int = 0, edge_vectors: int = 0):
+                 lmax: int = 2, n_radial: int = 4, edge_dims: int = 0, edge_vectors: int = 0,
+                 radial_max: float = ModelConfig.radial_max):
         super().__init__()
         self.in_size, self.out_size = type_size(in_reps), type_size(out_reps)
-        self.embed = HarmonicEmbedding(group, lmax, n_radial)
+        self.embed = HarmonicEmbedding(group, lmax, n_radial, radial_max)
         # edge features appended to the embedding: edge_dims invariant scalars, then edge_vectors vectors
         # (x, y, z columns, acted on like positions)
         self.edge_cols = edge_dims + 3 * edge_vectors
@@ -321,8 +304,6 @@ class ImplicitKernelConv(nn.Module):
                 tensor_reps = [ra.tensor(rb) for ra in self.h_reps for rb in in_reps]
             return linear_spec(group, tensor_reps, out_reps, True)
 
-        from .cache import cached
-
         spec = cached("contract", group, {"h": self.h_reps, "in": list(in_reps), "out": list(out_reps)}, True,
                       contract_spec)
         self.contract = EquivLinear(group, None, out_reps, spec=spec)
@@ -333,7 +314,8 @@ class ImplicitKernelConv(nn.Module):
     def from_config(cls, group: Group, in_reps, out_reps, cfg) -> "ImplicitKernelConv":
         scalars, vectors = EDGE_FIELDS[cfg.edge_features]
         return cls(group, in_reps, out_reps, kernel_dims=cfg.kernel_dims, kernel_layers=cfg.kernel_layers,
-                   lmax=cfg.lmax, n_radial=cfg.n_radial, edge_dims=scalars, edge_vectors=vectors)
+                   lmax=cfg.lmax, n_radial=cfg.n_radial, edge_dims=scalars, edge_vectors=vectors,
+                   radial_max=cfg.radial_max)
 
     def kernel_hidden(self, rel: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
         h = fused.kernel_hidden(self, rel, edge)  # the compiled kernel where it applies (same maths)
@@ -345,68 +327,6 @@ class ImplicitKernelConv(nn.Module):
         h = self.mlp(e)
         return torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
 
-    def dense_weight(self):
-        """The contraction's (W, b) with W's columns in the order of the flattened (h, f) outer
-        product (W_flat[:, perm] = W): one gather from the basis blocks, no scatter."""
-        if isinstance(self.contract, EquivLinear):
-            return self.contract.expand(permuted=True)
-        w, b = self.contract.expand()  # a frozen copy (see freeze): expanded once, scatter as before
-        wn = torch.zeros_like(w)
-        wn[:, self.perm] = w
-        return wn, b
-
-    def kernel(self, rel: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
-        """The explicit kernel matrices k(rel): (..., out, in)."""
-        w, _ = self.dense_weight()
-        h = self.kernel_hidden(rel, edge)
-        return torch.einsum("ohc,...h->...oc", w.reshape(self.out_size, self.h_size, self.in_size), h)
-
-    def forward(self, rel: torch.Tensor, f_nb: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
-        """rel (B, M, k, 3) relative positions (already scaled), f_nb (B, M, k, C_in), edge (B, M, k, E)
-        the edge features (models with edge features: EDGE_FIELDS) -> (B, M, C_out)."""
-        b, m, k, _ = rel.shape
-        h = self.kernel_hidden(rel, edge)  # (B, M, k, H)
-        agg = torch.bmm(h.reshape(b * m, k, self.h_size).transpose(1, 2), f_nb.reshape(b * m, k, self.in_size))
-        return self._contract(self._pack(agg.reshape(b * m, -1)), b, m, k)
-
-    def convolve(self, rel: torch.Tensor, f_src: torch.Tensor, idx: torch.Tensor,
-                 edge: torch.Tensor | None = None) -> torch.Tensor:
-        """:meth:`forward` with the neighbours' features taken from f_src (B, N, C_in) at idx (B, M, k):
-        the compiled aggregation where it applies (:func:`pcsym.models.fused.aggregate`), else gather + bmm."""
-        b, m, k, _ = rel.shape
-        h = self.kernel_hidden(rel, edge)
-        plan = self._plan()
-        agg = fused.aggregate(h, f_src, idx, None if plan is None else plan.cols)
-        if agg is None:
-            agg = torch.bmm(h.reshape(b * m, k, self.h_size).transpose(1, 2),
-                            gather(f_src, idx).reshape(b * m, k, self.in_size))
-            agg = self._pack(agg.reshape(b * m, -1))
-        return self._contract(agg.reshape(b * m, -1), b, m, k)
-
-    def _plan(self) -> ColumnPlan | None:
-        """The contraction's :class:`ColumnPlan` (None: dense; a frozen copy is always dense)."""
-        return self.contract.column_plan(permuted=True) if isinstance(self.contract, EquivLinear) else None
-
-    def _pack(self, agg: torch.Tensor) -> torch.Tensor:
-        plan = self._plan()
-        return agg if plan is None else agg.index_select(1, plan.cols)
-
-    def _contract(self, agg: torch.Tensor, b: int, m: int, k: int) -> torch.Tensor:
-        """out = W · mean_j(h ⊗ f) + bias from the neighbour sums agg (B*M, H*C_in), packed by the plan."""
-        plan = self._plan()
-        if plan is not None:  # W's structurally non-zero part only: 18-34% of it (so3, o2)
-            out, bias = self.contract.packed_matmul(agg, plan)
-        else:
-            w, bias = self.dense_weight()
-            out = torch.mm(agg, w.t())
-        # mean over neighbours: the sum's contraction divided by k afterwards, on the output, which is
-        # the smallest tensor here (not on agg, and not addmm's alpha, whose backward rescales agg's gradient)
-        out = out / k
-        if bias is not None:
-            out = out + bias
-        return out.reshape(b, m, self.out_size)
-
-
 class BasisKernelConv(nn.Module):
     """The paper's baseline: escnn's group-restricted steerable basis (``R3PointConv``). The reference
     spelling: ``--kernel basis`` builds :class:`pcsym.models.basis.FastBasisKernelConv` (same basis and messages).
@@ -415,8 +335,8 @@ class BasisKernelConv(nn.Module):
     sampler (``R3PointConv.basissampler.compute_messages``) on the same kNN edges, and averaged.
     """
 
-    def __init__(self, group: Group, in_reps, out_reps, max_radius: float = 3.0, n_rings: int = 3,
-                 frequencies_cutoff: float = 2.0):
+    def __init__(self, group: Group, in_reps, out_reps, max_radius: float = ModelConfig.basis_radius,
+                 n_rings: int = ModelConfig.basis_rings, frequencies_cutoff: float = ModelConfig.basis_cutoff):
         super().__init__()
         from escnn import nn as enn
 
@@ -434,7 +354,7 @@ class BasisKernelConv(nn.Module):
 
     @classmethod
     def from_config(cls, group: Group, in_reps, out_reps, cfg) -> "BasisKernelConv":
-        return cls(group, in_reps, out_reps)  # escnn's default basis (the paper's baseline)
+        return cls(group, in_reps, out_reps, cfg.basis_radius, cfg.basis_rings, cfg.basis_cutoff)
 
     def convolve(self, rel: torch.Tensor, f_src: torch.Tensor, idx: torch.Tensor,
                  edge: torch.Tensor | None = None) -> torch.Tensor:
@@ -452,8 +372,6 @@ class BasisKernelConv(nn.Module):
 #: (invariant scalars, vectors) per edge of each ``ModelConfig.edge_features`` (config.EDGE_FEATURES); their
 #: columns, in this order, are :func:`pcsym.models.classifier.edge_features`'
 EDGE_FIELDS = {"none": (0, 0), "ppf": (3, 0), "ppf+normals": (3, 2)}
-
-from .basis import FastBasisKernelConv  # noqa: E402  (escnn's basis through the contraction above)
 
 #: The steerable convolutions by ``ModelConfig.kernel`` name (``config.KERNELS`` lists the same names
 #: without importing torch; a test keeps the two equal); each is built with

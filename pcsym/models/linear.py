@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..groups import Group, quiet_stdout
+from . import fused
+from .cache import cached
+from .groups import Group, quiet_stdout
 
 
 def type_size(reps) -> int:
@@ -73,6 +75,13 @@ def linear_spec(group: Group, in_reps, out_reps, bias: bool = True) -> dict:
     if lin.bias is not None:
         spec["bias_expansion"] = lin.bias_expansion.detach().cpu().float().numpy()
     return spec
+
+
+
+def cached_linear_spec(group: Group, in_reps, out_reps, bias: bool = True) -> dict:
+    """:func:`linear_spec`, from the on-disk layer cache (:mod:`pcsym.models.cache`) when it holds it."""
+    return cached("linear", group, {"in": list(in_reps), "out": list(out_reps)}, bias,
+                  lambda: linear_spec(group, in_reps, out_reps, bias))
 
 
 class _Block(nn.Module):
@@ -130,8 +139,6 @@ def plan_columns(live: torch.Tensor, index: torch.Tensor) -> ColumnPlan | None:
 def _term_expansion() -> bool:
     """Whether :class:`_Entries` expands the weights now (not while tracing or scripting an export, not inside
     :func:`pcsym.models.fused.torch_spelling`: FLOP counts see the per-pair products there)."""
-    from . import fused
-
     return not (fused._off[0] or torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
@@ -174,8 +181,6 @@ class EquivLinear(nn.Module):
     def __init__(self, group: Group, in_reps, out_reps, bias: bool = True, gain: float = 1.0, spec: dict | None = None):
         super().__init__()
         if spec is None:
-            from .cache import cached_linear_spec
-
             spec = cached_linear_spec(group, in_reps, out_reps, bias)
         self.in_size, self.out_size = int(spec["in_size"]), int(spec["out_size"])
         self.expansion = nn.Module()

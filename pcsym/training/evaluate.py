@@ -1,0 +1,268 @@
+"""Evaluation: predictions with test-time votes, accuracy figures, and their files.
+
+Figures: overall accuracy (OA), mean class accuracy (mAcc) and, with a class prior, the accuracy
+re-weighted to that prior (``Σ_c π_c · acc_c``). OA is dominated by a split's big classes; a
+validation split cut from an unbalanced train split (ModelNet10: chair 889, bathtub 106) therefore
+overstates the accuracy on a balanced test split, which mAcc (= the re-weighted accuracy under a
+uniform prior) tracks. ``evaluate_checkpoint`` scores the shapes a run held out itself: the split
+seed and fraction come from the checkpoint, never from the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import io
+import json
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ROTATIONS, SAMPLINGS, TrainConfig, check_choice
+from ..data.datasets import load_dataset, with_estimated_normals
+from ..data.splits import SPLITS, default_split, run_split
+from ..data.transforms import eval_dataset
+from ..errors import PcsymError
+from ..files import atomic_write_bytes
+from ..models.checkpoint import PRETRAINED, load_model, train_config_of
+from ..models.groups import get_group
+from ..seeds import derive
+from .loader import make_loader
+from .plots import confusion_matrix_png
+from .unknown import unknown_threshold
+
+
+def vote_base(eval_seed: int | None) -> int:
+    """The first downsampling order (:func:`pcsym.geometry.graph.vote_order`) of an evaluation pass: 0 (the
+    eval-mode orders that checkpoints, exports and ``classify`` share) or, for ``evaluate --seed N``, the
+    "eval-seed-votes" stream of N (:mod:`pcsym.seeds`)."""
+    return 0 if eval_seed is None else derive("eval-seed-votes", int(eval_seed))
+
+
+@torch.no_grad()
+def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, first_order: int = 0):
+    """Class probabilities averaged over ``votes`` copies: copy v uses the dataset's augmentation of
+    epoch v and, for randomly downsampling models, the seeded downsampling order ``first_order + v``.
+    Models without a pcsym config (the benchmarks' peers) are called as ``model(pos, normals)``. On
+    CPU, batches run concurrently on torch's threads, one each (:func:`batch_workers`); every batch's
+    result is the same."""
+    model.eval()
+    has_votes = getattr(getattr(model, "cfg", None), "sampling", None) is not None
+
+    def probabilities(pos, nrm, v):
+        with torch.no_grad():  # grad mode is per thread
+            logits = model(pos, nrm, vote=v) if has_votes else model(pos, nrm)
+        return torch.softmax(logits.float(), dim=-1).cpu()
+
+    total = None
+    labels = None
+    with batch_workers(torch.get_num_threads() if torch.device(device).type == "cpu" else 1) as submit:
+        for v in range(max(1, votes)):
+            ds.set_epoch(v)
+            outs, ys = [], []
+            for pos, nrm, y in make_loader(ds, batch_size, False, 0, v, 0):
+                outs.append(submit(probabilities, pos.to(device), nrm.to(device), first_order + v))
+                ys.append(y)
+            probs = torch.cat([o.result() for o in outs])
+            total = probs if total is None else total + probs
+            labels = torch.cat(ys)
+    return total / max(1, votes), labels
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+@contextlib.contextmanager
+def batch_workers(n: int):
+    """``submit(fn, *args)`` -> an object with ``.result()``. With n > 1: n threads run whole batches
+    side by side, torch set to one intra-op thread meanwhile (restored after). On a 2-core machine
+    two batches at once beat one batch on two threads by 10-20% (the model's ops are small and
+    torch's intra-op split of them scales poorly); at most 2n batches wait at a time."""
+    if n <= 1:
+        yield lambda fn, *args: _Done(fn(*args))
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pending: deque = deque()
+    try:
+        with ThreadPoolExecutor(n, thread_name_prefix="pcsym-batch") as pool:
+            def submit(fn, *args):
+                while len(pending) >= 2 * n:
+                    pending.popleft().result()
+                fut = pool.submit(fn, *args)
+                pending.append(fut)
+                return fut
+
+            yield submit
+    finally:
+        torch.set_num_threads(before)
+
+
+def read_prior(spec: str | os.PathLike, class_names: list[str]) -> np.ndarray:
+    """A class prior (C,), summing to 1: ``balanced`` (uniform), or a file giving each class a weight
+    (counts or probabilities) — JSON ``{"class": weight}`` or lines ``class weight`` / ``class,weight``."""
+    if str(spec) == "balanced":
+        return np.full(len(class_names), 1.0 / len(class_names))
+    path = Path(spec)
+    if not path.is_file():
+        raise PcsymError("prior file not found (use 'balanced' or a file of class weights)", path=path)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        if text.lstrip().startswith("{"):
+            table = {str(k): float(v) for k, v in json.loads(text).items()}
+        else:
+            rows = [ln.replace(",", " ").split() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+            table = {r[0]: float(r[1]) for r in rows}
+    except (ValueError, IndexError, AttributeError):
+        raise PcsymError("prior file must map each class to a weight (JSON or 'class weight' lines)", path=path) from None
+    unknown = sorted(set(table) - set(class_names))
+    missing = [c for c in class_names if c not in table]
+    if unknown or missing:
+        raise PcsymError(f"prior file classes do not match the model's (unknown {unknown[:3]}, missing "
+                         f"{missing[:3]})", path=path)
+    w = np.array([table[c] for c in class_names], dtype=float)
+    if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+        raise PcsymError("prior weights must be finite, non-negative and not all zero", path=path)
+    return w / w.sum()
+
+
+def metrics_from_predictions(y_true, y_pred, class_names: list[str], prior: np.ndarray | None = None) -> dict:
+    labels = list(range(len(class_names)))
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    present = cm.sum(1) > 0
+    per_class = np.where(present, np.diag(cm) / np.maximum(cm.sum(1), 1), np.nan)
+    out = {
+        "overall_accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
+        "mean_class_accuracy": float(np.nanmean(per_class)) if present.any() else 0.0,
+        "per_class_accuracy": {class_names[i]: (None if np.isnan(a) else float(a)) for i, a in enumerate(per_class)},
+        "support": {class_names[i]: int(cm[i].sum()) for i in labels},
+        "confusion_matrix": cm.tolist(),
+        "class_names": list(class_names),
+        "n": int(len(y_true)),
+    }
+    if prior is not None:
+        w = np.where(present, prior, 0.0)
+        out["prior_weighted_accuracy"] = float((w * np.nan_to_num(per_class)).sum() / w.sum()) if w.sum() > 0 else 0.0
+    return out
+
+
+def evaluate_model(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, prior=None, world=None,
+                   first_order: int = 0) -> dict:
+    """Metrics of ``model`` on ``ds``, plus ``unknown_threshold`` calibrated on these shapes. In a
+    torchrun job (``world``) each process predicts its share of the shapes and all get the metrics.
+    ``first_order``: the downsampling order of the first vote (:func:`vote_base` of an evaluation seed)."""
+    if world is not None and world.active:
+        shard = copy.copy(ds)
+        shard.indices = ds.indices[world.rank::world.size]
+        parts = world.gather(predict(model, shard, batch_size, device, votes, first_order))
+        probs, labels = torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts])
+    else:
+        probs, labels = predict(model, ds, batch_size, device, votes, first_order)
+    m = metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), model.cfg.class_names, prior)
+    m["unknown_threshold"] = unknown_threshold(probs.numpy())
+    return m
+
+
+def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | None = None, rotate: str = "none",
+                        votes: int = 1, prior: str | None = None, batch_size: int = 32, device: str = "cpu",
+                        up_axis: str | None = None, fmt: str | None = None, sampling: str | None = None,
+                        seed: int | None = None, logits: bool = False) -> dict:
+    """Load ``checkpoint`` and score it on ``split`` of ``data`` (default: ``test`` when the dataset
+    has one, else ``val``), downsampling with ``sampling`` (default: the model's own scheme). A model
+    trained on estimated normals gets estimated normals even where the data has its own.
+    ``seed`` (``evaluate --seed N``): draw the evaluation pass with this seed — each shape's points, its
+    rotation and the downsampling orders (:func:`pcsym.data.transforms.eval_dataset`, :func:`vote_base`);
+    None: the one fixed pass of validation, the benchmarks and the README's figures. ``logits``: also
+    return each shape's class probabilities (``probabilities``, averaged over the votes).
+    ``val``/``train`` are the run's own split: its seed and validation fraction come from the
+    checkpoint (the defaults, seed 0 and 0.2, for checkpoints that predate storing them)."""
+    check_choice(rotate, ROTATIONS, "--rotate")
+    check_choice(split, SPLITS, "--split")
+    check_choice(sampling, SAMPLINGS, "--sampling")
+    if votes < 1:
+        raise PcsymError("--votes must be at least 1")
+    model, ckpt = load_model(checkpoint, device)
+    cfg = model.cfg
+    cfg.sampling = sampling or cfg.sampling
+    ds_all = load_dataset(data, points=cfg.points, up_axis=up_axis, fmt=fmt)
+    if list(ds_all.class_names) != list(cfg.class_names):
+        raise PcsymError(f"dataset classes ({len(ds_all.class_names)}) differ from the model's "
+                         f"({len(cfg.class_names)})", path=data)
+    run = train_config_of(ckpt) or TrainConfig()
+    split = split or default_split(ds_all)
+    idx = run_split(ds_all, split, run)
+    if cfg.estimated_normals and not ds_all.normals_estimated:  # the data's own normals: estimate as in training
+        ds_all, idx = with_estimated_normals(ds_all, cfg.estimated_normals, run.seed, rows=idx), np.arange(len(idx))
+    ds = eval_dataset(ds_all, idx, cfg.points, rotate, run.seed, seed)
+    weights = None if prior is None else read_prior(prior, cfg.class_names)
+    if logits:
+        probs, labels = predict(model, ds, batch_size, device, votes, vote_base(seed))
+        m = metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), cfg.class_names, weights)
+        m["unknown_threshold"] = unknown_threshold(probs.numpy())
+        m["probabilities"] = probs.numpy().round(6).tolist()
+    else:
+        m = evaluate_model(model, ds, batch_size=batch_size, device=device, votes=votes, prior=weights,
+                           first_order=vote_base(seed))
+    m.update({"checkpoint": str(checkpoint), "model": model_name(checkpoint), "group": cfg.group,
+              "data": str(data), "rotate": rotate, "split": split, "votes": votes, "sampling": cfg.sampling,
+              "seed": seed, "split_seed": run.seed, "val_fraction": run.val_fraction,
+              "train_fraction": run.train_fraction, "train_rotate": run.rotate if train_config_of(ckpt) else None,
+              "shipped": str(checkpoint) in PRETRAINED})
+    if prior is not None:
+        m["prior"] = str(prior)
+    return m
+
+
+def model_name(checkpoint) -> str:
+    """How messages name a model: a shipped name as is, a run's checkpoint by its run folder and file."""
+    s = str(checkpoint)
+    p = Path(s)
+    return s if not p.exists() or p.is_dir() else (s if p.parent == Path(".") else f"{p.parent.name}/{p.name}")
+
+
+def invariance_note(model: str, group: str, rotate: str, train_rotate: str | None = None) -> str | None:
+    """What ``evaluate --rotate`` tests that the model's group does not cover (None: it is covered): e.g. an
+    o2 model is invariant to rotations about z, not to the SO(3) rotations of ``--rotate so3``."""
+    spec = get_group(group)
+    if rotate == "none":
+        return None
+    tilt = np.array([[1, 0, 0], [0, np.cos(0.9), -np.sin(0.9)], [0, np.sin(0.9), np.cos(0.9)]])
+    spin = np.array([[np.cos(0.7), -np.sin(0.7), 0], [np.sin(0.7), np.cos(0.7), 0], [0, 0, 1]])
+    member = spec.member if spec.member is not None else (lambda M, det, atol: False)
+    if member(tilt @ spin, 1.0, 1e-6) or (rotate == "z" and member(spin, 1.0, 1e-6)):
+        return None
+    covers = ("rotations about z" if member(spin, 1.0, 1e-6) else
+              "no rotation" if spec.order == 1 else f"the {spec.order} elements of {group} ({spec.description})")
+    asked = "SO(3) rotations" if rotate == "so3" else "rotations about z"
+    learned = (f"; its training's --rotate {train_rotate} may have taught it some of the rest"
+               if train_rotate in ("so3",) or (train_rotate == "z" and rotate == "z") else "")
+    return f"{model} (group {group}) is invariant only to {covers}: --rotate {rotate} tests {asked} it was not " \
+           f"built for{learned}"
+
+
+def write_eval_outputs(out: Path, m: dict) -> None:
+    """metrics.json, confusion.csv and confusion.png in ``out`` (each written atomically)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "metrics.json", json.dumps(m, indent=2).encode())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["true\\pred"] + m["class_names"])
+    for name, row in zip(m["class_names"], m["confusion_matrix"]):
+        w.writerow([name] + row)
+    atomic_write_bytes(out / "confusion.csv", buf.getvalue().encode())
+    confusion_matrix_png(m["confusion_matrix"], m["class_names"], out / "confusion.png",
+                         f"{m.get('model', m['checkpoint'])} ({m.get('group', '?')}): OA {m['overall_accuracy']:.3f}, "
+                         f"mAcc {m['mean_class_accuracy']:.3f}, split={m['split']}, rotate={m['rotate']}"
+                         + (f", seed={m['seed']}" if m.get("seed") is not None else ""))
