@@ -105,7 +105,7 @@ def _classify_teapot_and_bed(model: str = "so3"):
 
 
 def test_shipped_models_know_modelnet40_and_keep_the_modelnet10_ones_by_name():
-    from pcsym.predict import load_classifier
+    from pcsym.inference.predict import load_classifier
 
     for name, n in (("so3", 40), ("o2", 40), ("so3-mn10", 10), ("o2-mn10", 10)):
         cfg = load_classifier(name).cfg
