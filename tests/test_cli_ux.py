@@ -180,17 +180,17 @@ def test_evaluate_names_the_model_and_says_what_its_group_does_not_cover(sample_
     titles = []
     real = pcsym.training.evaluate.confusion_matrix_png  # imported at the module's top (issue 39)
     monkeypatch.setattr(pcsym.training.evaluate, "confusion_matrix_png", lambda *a: (titles.append(a[3]), real(*a)))
-    r = run("evaluate", "o2", "--data", sample_dataset, "--rotate", "so3", "--out", tmp_path / "ev")
+    r = run("evaluate", "o2-mn10", "--data", sample_dataset, "--rotate", "so3", "--out", tmp_path / "ev")
     assert r.exit_code == 0, r.output
     out = r.stdout.splitlines()
-    assert out[0] == f"shipped model o2 (group o2) on {sample_dataset}"
+    assert out[0] == f"shipped model o2-mn10 (group o2) on {sample_dataset}"
     assert out[1].startswith("overall accuracy ") and "rotate=so3" in out[1]
-    assert only_line(r) == ("note: o2 (group o2) is invariant only to rotations about z: --rotate so3 tests SO(3) "
+    assert only_line(r) == ("note: o2-mn10 (group o2) is invariant only to rotations about z: --rotate so3 tests SO(3) "
                             "rotations it was not built for")
-    assert titles and titles[0].startswith("o2 (o2): OA ") and "rotate=so3" in titles[0]
+    assert titles and titles[0].startswith("o2-mn10 (o2): OA ") and "rotate=so3" in titles[0]
     assert "…" not in r.stdout and "│ 7 night_stand " in r.stdout and "│ 10 toilet " in r.stdout
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert (m["model"], m["group"], m["seed"]) == ("o2", "o2", None)
+    assert (m["model"], m["group"], m["seed"]) == ("o2-mn10", "o2", None)
 
 
 def test_evaluate_seed_draws_another_pass_and_the_same_seed_the_same(o2_run, sample_dataset):

@@ -37,16 +37,16 @@ def _test_only_copy(dest: Path, per_class: int = 3) -> Path:
 def test_protocols_score_the_official_test_split_by_default(tmp_path):
     data = _test_only_copy(tmp_path / "mn10_test")
     out = tmp_path / "prot"
-    proc = _protocols("--data", str(data), "--votes", "2", "--out", str(out), "o2")
+    proc = _protocols("--data", str(data), "--votes", "2", "--out", str(out), "o2-mn10")
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.with_suffix(".json").read_text())
     assert res["split"] == "test" and res["n_shapes"] == 30
     (row,) = res["rows"]
-    # the same figures as `pcsym evaluate o2 --data DIR --rotate z` (its default split is test here too)
-    want = evaluate_checkpoint("o2", data, rotate="z")
+    # the same figures as `pcsym evaluate o2-mn10 --data DIR --rotate z` (its default split is test here too)
+    want = evaluate_checkpoint("o2-mn10", data, rotate="z")
     assert want["split"] == "test"
     assert (row["oa_z"], row["macc_z"]) == (want["overall_accuracy"], want["mean_class_accuracy"])
-    want = evaluate_checkpoint("o2", data, rotate="z", votes=2)
+    want = evaluate_checkpoint("o2-mn10", data, rotate="z", votes=2)
     assert (row["oa_z_votes"], row["macc_z_votes"]) == (want["overall_accuracy"], want["mean_class_accuracy"])
     md = out.with_suffix(".md").read_text()
     assert md.startswith(f"# Rotation protocols on the official test split (30 shapes of {data})")
@@ -55,7 +55,7 @@ def test_protocols_score_the_official_test_split_by_default(tmp_path):
 
 def test_protocols_refuse_a_split_the_dataset_lacks_in_one_line(tmp_path):
     data = _test_only_copy(tmp_path / "mn10_test")
-    proc = _protocols("--data", str(data), "--split", "val", "--out", str(tmp_path / "prot"), "o2")
+    proc = _protocols("--data", str(data), "--split", "val", "--out", str(tmp_path / "prot"), "o2-mn10")
     assert proc.returncode == 1
     err = proc.stderr.strip()  # names the dataset (its cache file, which says where the data came from)
     assert err.startswith(f"error: {data}") and "\n" not in err
@@ -69,18 +69,18 @@ def test_protocols_eval_seeds_report_mean_and_std_over_evaluation_seeds(tmp_path
 
     data = _test_only_copy(tmp_path / "mn10_test", per_class=2)
     out = tmp_path / "prot"
-    proc = _protocols("--data", str(data), "--eval-seeds", "0,1", "--out", str(out), "o2")
+    proc = _protocols("--data", str(data), "--eval-seeds", "0,1", "--out", str(out), "o2-mn10")
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.with_suffix(".json").read_text())
     assert res["eval_seeds"] == [0, 1]
     (row,) = res["rows"]
-    runs = [evaluate_checkpoint("o2", data, rotate="so3", seed=s) for s in (0, 1)]
+    runs = [evaluate_checkpoint("o2-mn10", data, rotate="so3", seed=s) for s in (0, 1)]
     assert row["oa_so3_seeds"] == [m["overall_accuracy"] for m in runs]
     assert row["oa_so3"] == statistics.fmean(row["oa_so3_seeds"])
     assert row["macc_so3_std"] == statistics.pstdev(m["mean_class_accuracy"] for m in runs)
     md = out.with_suffix(".md").read_text()
     assert "mean ± std over evaluation seeds 0,1" in md and f"{row['oa_so3']:.4f} ± {row['oa_so3_std']:.4f}" in md
     assert "--eval-seeds 0,1" in md
-    proc = _protocols("--data", str(data), "--eval-seeds", "0,x", "--out", str(out), "o2")
+    proc = _protocols("--data", str(data), "--eval-seeds", "0,x", "--out", str(out), "o2-mn10")
     assert proc.returncode == 1 and proc.stderr.strip() == \
         "error: --eval-seeds must be comma-separated integers 0 or more, got '0,x'"
