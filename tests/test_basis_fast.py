@@ -16,7 +16,7 @@ from pcsym.models.basis import FastBasisKernelConv, harmonic_cobs
 from pcsym.models.classifier import build_model, count_parameters
 from pcsym.models.layers import BasisKernelConv, channel_types, channels_for, type_size
 
-from .test_equivariance import _cloud, _conv_error
+from .test_equivariance import _assert_numpy_export_gives_its_logits, _cloud, _conv_error
 
 #: the groups of the paper's comparison (Zhdanov et al. 2023, Fig. 3)
 PAPER_GROUPS = ["so2", "o2", "so3", "o3", "m", "inv", "f", "trivial"]
@@ -205,7 +205,6 @@ def test_numpy_export_of_a_basis_model_gives_its_logits(name, tmp_path):
     import json
 
     from pcsym.inference.export import export_model
-    from pcsym.inference.runtime import NumpyClassifier
 
     torch.manual_seed(1)
     cfg = ModelConfig(group=name, kernel="basis", points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16,
@@ -218,14 +217,7 @@ def test_numpy_export_of_a_basis_model_gives_its_logits(name, tmp_path):
     path = export_model(model, tmp_path / "m.npz", "numpy")
     with np.load(path) as z:
         assert json.loads(str(z["meta"]))["version"] == 2
-    net = NumpyClassifier(path)
-    assert net.cfg == cfg
-    p, n = (x[None].float() for x in _cloud(seed=5))
-    with torch.no_grad():
-        ref = model(p, n).numpy()
-    out = net(p.numpy(), n.numpy())
-    assert np.abs(out - ref).max() < 1e-5 * max(1.0, np.abs(ref).max())
-    assert np.abs(ref).max() > 1e-3
+    _assert_numpy_export_gives_its_logits(model, path, cfg)
 
 
 def test_torchscript_and_onnx_export_of_a_basis_model(tmp_path):

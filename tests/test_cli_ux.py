@@ -242,7 +242,7 @@ def test_classify_runs_pcsyms_onnx_export(o2_run, tmp_path, monkeypatch):
     r = run("classify", BED, "--model", tmp_path / "model.txt")
     assert r.exit_code == 2
     assert only_line(r) == (f"error: {tmp_path / 'model.txt'}: not a model pcsym can run: --model takes a shipped "
-                            "model name (so3, o2), a checkpoint .pt or run folder, or an export: numpy .npz, "
+                            "model name (so3, o2, so3-mn10, o2-mn10), a checkpoint .pt or run folder, or an export: numpy .npz, "
                             "TorchScript .ts or ONNX .onnx")
 
 
@@ -288,7 +288,7 @@ _NO_HEAVY = ("import sys\nfrom pcsym.cli import main\nsys.argv = ['pcsym', *sys.
     (["export", "so3", "--out", "{tmp}/metrics.json"], "error: {tmp}/metrics.json: already exists; pass --force to "
                                                        "overwrite it"),
     (["check-equivariance", "{tmp}/missing.pt"],
-     "error: {tmp}/missing.pt: checkpoint not found (pass a .pt file or a shipped model name: so3, o2)"),
+     "error: {tmp}/missing.pt: checkpoint not found (pass a .pt file or a shipped model name: so3, o2, so3-mn10, o2-mn10)"),
 ])
 def test_argument_errors_are_reported_before_torch_is_imported(args, line, tmp_path):
     """`pcsym evaluate so3 --data /nonexistent` took 4 s (torch and escnn first): every argument is checked

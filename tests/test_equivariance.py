@@ -127,7 +127,12 @@ def test_numpy_export_gives_the_models_logits(name, tmp_path):
             p, n = (torch.stack([a, b]).float() for a, b in zip(_cloud(seed=2 * seed), _cloud(seed=2 * seed + 1)))
             model(p * (1 + seed), n)
     model.eval()
-    net = NumpyClassifier(export_model(model, tmp_path / "m.npz", "numpy"))
+    _assert_numpy_export_gives_its_logits(model, export_model(model, tmp_path / "m.npz", "numpy"), cfg)
+
+
+def _assert_numpy_export_gives_its_logits(model, path, cfg):
+    """The numpy runtime of the export at ``path`` gives ``model``'s logits (eval mode) on a test cloud."""
+    net = NumpyClassifier(path)
     assert net.cfg == cfg
     p, n = (x[None].float() for x in _cloud(seed=5))
     with torch.no_grad():

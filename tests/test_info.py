@@ -24,7 +24,7 @@ def test_info_names_the_active_kernels_and_imports_no_torch(tmp_path):
     assert r.returncode == 0 and r.stderr == "", r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("pcsym 0.") and lines[2].startswith("compiled kernels: active, ")
-    assert str(tmp_path / "cache" / "native") in lines[2] and "shipped models: so3, o2" in lines
+    assert str(tmp_path / "cache" / "native") in lines[2] and "shipped models: so3, o2, so3-mn10, o2-mn10" in lines
     facts = json.loads(_info(tmp_path, "--json").stdout)
     assert facts["kernels"]["active"] and facts["kernels"]["loops"] in ("AVX2+FMA", "baseline")
     code = "import sys; from pcsym.cli import main; sys.argv = ['pcsym', 'info']\ntry:\n    main()\nexcept SystemExit:\n" \

@@ -43,7 +43,7 @@ def _neardup(out, *args):
 
 def test_neardup_writes_the_quartile_table(tmp_path):
     out = tmp_path / "nd"
-    proc = _neardup(out, "--votes", "2", "--threads", "1", "o2:z=o2", "o2+o2:z=o2x2")
+    proc = _neardup(out, "--votes", "2", "--threads", "1", "o2-mn10:z=o2", "o2-mn10+o2-mn10:z=o2x2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.with_suffix(".json").read_text())
     row, pair = res["rows"]
@@ -56,7 +56,7 @@ def test_neardup_writes_the_quartile_table(tmp_path):
     # the whole split's OA is the quarters' OAs weighted by their sizes
     assert abs(sum(row[f"q{q + 1}"][0] * n_q[q] for q in range(4)) / sum(n_q) - row["all"][0]) < 1e-9
     md = out.with_suffix(".md").read_text()
-    assert res["votes"] == 2 and "OA / mAcc, 2 votes." in md and f"--out {out} --votes 2 --threads 1 o2:z=o2 o2+o2:z=o2x2" in md
+    assert res["votes"] == 2 and "OA / mAcc, 2 votes." in md and f"--out {out} --votes 2 --threads 1 o2-mn10:z=o2 o2-mn10+o2-mn10:z=o2x2" in md
 
 
 def test_neardup_refuses_a_model_that_reads_another_cloud_size(tmp_path):
@@ -66,15 +66,15 @@ def test_neardup_refuses_a_model_that_reads_another_cloud_size(tmp_path):
 
     from pcsym.models.checkpoint import read_checkpoint
 
-    ckpt = read_checkpoint("o2")
+    ckpt = read_checkpoint("o2-mn10")  # the ModelNet10 run: the script scores runs on their own split
     ckpt["model_config"] = {**ckpt["model_config"], "points": 512}
     other = tmp_path / "o2_512.pt"
     torch.save(ckpt, other)
-    proc = _neardup(tmp_path / "nd", "o2:z=o2", f"{other}:z=o2-512")
+    proc = _neardup(tmp_path / "nd", "o2-mn10:z=o2", f"{other}:z=o2-512")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (f"{other}: split seed, fraction and points per cloud "
                                                     "(0, 0.2, 512) differ from the first model's (0, 0.2, 1024): "
                                                     "score them in separate runs")
     assert not (tmp_path / "nd.md").exists()
-    proc = _neardup(tmp_path / "nd", f"o2+{other}:z=ensemble")  # the same holds inside an ensemble
+    proc = _neardup(tmp_path / "nd", f"o2-mn10+{other}:z=ensemble")  # the same holds inside an ensemble
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(f"{other}: split seed")

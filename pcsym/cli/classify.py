@@ -20,8 +20,8 @@ VOTE_ORDERS = 8  # == pcsym.inference.runtime.VOTE_ORDERS (a test keeps them equ
 def classify(
     ctx: typer.Context,
     inputs: List[Path] = typer.Argument(..., help="Mesh/cloud files (obj, off, ply, stl, xyz, txt, npy) or directories."),
-    model: str = typer.Option("so3", "--model", help="Shipped model name (so3, o2), checkpoint .pt or run folder, "
-                                                     "or export (.npz, .ts, .onnx)."),
+    model: str = typer.Option("so3", "--model", help="Shipped model name (so3, o2, so3-mn10, o2-mn10), checkpoint "
+                                                     ".pt or run folder, or export (.npz, .ts, .onnx)."),
     top_k: int = typer.Option(5, "--top-k", parser=integer("--top-k", 1), help="How many classes to show."),
     votes: int = typer.Option(1, "--votes", parser=integer("--votes", 1, VOTE_ORDERS),
                               help=f"Average over N seeded downsamplings (1-{VOTE_ORDERS})."),

@@ -22,7 +22,8 @@ OUT_FILES = ("metrics.json", "confusion.csv", "confusion.png")
 @app.command()
 def evaluate(
     ctx: typer.Context,
-    checkpoint: str = typer.Argument(..., help="Checkpoint .pt, run directory, or shipped model name (so3, o2)."),
+    checkpoint: str = typer.Argument(..., help="Checkpoint .pt, run directory, or shipped model name "
+                                               "(so3, o2, so3-mn10, o2-mn10)."),
     data: Path = typer.Option(..., "--data", help="Dataset directory or cache .npz."),
     up_axis: Optional[UP_AXIS] = up_axis_option(),
     fmt: Optional[DATA_FORMAT] = format_option(),
