@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pcsym.config import ModelConfig
+from pcsym.inference.runtime import NumpyClassifier
 from pcsym.models.equivariance import check_model
 from pcsym.models.groups import GROUPS, get_group, gspace, resolve
 from pcsym.models.classifier import build_model
@@ -116,7 +117,6 @@ def test_numpy_export_gives_the_models_logits(name, tmp_path):
     """The numpy runtime (classify's torch-free path) is a second forward pass: pin it to the model,
     with non-trivial batch-norm statistics, gated (continuous) and regular (finite) fields."""
     from pcsym.inference.export import export_model
-    from pcsym.inference.runtime import NumpyClassifier
 
     torch.manual_seed(1)
     cfg = ModelConfig(group=name, points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16,
@@ -191,7 +191,6 @@ def test_edge_feature_model_is_invariant_and_exports(name, edges, tmp_path):
     as vector fields besides) keep the model exactly invariant, change what it computes, and the numpy
     runtime reproduces it."""
     from pcsym.inference.export import export_model
-    from pcsym.inference.runtime import NumpyClassifier
 
     torch.manual_seed(0)
     base = dict(group=name, points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16,
@@ -233,7 +232,6 @@ def test_farthest_point_sampling_models_are_invariant_end_to_end_and_export(samp
     from scipy.spatial.transform import Rotation
 
     from pcsym.inference.export import export_model
-    from pcsym.inference.runtime import NumpyClassifier
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(group="so3", points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16,
@@ -267,7 +265,6 @@ def test_residual_blocks_keep_the_model_invariant_and_export(name, tmp_path, mon
     Every layer stays equivariant, the shortcut changes what the model computes, and the numpy runtime
     reproduces it."""
     from pcsym.inference.export import export_model
-    from pcsym.inference.runtime import NumpyClassifier
 
     torch.manual_seed(0)
     cfg = ModelConfig(group=name, points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16, depth=(2,),
