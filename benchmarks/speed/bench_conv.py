@@ -131,9 +131,11 @@ def worker(spec: dict) -> dict:
         times = C.time_repeats(step, reps, warmup=1)
     t_fwd = C.median(C.time_repeats(fwd_only, reps, warmup=1))
 
-    # equivariance error, float32, one random group element (the non-identity element of finite groups)
+    # equivariance error, float32, one random group element (a non-identity element of a finite group; the
+    # trivial group has only the identity)
     G = gs.fibergroup
-    g = [e for e in G.elements if e != G.identity][0] if G.order() > 0 else G.sample()
+    others = [e for e in G.elements if e != G.identity] if G.order() > 0 else []
+    g = others[0] if others else (G.identity if G.order() > 0 else G.sample())
     R = torch.tensor(np.asarray(gs.basespace_action(g)), dtype=torch.float32)
     rin = torch.tensor(direct_sum_matrix(act, g), dtype=torch.float32)
     rout = torch.tensor(direct_sum_matrix(pre, g), dtype=torch.float32)
