@@ -150,6 +150,30 @@ def cached_basis_spec(group: Group, in_reps, out_reps, width: float = 3.0, n_rin
     return spec
 
 
+def harmonic_polynomials(x: torch.Tensor, cobs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """[1, Y_1(x), ..., Y_L(x)]: harmonic polynomials of degree <= L = len(cobs) of the vectors ``x`` (..., 3), by
+    escnn's recursion Y_l = C_l (Y_{l-1} ⊗ x) with its change-of-basis matrices ``cobs`` = [C_1, ..., C_L]
+    (``HarmonicPolynomialR3Generator``). Shared by the implicit kernel's embedding (pcsym.models.layers) and
+    the basis kernel's."""
+    feats = [torch.ones_like(x[..., :1])]
+    for l, cob in enumerate(cobs, 1):
+        cob = cob.to(x.dtype)
+        prev = x @ cob.T if l == 1 else (feats[-1][..., :, None] * feats[1][..., None, :]).flatten(-2) @ cob.T
+        feats.append(prev)
+    return feats
+
+
+def init_unit_output_variance(conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """Cheap init of a point convolution ``conv(rel, features)``: ``weight`` drawn standard normal (``bias``
+    zeroed), then scaled so that unit-variance random input gives unit-variance output."""
+    with torch.no_grad():
+        weight.normal_()
+        if bias is not None:
+            bias.zero_()
+        out = conv(torch.randn(1, 64, 8, 3), torch.randn(1, 64, 8, conv.in_size))
+        weight.div_(out.std().clamp_min(1e-6))
+
+
 class BasisEmbedding(nn.Module):
     """φ(x) (..., H): escnn's ``SphericalShellsBasis`` sample (Gaussian ring r at |x| times the harmonic
     polynomial Y_jm of x/|x|; Y_0 = 1 and the others 0 at the origin), only the components in
@@ -170,15 +194,8 @@ class BasisEmbedding(nn.Module):
 
     def harmonics(self, unit: torch.Tensor) -> torch.Tensor:
         """Y (..., (lmax+1)²) of unit vectors (escnn's ``HarmonicPolynomialR3Generator``)."""
-        feats = [torch.ones_like(unit[..., :1])]
-        if self.lmax >= 1:
-            f1 = unit @ self.cob_1.to(unit.dtype).T
-            feats.append(f1)
-            prev = f1
-            for l in range(2, self.lmax + 1):
-                prev = (prev[..., :, None] * f1[..., None, :]).flatten(-2) @ getattr(self, f"cob_{l}").to(unit.dtype).T
-                feats.append(prev)
-        return torch.cat(feats, dim=-1)
+        return torch.cat(harmonic_polynomials(unit, [getattr(self, f"cob_{l}") for l in range(1, self.lmax + 1)]),
+                         dim=-1)
 
     def forward(self, rel: torch.Tensor) -> torch.Tensor:
         r = rel.norm(dim=-1, keepdim=True)
@@ -248,12 +265,7 @@ class FastBasisKernelConv(KernelContraction):
         # the (h, f) outer product is flattened in W's own column order: the identity permutation
         self.register_buffer("perm", torch.arange(self.h_size * self.in_size), persistent=False)
         self.contract.w_index_perm = self.contract.w_index  # what permute_columns(perm) would copy
-        with torch.no_grad():  # the escnn-sampled conv's init: unit output variance on unit-variance random input
-            self.contract.weight.normal_()
-            if self.contract.bias is not None:
-                self.contract.bias.zero_()
-            out = self(torch.randn(1, 64, 8, 3), torch.randn(1, 64, 8, self.in_size))
-            self.contract.weight.div_(out.std().clamp_min(1e-6))
+        init_unit_output_variance(self, self.contract.weight, self.contract.bias)  # as the escnn-sampled conv
 
     @classmethod
     def from_config(cls, group: Group, in_reps, out_reps, cfg) -> "FastBasisKernelConv":

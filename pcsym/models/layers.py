@@ -19,7 +19,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..geometry.graph import gather
 from . import fused, shards
-from .basis import FastBasisKernelConv
+from .basis import FastBasisKernelConv, harmonic_polynomials, init_unit_output_variance
 from .cache import cached
 from .contraction import KernelContraction
 from .groups import Group, private_copy, quiet_stdout  # noqa: F401  (private_copy re-exported)
@@ -242,15 +242,7 @@ class HarmonicEmbedding(nn.Module):
         self.size = type_size(self.reps)
 
     def forward(self, rel: torch.Tensor) -> torch.Tensor:
-        feats = [torch.ones_like(rel[..., :1])]
-        if self.lmax >= 1:
-            f1 = rel @ self.cob_1.to(rel.dtype).T
-            feats.append(f1)
-            prev = f1
-            for l in range(2, self.lmax + 1):
-                outer = (prev[..., :, None] * f1[..., None, :]).flatten(-2)
-                prev = outer @ getattr(self, f"cob_{l}").to(rel.dtype).T
-                feats.append(prev)
+        feats = harmonic_polynomials(rel, [getattr(self, f"cob_{l}") for l in range(1, self.lmax + 1)])
         r = rel.norm(dim=-1, keepdim=True)
         feats.append(torch.exp(-((r - self.centres.to(rel.dtype)) / self.width) ** 2))
         return torch.cat(feats, dim=-1)
@@ -347,10 +339,7 @@ class BasisKernelConv(nn.Module):
                                       bias=True, initialize=False)
             self.pc = private_copy(self.pc)  # private copy of escnn's shared basis modules
         self.in_size, self.out_size = type_size(in_reps), type_size(out_reps)
-        with torch.no_grad():  # cheap init: unit output variance on unit-variance random input
-            self.pc.weights.normal_()
-            out = self(torch.randn(1, 64, 8, 3), torch.randn(1, 64, 8, self.in_size))
-            self.pc.weights.div_(out.std().clamp_min(1e-6))
+        init_unit_output_variance(self, self.pc.weights)
 
     @classmethod
     def from_config(cls, group: Group, in_reps, out_reps, cfg) -> "BasisKernelConv":
