@@ -42,6 +42,9 @@ OPTIMIZERS = ("adamw", "sgd")
 #: the most vertices (or points) an input file may have: larger ones are refused before they are parsed (the
 #: readers' limit; ``classify --max-vertices``)
 MAX_VERTICES = 2_000_000
+#: the models shipped in the package (pcsym.models.checkpoint.PRETRAINED): so3 and o2 know ModelNet40's 40
+#: classes; so3-mn10 and o2-mn10 are the earlier ModelNet10 models
+SHIPPED_MODELS = ("so3", "o2", "so3-mn10", "o2-mn10")
 
 
 def check_choice(value, choices: tuple[str, ...], what: str):

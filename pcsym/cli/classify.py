@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ..config import MAX_VERTICES
+from ..config import MAX_VERTICES, SHIPPED_MODELS
 from ..errors import PcsymError
 from .common import (UP_AXIS, app, column, console, debug_option, force_option, integer, json_option, options,
                      print_table, quiet_option, run, table, threads_option, up_axis_option)
@@ -20,7 +20,7 @@ VOTE_ORDERS = 8  # == pcsym.inference.runtime.VOTE_ORDERS (a test keeps them equ
 def classify(
     ctx: typer.Context,
     inputs: List[Path] = typer.Argument(..., help="Mesh/cloud files (obj, off, ply, stl, xyz, txt, npy) or directories."),
-    model: str = typer.Option("so3", "--model", help="Shipped model name (so3, o2, so3-mn10, o2-mn10), checkpoint "
+    model: str = typer.Option("so3", "--model", help=f"Shipped model name ({', '.join(SHIPPED_MODELS)}), checkpoint "
                                                      ".pt or run folder, or export (.npz, .ts, .onnx)."),
     top_k: int = typer.Option(5, "--top-k", parser=integer("--top-k", 1), help="How many classes to show."),
     votes: int = typer.Option(1, "--votes", parser=integer("--votes", 1, VOTE_ORDERS),

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 
 import typer
 
-from ..config import DEVICES, ROTATIONS, SAMPLINGS
+from ..config import DEVICES, ROTATIONS, SAMPLINGS, SHIPPED_MODELS
 from ..errors import PcsymError
 from .common import (DATA_FORMAT, DEVICE, ROTATION, SAMPLING, UP_AXIS, app, check_dataset, choice, column, console,
                      debug_option, force_option, format_option, integer, json_option, print_table, quiet_option,
@@ -23,7 +23,7 @@ OUT_FILES = ("metrics.json", "confusion.csv", "confusion.png")
 def evaluate(
     ctx: typer.Context,
     checkpoint: str = typer.Argument(..., help="Checkpoint .pt, run directory, or shipped model name "
-                                               "(so3, o2, so3-mn10, o2-mn10)."),
+                                               f"({', '.join(SHIPPED_MODELS)})."),
     data: Path = typer.Option(..., "--data", help="Dataset directory or cache .npz."),
     up_axis: Optional[UP_AXIS] = up_axis_option(),
     fmt: Optional[DATA_FORMAT] = format_option(),

@@ -92,7 +92,7 @@ def file_kind(path: Path) -> str:
 
 
 #: what ``--model`` takes, for messages
-MODEL_FORMATS = ("a shipped model name (so3, o2, so3-mn10, o2-mn10), a checkpoint .pt or run folder, or an "
+MODEL_FORMATS = (f"a shipped model name ({', '.join(PRETRAINED)}), a checkpoint .pt or run folder, or an "
                  "export: numpy .npz, TorchScript .ts or ONNX .onnx")
 
 

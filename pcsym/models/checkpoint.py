@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..config import ModelConfig, TrainConfig
+from ..config import SHIPPED_MODELS, ModelConfig, TrainConfig
 from ..errors import PcsymError
 from ..files import atomic_write_bytes
 
@@ -27,8 +27,7 @@ CHECKPOINT_FORMAT = "pcsym-checkpoint"
 CHECKPOINT_VERSION = 1
 PRETRAINED_DIR = Path(__file__).parent.parent / "pretrained"
 #: Models shipped inside the package: NAME.pt (checkpoint) + NAME.npz (numpy export, torch-free classify).
-#: so3 and o2 know ModelNet40's 40 classes; so3-mn10 and o2-mn10 are the earlier ModelNet10 models.
-PRETRAINED = {"so3": "so3.pt", "o2": "o2.pt", "so3-mn10": "so3-mn10.pt", "o2-mn10": "o2-mn10.pt"}
+PRETRAINED = {name: f"{name}.pt" for name in SHIPPED_MODELS}
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
