@@ -55,6 +55,16 @@ def _ints(text: str) -> tuple[int, ...]:
     return vals
 
 
+def _ints0(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if not vals or min(vals) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got '{text}'")
+    return vals
+
+
 def _groups(text: str) -> tuple[str, ...]:
     from pcsym.models.groups import get_group
 
@@ -88,9 +98,10 @@ def count_for(cfg) -> int:
         return count_parameters(build_model(cfg))
 
 
-def search_widths(cfg, target: int, lo: float = 0.05, hi: float = 12.0, iters: int = 18):
+def search_widths(cfg, target: int, lo: float = 0.05, hi: float = 4.0, iters: int = 18):
     """Width multiplier for ``cfg`` whose parameter count is closest to ``target`` (bisection on a
-    log scale; counts are monotone in the widths). Returns (multiplier, widths, count)."""
+    log scale; counts are monotone in the widths). Returns (multiplier, widths, count). ``hi`` caps the
+    probe: building a model 12x as wide (the old cap) took several GB for the 3D groups."""
     cache: dict[tuple[int, ...], int] = {}
 
     def count(mult):
@@ -151,39 +162,82 @@ def match_group(args, group: str) -> dict:
 # ----------------------------------------------------------------------------- one training run
 
 
+def run_name(group: str, kernel: str, seed: int) -> str:
+    return f"{group}-{kernel}-s{seed}"
+
+
 def run_one(job: dict) -> dict:
-    """Train + evaluate one (group, kernel, seed); runs in a worker process."""
+    """Train + evaluate one (group, kernel, seed); runs in a worker process.
+
+    With ``job["runs_dir"]`` the run lives in ``RUNS_DIR/<group>-<kernel>-s<seed>/``: a finished run
+    (its ``result.json``) is read back, an interrupted one goes on from its ``last.pt`` (``--resume``),
+    so a study continues where it stopped. With ``job["test_data"]`` the last epoch's model is scored
+    on that dataset's shapes, z-rotated, once per evaluation seed (``evaluate --seed``)."""
     import torch
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(job["threads"])
     from pcsym.config import ModelConfig
     from pcsym.config import TrainConfig
+    from pcsym.files import atomic_write_bytes
     from pcsym.training.train import train
 
     res = {k: job[k] for k in ("group", "kernel", "seed")}
+    run_dir = Path(job["runs_dir"]) / run_name(job["group"], job["kernel"], job["seed"]) if job.get("runs_dir") else None
+    if run_dir is not None and (run_dir / "result.json").exists():
+        done = json.loads((run_dir / "result.json").read_text())
+        if done.get("job") == _job_key(job):
+            return done["result"]
     t0 = time.time()
     try:
         mcfg = ModelConfig(**job["model"])
         mcfg.widths, mcfg.strides = tuple(mcfg.widths), tuple(mcfg.strides)
         with tempfile.TemporaryDirectory(prefix="pcsym_groups_") as tmp:
-            tcfg = TrainConfig(data=job["data"], out=tmp, epochs=job["epochs"], batch_size=job["batch_size"],
+            out = run_dir or Path(tmp)
+            resume = (out / "last.pt").exists()
+            tcfg = TrainConfig(data=job["data"], out=str(out), epochs=job["epochs"], batch_size=job["batch_size"],
                                lr=job["lr"], seed=job["seed"], rotate="z", eval_rotate="z",
-                               max_steps=job["max_steps"], threads=job["threads"])
-            summary = train(mcfg, tcfg)
-        hist = summary["history"]
-        if not hist:
-            raise RuntimeError("training produced no epochs")
-        last = hist[-1]
-        res.update(ok=True, val_acc=last["val_acc"], val_macc=last["val_macc"], best_val_acc=summary["best_val_acc"],
-                   train_acc=last["train_acc"], train_loss=last["train_loss"],
-                   val_acc_per_epoch=[h["val_acc"] for h in hist],
-                   train_seconds=round(sum(h["epoch_seconds"] for h in hist), 1))
+                               max_steps=job["max_steps"], threads=job["threads"],
+                               val_fraction=job.get("val_fraction", 0.2), select="last")
+            summary = train(mcfg, tcfg, resume=resume)
+            hist = summary["history"]
+            if not hist:
+                raise RuntimeError("training produced no epochs")
+            last = hist[-1]
+            res.update(ok=True, val_acc=last["val_acc"], val_macc=last["val_macc"],
+                       best_val_acc=summary["best_val_acc"], train_acc=last["train_acc"],
+                       train_loss=last["train_loss"], val_acc_per_epoch=[h["val_acc"] for h in hist],
+                       train_seconds=round(sum(h["epoch_seconds"] for h in hist), 1), resumed=resume)
+            if job.get("test_data"):
+                res.update(score_test(out / "last.pt", job["test_data"], job["eval_seeds"]))
     except Exception as exc:
         res.update(ok=False, error=f"{type(exc).__name__}: {exc}".strip()[:500],
                    traceback=traceback.format_exc()[-2000:])
     res["wall_seconds"] = round(time.time() - t0, 1)
+    if run_dir is not None and res.get("ok"):
+        atomic_write_bytes(run_dir / "result.json",
+                           (json.dumps({"job": _job_key(job), "result": res}, indent=1) + "\n").encode())
     return res
+
+
+def _job_key(job: dict) -> dict:
+    """What a finished run's result.json must match to be reused (the model and the budget)."""
+    return {k: job.get(k) for k in ("model", "data", "epochs", "batch_size", "lr", "max_steps", "val_fraction",
+                                     "test_data", "eval_seeds")}
+
+
+def score_test(checkpoint: Path, test_data: str, eval_seeds) -> dict:
+    """OA and mAcc of ``checkpoint`` on ``test_data`` (its test split, z-rotated), one pass per evaluation
+    seed; the run's figure is the mean over the passes (one pass moves by about a point)."""
+    from pcsym.training.evaluate import evaluate_checkpoint
+
+    accs, maccs, t0 = [], [], time.time()
+    for s in eval_seeds:
+        m = evaluate_checkpoint(str(checkpoint), test_data, rotate="z", seed=int(s))
+        accs.append(m["overall_accuracy"])
+        maccs.append(m["mean_class_accuracy"])
+    return {"test_acc": sum(accs) / len(accs), "test_macc": sum(maccs) / len(maccs), "test_acc_per_eval_seed": accs,
+            "test_macc_per_eval_seed": maccs, "test_seconds": round(time.time() - t0, 1)}
 
 
 # ----------------------------------------------------------------------------- report
@@ -356,6 +410,16 @@ def parse_args(argv=None):
     p.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch (0 = full epochs)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (processes)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of the training split held out per run (per-epoch monitor only; the last epoch is reported)")
+    p.add_argument("--test-data", default=None,
+                   help="score each run's last epoch on this dataset's test split, z-rotated (e.g. "
+                        "../shared/data/modelnet40_testdev_hdf5_1024); without it the runs' validation figure is reported")
+    p.add_argument("--eval-seeds", type=_ints0, default=(0, 1, 2),
+                   help="evaluation passes per run on --test-data (evaluate --seed); the run's figure is their mean")
+    p.add_argument("--runs-dir", default=None,
+                   help="keep every run in RUNS_DIR/<group>-<kernel>-s<seed>: finished runs are read back, "
+                        "interrupted ones resumed, so the same command continues a study")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (1 epoch of 2 steps, 1 seed, 128 points)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output prefix: writes PREFIX.{md,json,png}")
     a = p.parse_args(argv)
@@ -375,6 +439,10 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be positive")
     if not a.seeds:
         p.error("--seeds must be positive")
+    if not 0 < a.val_fraction < 1:
+        p.error("--val-fraction must be in (0, 1)")
+    if a.test_data is not None and not Path(a.test_data).exists():
+        p.error(f"--test-data: no such file or folder: {a.test_data}")
     return a
 
 
@@ -401,12 +469,17 @@ def main(argv=None) -> int:
     data_file = str(data.path or data_path)
     labels = np.asarray(data.labels)
     pool = np.flatnonzero(np.asarray(data.split) == "train")
-    tr, va = (split_indices(data, s, 0.2, args.seeds[0]) for s in ("train", "val"))  # the runs' own split
+    tr, va = (split_indices(data, s, args.val_fraction, args.seeds[0]) for s in ("train", "val"))  # the runs' own split
     args.num_classes = len(data.class_names)
     data_info = {"path": str(args.data), "cache": data_file, "shapes": int(len(labels)), "train_pool": int(len(pool)),
                  "train": int(len(tr)), "val": int(len(va)), "classes": int(len(data.class_names)),
                  "class_names": [str(c) for c in data.class_names]}
     del data
+    if args.test_data:
+        test = load_dataset(args.test_data, points=args.points)  # cached once here, not by two workers at once
+        data_info.update(test_path=str(args.test_data), test_shapes=int(np.sum(np.asarray(test.split) == "test")),
+                         eval_seeds=list(args.eval_seeds))
+        del test
     print(f"[groups_report] data {args.data}: {data_info['train']} train / {data_info['val']} val shapes, "
           f"{data_info['classes']} classes", flush=True)
 
@@ -432,7 +505,9 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 jobs.append({"group": g, "kernel": kern, "seed": seed, "model": cfg.to_dict(), "data": data_file,
                              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                             "max_steps": args.max_steps, "threads": args.threads})
+                             "max_steps": args.max_steps, "threads": args.threads,
+                             "val_fraction": args.val_fraction, "test_data": args.test_data,
+                             "eval_seeds": list(args.eval_seeds), "runs_dir": args.runs_dir})
     # longest first so parallel jobs finish together: escnn's basis sampler is the slow part,
     # slowest for the finite groups (measured: ~10-20x the implicit kernel's time per step)
     def cost(j):
@@ -443,12 +518,14 @@ def main(argv=None) -> int:
             return 0.1
         return 3.0 if (not spec.continuous and spec.order > 1) else 1.0
 
-    jobs.sort(key=lambda j: (-cost(j), args.groups.index(j["group"]), j["seed"]))
+    # seed by seed, so that an interrupted study has whole seeds of every cell
+    jobs.sort(key=lambda j: (j["seed"], -cost(j), args.groups.index(j["group"])))
     results = []
 
     def done(r):
         results.append(r)
-        status = (f"val {100 * r['val_acc']:.1f}% (best {100 * r['best_val_acc']:.1f}%)" if r.get("ok")
+        status = (f"val {100 * r['val_acc']:.1f}% (best {100 * r['best_val_acc']:.1f}%)"
+                  + (f", test {100 * r['test_acc']:.1f}%" if "test_acc" in r else "") if r.get("ok")
                   else f"FAILED: {r['error']}")
         print(f"[groups_report] {len(results)}/{len(jobs)} {r['group']:>7} {r['kernel']:>8} seed {r['seed']}: "
               f"{status} [{r['wall_seconds']:.0f}s]", flush=True)
