@@ -1,5 +1,5 @@
-"""'unknown' for shapes outside the model's classes: the threshold is calibrated on validation data,
-stored with the model, carried into exports, and used by classify."""
+"""'unknown' for shapes outside the model's classes: the energy score's threshold is calibrated on validation
+data, stored with the model, carried into every export, and used by classify; older detectors still run."""
 
 import json
 
@@ -46,28 +46,33 @@ def test_neighbour_similarity_is_the_kth_largest_cosine():
     assert neighbour_similarity(bank[:3] * 7.0, bank, 1) == pytest.approx(1.0, abs=1e-6)  # a training shape itself
 
 
-def test_training_stores_both_detectors_and_exports_carry_them(run_dir, tmp_path):
-    from pcsym.models.checkpoint import load_model, train_config_of
+def test_energy_is_the_log_sum_exp_of_the_logits():
+    from pcsym.inference.runtime import energy
+
+    logits = np.random.default_rng(1).normal(size=(5, 40)) * 8.0
+    np.testing.assert_allclose(energy(logits), torch.logsumexp(torch.as_tensor(logits), 1).numpy(), rtol=1e-12)
+    assert energy(np.array([[1000.0, 0.0]]))[0] == pytest.approx(1000.0)  # no overflow
+
+
+def test_training_stores_the_energy_detector_and_every_export_carries_it(run_dir, tmp_path):
     from pcsym.data.datasets import load_dataset
-    from pcsym.inference.runtime import neighbour_similarity
     from pcsym.data.splits import run_split
     from pcsym.data.transforms import eval_dataset
-    from pcsym.training.unknown import pooled_features
+    from pcsym.inference.runtime import energy
+    from pcsym.models.checkpoint import load_model, train_config_of
+    from pcsym.training.unknown import logits_of
 
     best = torch.load(run_dir / "best.pt", weights_only=True)
     assert 0.0 < best["unknown_threshold"] <= 1.0
     unk = best["unknown"]
+    assert unk["score"] == "energy" and "bank" not in unk and unk["keep"] == 0.95
     model, ckpt = load_model(run_dir / "best.pt")
     run = train_config_of(ckpt)
     data = load_dataset(run.data, points=model.cfg.points)
-    train_idx, val_idx = run_split(data, "train", run), run_split(data, "val", run)
-    # the bank: one unit row of pooled features per training shape
-    assert unk["bank"].dtype == torch.float16 and unk["bank"].shape == (len(train_idx), 2 * model.cfg.invariant_dims)
-    np.testing.assert_allclose(unk["bank"].float().norm(dim=1).numpy(), 1.0, atol=2e-3)
+    val_idx = run_split(data, "val", run)
     # the threshold keeps 95% of the run's own validation shapes
-    val = pooled_features(model, eval_dataset(data, val_idx, model.cfg.points, run.eval_rotate, run.seed))
-    kept = (neighbour_similarity(val, unk["bank"].float().numpy(), unk["k"]) >= unk["threshold"]).mean()
-    assert abs(kept - 0.95) <= 1.0 / len(val_idx) + 1e-9 and unk["k"] == 5
+    scores = energy(logits_of(model, eval_dataset(data, val_idx, model.cfg.points, run.eval_rotate, run.seed)))
+    assert abs((scores >= unk["threshold"]).mean() - 0.95) <= 1.0 / len(val_idx) + 1e-9
 
     for fmt, suffix in (("numpy", ".npz"), ("torchscript", ".ts")):
         r = runner.invoke(app, ["export", str(run_dir / "best.pt"), "--format", fmt, "--out", str(tmp_path / ("m" + suffix))])
@@ -78,24 +83,41 @@ def test_training_stores_both_detectors_and_exports_carry_them(run_dir, tmp_path
         r = runner.invoke(app, ["classify", mesh, "--model", model_file, "--json"])
         res = got[model_file[-3:]] = json.loads(r.stdout)["results"][0]
         assert res["unknown"] == (res["score"] < res["threshold"])
-    # checkpoint and numpy export: the neighbour score, the same value; TorchScript (logits only): max probability
-    assert got[".pt"]["unknown_score"] == got["npz"]["unknown_score"] == "neighbour-similarity"
-    assert got[".pt"]["threshold"] == got["npz"]["threshold"] == round(unk["threshold"], 4)
+        # the same score and threshold in the checkpoint and in both exports (TorchScript outputs logits only)
+        assert res["unknown_score"] == "energy" and res["threshold"] == round(unk["threshold"], 4)
     assert got[".pt"]["score"] == pytest.approx(got["npz"]["score"], abs=2e-4)
-    assert got[".ts"]["unknown_score"] == "max-probability"
-    assert got[".ts"]["threshold"] == round(best["unknown_threshold"], 4) and got[".ts"]["score"] == got[".ts"]["top"][0]["probability"]
+    assert got[".pt"]["score"] == pytest.approx(got[".ts"]["score"], abs=2e-4)
     r = runner.invoke(app, ["classify", mesh, "--model", str(run_dir / "best.pt"), "--json", "--no-unknown"])
     assert "unknown" not in json.loads(r.stdout)["results"][0]
 
 
-def test_a_checkpoint_without_a_bank_falls_back_to_max_probability(run_dir, tmp_path):
-    ckpt = torch.load(run_dir / "best.pt", weights_only=True)
-    del ckpt["unknown"]  # as written before the neighbour detector existed
-    torch.save(ckpt, tmp_path / "old.pt")
-    r = runner.invoke(app, ["classify", str(SAMPLE / "meshes" / "bed_0001.off"), "--model", str(tmp_path / "old.pt"),
-                            "--json"])
+def test_older_detectors_still_run(run_dir, tmp_path):
+    """A checkpoint with the neighbour-similarity detector (models before 2026-12-06) is scored with it, in
+    the checkpoint and its numpy export; one without any detector falls back to max probability."""
+    from pcsym.data.datasets import load_dataset
+    from pcsym.data.splits import run_split
+    from pcsym.models.checkpoint import load_model, train_config_of
+    from pcsym.training.unknown import calibrate
+
+    model, ckpt = load_model(run_dir / "best.pt")
+    run = train_config_of(ckpt)
+    data = load_dataset(run.data, points=model.cfg.points)
+    det = calibrate(model, data, run_split(data, "train", run), run_split(data, "val", run), run.eval_rotate, run.seed,
+                    score="neighbour-similarity")
+    raw = torch.load(run_dir / "best.pt", weights_only=True)
+    raw["unknown"] = det
+    torch.save(raw, tmp_path / "neighbour.pt")
+    r = runner.invoke(app, ["export", str(tmp_path / "neighbour.pt"), "--format", "numpy", "--out", str(tmp_path / "n.npz")])
+    assert r.exit_code == 0, r.output
+    mesh = str(SAMPLE / "meshes" / "bed_0001.off")
+    for model_file in (tmp_path / "neighbour.pt", tmp_path / "n.npz"):
+        res = json.loads(runner.invoke(app, ["classify", mesh, "--model", str(model_file), "--json"]).stdout)["results"][0]
+        assert res["unknown_score"] == "neighbour-similarity" and res["threshold"] == round(det["threshold"], 4)
+    del raw["unknown"]  # as written before either detector existed
+    torch.save(raw, tmp_path / "old.pt")
+    r = runner.invoke(app, ["classify", mesh, "--model", str(tmp_path / "old.pt"), "--json"])
     res = json.loads(r.stdout)["results"][0]
-    assert res["unknown_score"] == "max-probability" and res["threshold"] == round(ckpt["unknown_threshold"], 4)
+    assert res["unknown_score"] == "max-probability" and res["threshold"] == round(raw["unknown_threshold"], 4)
 
 
 def _classify_teapot_and_bed(model: str = "so3"):

@@ -188,6 +188,8 @@ def run_one(job: dict) -> dict:
         done = json.loads((run_dir / "result.json").read_text())
         if done.get("job") == _job_key(job):
             return done["result"]
+    if job.get("report_only"):
+        return {**res, "ok": False, "error": "not finished (--report-only)", "wall_seconds": 0.0}
     t0 = time.time()
     try:
         mcfg = ModelConfig(**job["model"])
@@ -201,8 +203,8 @@ def run_one(job: dict) -> dict:
                                val_fraction=job.get("val_fraction", 0.2), select="last")
             summary = train(mcfg, tcfg, resume=resume)
             hist = summary["history"]
-            if not hist:
-                raise RuntimeError("training produced no epochs")
+            if summary.get("interrupted") or len(hist) < job["epochs"]:  # keep last.pt; the next call resumes it
+                raise RuntimeError(f"training stopped after {len(hist)} of {job['epochs']} epochs")
             last = hist[-1]
             res.update(ok=True, val_acc=last["val_acc"], val_macc=last["val_macc"],
                        best_val_acc=summary["best_val_acc"], train_acc=last["train_acc"],
@@ -221,9 +223,10 @@ def run_one(job: dict) -> dict:
 
 
 def _job_key(job: dict) -> dict:
-    """What a finished run's result.json must match to be reused (the model and the budget)."""
-    return {k: job.get(k) for k in ("model", "data", "epochs", "batch_size", "lr", "max_steps", "val_fraction",
-                                     "test_data", "eval_seeds")}
+    """What a finished run's result.json must match to be reused (the model and the budget), as JSON reads it
+    back (tuples as lists)."""
+    return json.loads(json.dumps({k: job.get(k) for k in ("model", "data", "epochs", "batch_size", "lr", "max_steps",
+                                                          "val_fraction", "test_data", "eval_seeds")}))
 
 
 def score_test(checkpoint: Path, test_data: str, eval_seeds) -> dict:
@@ -252,13 +255,38 @@ def mean_std(xs):
     return m, s
 
 
-def fmt_acc(m, s, n):
+def fmt_acc(m, s, n=None):
     if m is None:
         return "failed"
-    return f"{100 * m:.1f} ± {100 * s:.1f}" + ("" if n else "")
+    return f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
-def write_chart(path: Path, groups, summary, title: str, chance: float | None = None) -> None:
+def welch(a, b) -> tuple[float | None, float | None]:
+    """Welch's two-sided t-test of mean(a) = mean(b) (unequal variances): (t, p); None where either
+    side has fewer than two runs or both have no spread."""
+    from scipy import stats
+
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    if len(a) < 2 or len(b) < 2:
+        return None, None
+    if max(a) == min(a) and max(b) == min(b):
+        return (None, None) if a[0] == b[0] else (math.copysign(math.inf, a[0] - b[0]), 0.0)
+    t, pval = stats.ttest_ind(a, b, equal_var=False)
+    return float(t), float(pval)
+
+
+def significance_colour(diff: float | None, p: float | None, alpha: float) -> str:
+    """The paper's Fig. 3 colours: implicit significantly better green, significantly worse red, else grey."""
+    if diff is None or p is None or p >= alpha:
+        return "#7f7f7f"
+    return "#2ca02c" if diff > 0 else "#d62728"
+
+
+def write_chart(path: Path, groups, summary, title: str, chance: float | None = None, ylabel: str | None = None,
+                alpha: float = 0.05) -> None:
+    """Bars (mean over seeds) with std error bars and the seeds as dots, implicit beside basis for each
+    group; above each pair the implicit-minus-basis difference in points, coloured by Welch's test
+    (green: implicit significantly better, red: significantly worse, grey: not significant)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,100 +296,151 @@ def write_chart(path: Path, groups, summary, title: str, chance: float | None = 
     x = np.arange(len(groups))
     width = 0.38
     colors = {"implicit": "#1f77b4", "basis": "#ff7f0e"}
-    fig, ax = plt.subplots(figsize=(1.1 * len(groups) + 3, 4.2))
+    fig, ax = plt.subplots(figsize=(1.1 * len(groups) + 3, 4.4))
+    tops = []
     for i, kern in enumerate(KERNELS):
         means = [summary[g][kern]["mean"] if summary[g][kern]["mean"] is not None else np.nan for g in groups]
         stds = [summary[g][kern]["std"] or 0.0 for g in groups]
         off = (i - 0.5) * width
         ax.bar(x + off, 100 * np.array(means), width, yerr=100 * np.array(stds), capsize=3,
                color=colors[kern], label=f"{kern} kernel", alpha=0.9)
+        tops.append(100 * (np.array(means) + np.array(stds)))
         for j, g in enumerate(groups):  # individual seeds
             accs = summary[g][kern]["per_seed"]
             ax.scatter(np.full(len(accs), x[j] + off), 100 * np.array(accs, dtype=float), s=9, color="k", zorder=3)
             if summary[g][kern]["mean"] is None:
                 ax.text(x[j] + off, 1, "failed", rotation=90, ha="center", va="bottom", fontsize=8)
-    if chance:
+    top = np.nanmax(np.vstack(tops), axis=0)
+    finite = top[np.isfinite(top)]
+    lo = 0.0
+    if finite.size:
+        bottoms = [100 * (summary[g][k]["mean"] - (summary[g][k]["std"] or 0)) for g in groups for k in KERNELS
+                   if summary[g][k]["mean"] is not None]
+        lo = max(0.0, 10 * math.floor((min(bottoms) - 8) / 10))
+    for j, g in enumerate(groups):
+        t = summary[g].get("test", {})
+        d, pv = t.get("diff"), t.get("p")
+        if d is None or not np.isfinite(top[j]):
+            continue
+        label = f"{100 * d:+.1f}" + ("" if pv is None else ("*" if pv < alpha else ""))
+        ax.text(x[j], top[j] + 1.0, label, ha="center", va="bottom", fontsize=9, fontweight="bold",
+                color=significance_colour(d, pv, alpha))
+    if chance and 100 * chance > lo:
         ax.axhline(100 * chance, color="gray", ls="--", lw=1, label="chance")
     ax.set_xticks(x)
     ax.set_xticklabels(groups)
-    ax.set_ylabel("validation accuracy, z-rotated (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylabel(ylabel or "accuracy, z-rotated (%)")
+    ax.set_ylim(lo, min(100, (np.nanmax(finite) if finite.size else 100) + 7))
     ax.set_title(title, fontsize=9)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    fig.text(0.01, 0.01, f"above each pair: implicit − basis (points); * p < {alpha} (Welch); "
+             "green/red: implicit significantly better/worse", fontsize=7, color="#444")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def build_report(args, command: str, matches, results, wall: float, data_info: dict, env: dict) -> dict:
+    metric = "test_acc" if args.test_data else "val_acc"
     summary = {}
     for g in args.groups:
         summary[g] = {}
         for kern in KERNELS:
             runs = [r for r in results if r["group"] == g and r["kernel"] == kern]
             ok = [r for r in runs if r.get("ok")]
-            m, s = mean_std([r["val_acc"] for r in ok])
-            bm, bs = mean_std([r["best_val_acc"] for r in ok])
-            summary[g][kern] = {"mean": m, "std": s, "n": len(ok), "per_seed": [r["val_acc"] for r in ok],
-                                "best_epoch_mean": bm, "best_epoch_std": bs,
+            m, s = mean_std([r[metric] for r in ok])
+            mm, ms = mean_std([r[metric.replace("acc", "macc")] for r in ok])
+            vm, vs = mean_std([r["val_acc"] for r in ok])
+            summary[g][kern] = {"mean": m, "std": s, "n": len(ok), "per_seed": [r[metric] for r in ok],
+                                "macc_mean": mm, "macc_std": ms, "val_mean": vm, "val_std": vs,
                                 "mean_train_seconds": mean_std([r["train_seconds"] for r in ok])[0],
                                 "errors": sorted({r["error"] for r in runs if not r.get("ok")})}
+        imp, bas = summary[g]["implicit"], summary[g]["basis"]
+        t, pval = welch(imp["per_seed"], bas["per_seed"])
+        diff = None if imp["mean"] is None or bas["mean"] is None else imp["mean"] - bas["mean"]
+        summary[g]["test"] = {"diff": diff, "t": t, "p": pval, "test": "Welch's t, two-sided"}
+    ranked = sorted((g for g in args.groups if summary[g]["implicit"]["mean"] is not None),
+                    key=lambda g: -summary[g]["implicit"]["mean"])
+    ranking = []
+    if ranked:  # each group's implicit model against the best one
+        best = ranked[0]
+        for g in ranked:
+            t, pval = welch(summary[best]["implicit"]["per_seed"], summary[g]["implicit"]["per_seed"]) if g != best else (None, None)
+            ranking.append({"group": g, "mean": summary[g]["implicit"]["mean"], "std": summary[g]["implicit"]["std"],
+                            "behind_best": summary[best]["implicit"]["mean"] - summary[g]["implicit"]["mean"],
+                            "p_vs_best": pval})
     budget = {"points": args.points, "epochs": args.epochs, "max_steps_per_epoch": args.max_steps or None,
               "batch_size": args.batch_size, "lr": args.lr, "seeds": list(args.seeds), "k": args.k,
               "reference_widths": list(args.widths), "strides": list(args.strides),
-              "invariant_dims": args.invariant_dims, "head_dims": args.head_dims,
+              "invariant_dims": args.invariant_dims, "head_dims": args.head_dims, "val_fraction": args.val_fraction,
+              "eval_seeds": list(args.eval_seeds) if args.test_data else None,
               "train_rotation": "z", "eval_rotation": "z", "threads_per_run": args.threads, "jobs": args.jobs}
+    if args.test_data:
+        what = (f"overall accuracy on the test split of {args.test_data} ({data_info.get('test_shapes')} shapes), "
+                f"z-rotated, of the last epoch's model; each run's figure is the mean of {len(args.eval_seeds)} "
+                "evaluation passes (seeds " + ",".join(map(str, args.eval_seeds)) + "); mean ± sample std (ddof=1) "
+                "over training seeds")
+    else:
+        what = ("overall validation accuracy after the last epoch, z-rotated validation clouds; "
+                "mean ± sample std (ddof=1) over seeds")
     return {"title": "pcsym group comparison: implicit vs basis kernels (cf. Zhdanov et al. 2023, Fig. 3)",
-            "reduced_budget": True, "command": command, "created_utc": env["created_utc"],
+            "metric": metric, "command": command, "created_utc": env["created_utc"],
             "wall_seconds": round(wall, 1), "budget": budget, "data": data_info, "environment": env,
-            "accuracy_metric": "overall validation accuracy after the last epoch, z-rotated validation clouds; "
-                               "mean ± sample std (ddof=1) over seeds",
-            "parameter_matching": {g: matches[g] for g in args.groups}, "summary": summary, "runs": results}
+            "accuracy_metric": what, "significance_level": 0.05,
+            "parameter_matching": {g: matches[g] for g in args.groups}, "summary": summary,
+            "ranking_implicit": ranking, "runs": results}
+
+
+def _fmt_p(p):
+    if p is None:
+        return "–"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def write_markdown(path: Path, rep: dict, groups) -> None:
     b, d = rep["budget"], rep["data"]
+    test = rep["metric"] == "test_acc"
+    split = "test-dev" if test and "testdev" in str(d.get("test_path", "")) else ("test" if test else "validation")
     steps = f", at most {b['max_steps_per_epoch']} steps/epoch" if b["max_steps_per_epoch"] else ""
     L = [f"# {rep['title']}", "",
-         f"**Reduced budget** — {b['epochs']} epochs{steps}, {b['points']} points, batch {b['batch_size']}, "
-         f"lr {b['lr']}, small widths (implicit reference widths {tuple(b['reference_widths'])}, "
-         f"invariant dims {b['invariant_dims']}), {len(b['seeds'])} seeds {tuple(b['seeds'])}, "
-         f"on {d['shapes']} shapes ({d['train']} train / {d['val']} validation per seed). "
-         "This is a CPU smoke-scale budget: accuracies are far below the paper's (which trains on full "
-         "ModelNet40 for hundreds of epochs) and differences between groups/kernels are mostly within "
-         "seed noise. It shows the pipeline, the parameter matching and the relative cost, not the "
-         "paper's numbers.", "",
+         f"Budget: {b['epochs']} epochs{steps}, {b['points']} points, batch {b['batch_size']}, lr {b['lr']} (cosine), "
+         f"k {b['k']}, implicit reference widths {tuple(b['reference_widths'])}, invariant dims {b['invariant_dims']}, "
+         f"{len(b['seeds'])} training seeds {tuple(b['seeds'])}; trained on {d['train']} shapes of `{d['path']}` "
+         f"({d['val']} held out per run as a per-epoch monitor). Augmentation: random z-rotation, scale, jitter.", "",
+         f"Figure: **{split} OA** — " + rep["accuracy_metric"] + ". Both kernels of a seed train on the same shapes "
+         "in the same order.", "",
          f"Command: `{rep['command']}`", "",
-         f"Wall time: {rep['wall_seconds'] / 60:.1f} min ({b['jobs']} parallel job(s) × {b['threads_per_run']} "
-         f"thread(s), {rep['environment']['cpus']} CPUs); created {rep['created_utc']}; "
-         f"pcsym {rep['environment']['pcsym']}, torch {rep['environment']['torch']}, escnn {rep['environment']['escnn']}.", "",
-         f"Data: `{d['path']}` ({d['classes']} classes). Training augmentation: random z-rotation, "
-         "scale, jitter. Evaluation: " + rep["accuracy_metric"] + ". Both kernels of a seed use the same "
-         "train/validation split.", "",
-         "| group | implicit acc (%) | basis acc (%) | implicit params | basis params | ratio basis/implicit "
-         "| widths implicit / basis | best-epoch acc imp / basis (%) | train s/run imp / basis |",
-         "|---|---|---|---|---|---|---|---|---|"]
+         f"Wall time: {rep['wall_seconds'] / 60:.1f} min for this invocation ({b['jobs']} parallel job(s) × "
+         f"{b['threads_per_run']} thread(s), {rep['environment']['cpus']} CPUs; runs read back from --runs-dir count "
+         f"0); per-run training time is in the table; created {rep['created_utc']}; pcsym {rep['environment']['pcsym']}, "
+         f"torch {rep['environment']['torch']}, escnn {rep['environment']['escnn']}.", "",
+         f"| group | implicit {split} OA (%) | basis {split} OA (%) | implicit − basis (points) | Welch t | p "
+         f"| implicit / basis mAcc (%) | params implicit / basis | widths implicit / basis | train min/run imp / basis |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for g in groups:
         m, s = rep["parameter_matching"][g], rep["summary"][g]
-        imp, bas = s["implicit"], s["basis"]
-
-        def best(x):
-            return "–" if x["best_epoch_mean"] is None else f"{100 * x['best_epoch_mean']:.1f}"
-
-        def secs(x):
-            return "–" if x["mean_train_seconds"] is None else f"{x['mean_train_seconds']:.0f}"
-
+        imp, bas, tt = s["implicit"], s["basis"], s["test"]
         if "error" in m:
-            L.append(f"| {g} | – | – | – | – | – | – | – | – |")
+            L.append(f"| {g} | – | – | – | – | – | – | – | – | – |")
             notes.append(f"- **{g}**: model construction failed: `{m['error']}`")
             continue
+
+        def secs(x):
+            return "–" if x["mean_train_seconds"] is None else f"{x['mean_train_seconds'] / 60:.1f}"
+
+        def macc(x):
+            return "–" if x["macc_mean"] is None else f"{100 * x['macc_mean']:.1f}"
+
+        sig = tt["p"] is not None and tt["p"] < rep["significance_level"]
+        diff = "–" if tt["diff"] is None else (f"**{100 * tt['diff']:+.1f}**" if sig else f"{100 * tt['diff']:+.1f}")
         flag = "" if m["matched"] else " ⚠"
-        L.append(f"| {g} | {fmt_acc(imp['mean'], imp['std'], imp['n'])} | {fmt_acc(bas['mean'], bas['std'], bas['n'])} "
-                 f"| {m['implicit_params']:,} | {m['basis_params']:,} | {m['ratio']:.3f}{flag} "
-                 f"| {tuple(m['implicit_widths'])} / {tuple(m['basis_widths'])} | {best(imp)} / {best(bas)} "
-                 f"| {secs(imp)} / {secs(bas)} |")
+        tstat = "–" if tt["t"] is None else f"{tt['t']:.2f}"
+        L.append(f"| {g} | {fmt_acc(imp['mean'], imp['std'])} | {fmt_acc(bas['mean'], bas['std'])} | {diff} "
+                 f"| {tstat} | {_fmt_p(tt['p'])} | {macc(imp)} / {macc(bas)} "
+                 f"| {m['implicit_params']:,} / {m['basis_params']:,}{flag} "
+                 f"| {tuple(m['implicit_widths'])} / {tuple(m['basis_widths'])} | {secs(imp)} / {secs(bas)} |")
         if not m["matched"]:
             notes.append(f"- **{g}**: parameter counts could not be matched within ±10% (ratio {m['ratio']:.3f}).")
         for kern in KERNELS:
@@ -369,7 +448,15 @@ def write_markdown(path: Path, rep: dict, groups) -> None:
                 notes.append(f"- **{g} / {kern}**: a run failed: `{e}`")
             if s[kern]["n"] < len(b["seeds"]):
                 notes.append(f"- **{g} / {kern}**: only {s[kern]['n']} of {len(b['seeds'])} seeds finished.")
-    L += ["", "Parameter matching: at the reference widths the implicit model's parameters are counted "
+    L += ["", f"Bold difference: p < {rep['significance_level']} (Welch's two-sided t-test over the training seeds).", ""]
+    if rep.get("ranking_implicit"):
+        L += [f"Groups ranked by the implicit model's {split} OA, each against the best (Welch's t):", "",
+              "| rank | group | implicit OA (%) | behind the best (points) | p vs best |", "|---|---|---|---|---|"]
+        for i, r in enumerate(rep["ranking_implicit"], 1):
+            L.append(f"| {i} | {r['group']} | {fmt_acc(r['mean'], r['std'])} | {100 * r['behind_best']:.1f} "
+                     f"| {_fmt_p(r['p_vs_best'])} |")
+        L.append("")
+    L += ["Parameter matching: at the reference widths the implicit model's parameters are counted "
           "(`count_parameters`), then the basis model's widths are multiplied by a factor found by bisection "
           "so that its count is within ±10% of the implicit one (the implicit model is scaled instead if that "
           "is impossible). The head (invariant dims → MLP) is the same in both. Basis-model counts at the "
@@ -377,15 +464,16 @@ def write_markdown(path: Path, rep: dict, groups) -> None:
           + ", ".join(f"{g} {rep['parameter_matching'][g].get('basis_at_reference_widths', '?'):,}" if
                       isinstance(rep['parameter_matching'][g].get('basis_at_reference_widths'), int) else f"{g} ?"
                       for g in groups) + ".",
-          "", "Per-seed accuracies (last epoch, %):", ""]
+          "", f"Per-seed {split} OA (%, seeds in order):", ""]
     for g in groups:
         s = rep["summary"][g]
         L.append(f"- {g}: implicit {[round(100 * a, 1) for a in s['implicit']['per_seed']]}, "
                  f"basis {[round(100 * a, 1) for a in s['basis']['per_seed']]}")
     if notes:
         L += ["", "Notes:", ""] + notes
-    L += ["", "Chart: `groups_report.png` (bars: mean, error bars: std, dots: seeds). Raw numbers: "
-          "`groups_report.json`.", ""]
+    stem = path.with_suffix("").name
+    L += ["", f"Chart: `{stem}.png` (bars: mean, error bars: std, dots: seeds; above each pair the difference, "
+          f"coloured by significance). Raw numbers, every run: `{stem}.json`.", ""]
     path.write_text("\n".join(L))
 
 
@@ -420,6 +508,8 @@ def parse_args(argv=None):
     p.add_argument("--runs-dir", default=None,
                    help="keep every run in RUNS_DIR/<group>-<kernel>-s<seed>: finished runs are read back, "
                         "interrupted ones resumed, so the same command continues a study")
+    p.add_argument("--report-only", action="store_true",
+                   help="with --runs-dir: write the report from the runs finished so far; train nothing")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (1 epoch of 2 steps, 1 seed, 128 points)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output prefix: writes PREFIX.{md,json,png}")
     a = p.parse_args(argv)
@@ -439,6 +529,8 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be positive")
     if not a.seeds:
         p.error("--seeds must be positive")
+    if a.report_only and not a.runs_dir:
+        p.error("--report-only needs --runs-dir (the finished runs to report)")
     if not 0 < a.val_fraction < 1:
         p.error("--val-fraction must be in (0, 1)")
     if a.test_data is not None and not Path(a.test_data).exists():
@@ -507,7 +599,8 @@ def main(argv=None) -> int:
                              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                              "max_steps": args.max_steps, "threads": args.threads,
                              "val_fraction": args.val_fraction, "test_data": args.test_data,
-                             "eval_seeds": list(args.eval_seeds), "runs_dir": args.runs_dir})
+                             "eval_seeds": list(args.eval_seeds), "runs_dir": args.runs_dir,
+                             "report_only": args.report_only})
     # longest first so parallel jobs finish together: escnn's basis sampler is the slow part,
     # slowest for the finite groups (measured: ~10-20x the implicit kernel's time per step)
     def cost(j):
@@ -530,7 +623,7 @@ def main(argv=None) -> int:
         print(f"[groups_report] {len(results)}/{len(jobs)} {r['group']:>7} {r['kernel']:>8} seed {r['seed']}: "
               f"{status} [{r['wall_seconds']:.0f}s]", flush=True)
 
-    if args.jobs > 1 and len(jobs) > 1:
+    if args.jobs > 1 and len(jobs) > 1 and not args.report_only:
         ctx = mp.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as ex:
             for fut in cf.as_completed([ex.submit(run_one, j) for j in jobs]):
@@ -552,10 +645,11 @@ def main(argv=None) -> int:
     out.with_suffix(".json").write_text(json.dumps(rep, indent=2) + "\n")
     write_markdown(out.with_suffix(".md"), rep, args.groups)
     b = rep["budget"]
+    split = "test-dev" if args.test_data and "testdev" in str(args.test_data) else ("test" if args.test_data else "validation")
     write_chart(out.with_suffix(".png"), list(args.groups), rep["summary"],
-                f"Implicit vs basis kernels per group — REDUCED budget: {b['epochs']} epochs, {b['points']} pts, "
-                f"{len(b['seeds'])} seeds, {data_info['train']} train shapes\n(z-rotated validation; mean ± std over seeds)",
-                chance=1.0 / max(1, data_info["classes"]))
+                f"Implicit vs basis kernels per group, parameter-matched: {b['epochs']} epochs, {b['points']} points, "
+                f"{len(b['seeds'])} seeds, {data_info['train']} train shapes\n({split} OA, z-rotated; mean ± std over seeds)",
+                chance=1.0 / max(1, data_info["classes"]), ylabel=f"{split} OA, z-rotated (%)")
     print(f"[groups_report] wrote {out.with_suffix('.md')}, .json, .png in {wall / 60:.1f} min", flush=True)
     failed = sum(1 for r in results if not r.get("ok"))
     return 1 if failed == len(results) and results else 0

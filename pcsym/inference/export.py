@@ -49,8 +49,11 @@ def prepare_inputs(pos: torch.Tensor, normals: torch.Tensor, cfg, vote: int = 0)
     return take(pos, order), take(normals, order)
 
 
-def metadata(model, unknown_threshold: float | None = None) -> dict:
-    return {"pcsym_version": __version__, "model_config": model.cfg.to_dict(), "unknown_threshold": unknown_threshold}
+def metadata(model, unknown_threshold: float | None = None, unknown: dict | None = None) -> dict:
+    meta = {"pcsym_version": __version__, "model_config": model.cfg.to_dict(), "unknown_threshold": unknown_threshold}
+    if unknown is not None:  # the detector's settings (a bank travels as an array, numpy exports only)
+        meta["unknown"] = {k: v for k, v in unknown.items() if k != "bank"}
+    return meta
 
 
 def _example(model, batch: int = 1):
@@ -76,8 +79,9 @@ def _tracing():
 def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_threshold: float | None = None,
                  unknown: dict | None = None) -> Path:
     """Write ``model`` as ``fmt``; its checkpoint's "unknown" detectors (:mod:`pcsym.training.unknown`) travel
-    with it: ``unknown_threshold`` (max probability) in every format, ``unknown`` (neighbour similarity,
-    with its bank of training features) in numpy exports, the one format that also outputs features."""
+    with it: ``unknown_threshold`` (max probability) and ``unknown`` (the energy score's threshold) in every
+    format; an older model's neighbour-similarity detector, with its bank of training features, in numpy
+    exports only, the one format that also outputs features."""
     path = Path(path)
     check_choice(fmt, EXPORT_FORMATS, "export format")
     model = freeze(model.float().eval())
@@ -87,7 +91,7 @@ def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_thre
         with torch.no_grad(), _tracing():
             traced = torch.jit.trace(net, (pos, nrm), check_trace=False)
         buf = io.BytesIO()
-        torch.jit.save(traced, buf, _extra_files={META_NAME: json.dumps(metadata(model, unknown_threshold))})
+        torch.jit.save(traced, buf, _extra_files={META_NAME: json.dumps(metadata(model, unknown_threshold, _logit_detector(unknown)))})
         atomic_write_bytes(path, buf.getvalue())
     elif fmt == "onnx":
         try:
@@ -103,13 +107,18 @@ def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_thre
 
         proto = onnx.load_from_string(buf.getvalue())
         entry = proto.metadata_props.add()
-        entry.key, entry.value = META_NAME, json.dumps(metadata(model, unknown_threshold))
+        entry.key, entry.value = META_NAME, json.dumps(metadata(model, unknown_threshold, _logit_detector(unknown)))
         atomic_write_bytes(path, proto.SerializeToString())
     else:
         buf = io.BytesIO()
         np.savez_compressed(buf, **numpy_arrays(model, unknown_threshold, unknown))
         atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def _logit_detector(unknown: dict | None) -> dict | None:
+    """The detector a logits-only export (TorchScript, ONNX) can run: the energy score's, not a bank's."""
+    return unknown if unknown is not None and unknown.get("score") == "energy" else None
 
 
 def numpy_arrays(model, unknown_threshold: float | None = None, unknown: dict | None = None) -> dict:
@@ -155,10 +164,9 @@ def numpy_arrays(model, unknown_threshold: float | None = None, unknown: dict | 
     out = {k: (v.detach().cpu().float() if v.is_floating_point() else v.cpu()).numpy() for k, v in arrays.items()}
     # version 1 still for implicit models (older runtimes read them); basis models need runtime version 2
     meta = {"format": runtime.FORMAT, "version": 2 if model.cfg.kernel == "basis" else 1,
-            **metadata(model, unknown_threshold)}
-    if unknown is not None:
+            **metadata(model, unknown_threshold, unknown)}
+    if unknown is not None and "bank" in unknown:
         out["unknown.bank"] = np.asarray(unknown["bank"].cpu().numpy(), dtype=np.float16)
-        meta["unknown"] = {k: v for k, v in unknown.items() if k != "bank"}
     out["meta"] = np.array(json.dumps(meta))
     return out
 
@@ -178,6 +186,7 @@ class ScriptedClassifier:
             raise PcsymError("TorchScript file has no pcsym metadata", path=path) from None
         self.cfg = ModelConfig.from_dict(meta["model_config"])
         self.unknown_threshold = meta.get("unknown_threshold")
+        self.unknown = meta.get("unknown")
         self.net.eval()
 
     def __call__(self, pos: torch.Tensor, normals: torch.Tensor, vote: int = 0) -> torch.Tensor:

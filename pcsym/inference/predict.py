@@ -25,7 +25,7 @@ from ..data.meshes import load_cloud
 from ..data.transforms import to_z_up
 from ..errors import PcsymError
 from ..models.checkpoint import PRETRAINED, export_kind, load_model, resolve_checkpoint
-from .runtime import NumpyClassifier, VOTE_ORDERS, neighbour_similarity, softmax
+from .runtime import NumpyClassifier, VOTE_ORDERS, energy, neighbour_similarity, softmax
 
 
 class Classifier:
@@ -36,12 +36,14 @@ class Classifier:
     def __init__(self, cfg, net: Callable[[np.ndarray, np.ndarray, int], tuple], max_votes: int,
                  unknown_threshold: float | None = None, unknown: dict | None = None, unknown_bank=None):
         self.cfg, self._net, self.max_votes = cfg, net, max_votes
-        if unknown is not None and unknown_bank is not None:  # neighbour similarity (pcsym.training.unknown)
+        self.unknown_bank = None
+        if unknown is not None and unknown.get("score") == "energy":  # pcsym.training.unknown
+            self.unknown_score, self.unknown_threshold = "energy", float(unknown["threshold"])
+        elif unknown is not None and unknown_bank is not None:  # neighbour similarity (models before 2026-12-06)
             self.unknown_score, self.unknown_threshold = "neighbour-similarity", float(unknown["threshold"])
             self.unknown_k, self.unknown_bank = int(unknown["k"]), np.asarray(unknown_bank, dtype=np.float32)
         else:  # max probability, calibrated on validation (None: not calibrated)
             self.unknown_score, self.unknown_threshold = "max-probability", unknown_threshold
-            self.unknown_bank = None
 
     @property
     def class_names(self) -> list[str]:
@@ -55,7 +57,9 @@ class Classifier:
         nrm = np.asarray(normals, dtype=np.float32)[None]
         outs = [self._net(pts, nrm, v) for v in range(min(max(1, votes), self.max_votes))]
         probs = np.mean([softmax(logits)[0] for logits, _ in outs], axis=0)
-        if self.unknown_bank is not None:
+        if self.unknown_score == "energy":
+            score = float(np.mean([energy(logits)[0] for logits, _ in outs]))
+        elif self.unknown_bank is not None:
             score = float(np.mean([neighbour_similarity(f, self.unknown_bank, self.unknown_k)[0] for _, f in outs]))
         else:
             score = None if self.unknown_threshold is None else float(probs.max())
@@ -121,6 +125,7 @@ class OnnxNet:
         meta = json.loads(meta)
         self.cfg = ModelConfig.from_dict(meta["model_config"])
         self.unknown_threshold = meta.get("unknown_threshold")
+        self.unknown = meta.get("unknown")
 
     def __call__(self, pts: np.ndarray, nrm: np.ndarray, vote: int):
         import torch
@@ -143,7 +148,7 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
                           net.unknown_threshold, net.unknown, net.unknown_bank)
     if kind == "onnx":
         onnx_net = OnnxNet(p, threads)
-        return Classifier(onnx_net.cfg, onnx_net, max_votes(onnx_net.cfg), onnx_net.unknown_threshold)
+        return Classifier(onnx_net.cfg, onnx_net, max_votes(onnx_net.cfg), onnx_net.unknown_threshold, onnx_net.unknown)
     import torch
 
     if threads:
@@ -152,7 +157,7 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
         from .export import ScriptedClassifier  # torch: only for TorchScript files (classify stays torch-free)
 
         net = ScriptedClassifier(p)
-        return Classifier(net.cfg, _torch_net(net, pooled=False), max_votes(net.cfg), net.unknown_threshold)
+        return Classifier(net.cfg, _torch_net(net, pooled=False), max_votes(net.cfg), net.unknown_threshold, net.unknown)
     try:
         model, ckpt = load_model(p)
     except PcsymError as exc:
@@ -161,7 +166,7 @@ def load_classifier(name_or_path: str | os.PathLike, threads: int = 0) -> Classi
         raise
     unknown = ckpt.get("unknown")
     return Classifier(model.cfg, _torch_net(model, pooled=True), max_votes(model.cfg), ckpt.get("unknown_threshold"),
-                      unknown, None if unknown is None else unknown["bank"].float().numpy())
+                      unknown, None if unknown is None or "bank" not in unknown else unknown["bank"].float().numpy())
 
 
 def read_input(path: str | os.PathLike, points: int, seed: int = 0, max_vertices: int = MAX_VERTICES,

@@ -37,6 +37,15 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+def energy(logits: np.ndarray) -> np.ndarray:
+    """The "unknown" score (B,) of logits (B, C): their log-sum-exp, minus the free energy (Liu et al.,
+    NeurIPS 2020). High: the network's logits are large for some class, as for the shapes it was trained
+    on; needs nothing but the logits, so every export format carries it."""
+    x = np.asarray(logits, dtype=np.float64)
+    m = x.max(-1, keepdims=True)
+    return (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))[..., 0]
+
+
 def neighbour_similarity(features: np.ndarray, bank: np.ndarray, k: int = UNKNOWN_K) -> np.ndarray:
     """The "unknown" score (B,) of pooled features (B, D): the cosine similarity to the k-th most
     similar row of ``bank`` (M, D), the unit-length pooled features of the model's training shapes
@@ -64,7 +73,8 @@ class NumpyClassifier:
             raise PcsymError("numpy export made by a newer pcsym", path=path)
         self.cfg = ModelConfig.from_dict(meta["model_config"])
         self.unknown_threshold = meta.get("unknown_threshold")  # calibrated max-probability cut (or None)
-        #: the neighbour-similarity "unknown" score: {"k", "threshold"} and its bank, or None
+        #: the "unknown" detector: {"score": "energy", "threshold"}, or neighbour similarity {"k", "threshold"}
+        #: with its bank (older models), or None
         self.unknown = meta.get("unknown")
         self.unknown_bank = self.a.pop("unknown.bank", None)
 

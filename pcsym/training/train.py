@@ -296,8 +296,8 @@ class Trainer:
             self.on_epoch(row)
 
     def calibrate_unknown(self) -> None:
-        """Give best.pt its "unknown" detector (pcsym.training.unknown): the pooled features of the training
-        shapes and the threshold keeping 95% of the validation shapes, both at the validation rotation."""
+        """Give best.pt its "unknown" detector (pcsym.training.unknown): the energy-score threshold keeping
+        95% of the validation shapes at the validation rotation."""
         tc = self.tcfg
         calibrate_checkpoint(self.out / "best.pt", self.train_ds.data, self.train_ds.indices, self.val_ds.indices,
                              tc.eval_rotate, tc.seed)

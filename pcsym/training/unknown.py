@@ -1,17 +1,17 @@
 """"unknown": shapes outside a model's training classes.
 
-Two scores, each with a threshold calibrated to keep ``UNKNOWN_KEEP`` of the run's own validation shapes:
+Scores, each with a threshold calibrated to keep ``UNKNOWN_KEEP`` of in-class shapes (the run's own
+validation shapes when it trains; the shipped models: their test-dev shapes):
 
-* **neighbour similarity** (checkpoints and numpy exports of models trained or calibrated with this
-  pcsym): the cosine similarity of a shape's pooled invariant features to its k-th most similar
-  training shape (:func:`pcsym.inference.runtime.neighbour_similarity`; deep nearest neighbours, Sun et al.,
-  ICML 2022). The model stores the unit features of its training shapes (the *bank*, float16).
-* **max probability** (Hendrycks & Gimpel, ICLR 2017): what remains for runtimes that see only
-  logits (TorchScript, ONNX) and for older checkpoints.
-
-On ModelNet-40 shapes of classes that ModelNet10 lacks, the neighbour score flags about twice as many
-as max probability at the same validation keep rate; README ("unknown") has the figures, including the
-real meshes on which it does worse for the o2 model.
+* **energy** (models trained or calibrated since 2026-12-06): the log-sum-exp of the logits (Liu et al.,
+  NeurIPS 2020; :func:`pcsym.inference.runtime.energy`). It needs only the logits, so every export format
+  (numpy, TorchScript, ONNX) carries it, and no bank of training features. On the 8 real meshes of
+  ``../shared/meshes`` it flags 4 (so3) and 5 (o2) at 95% of ModelNet40 test-dev kept, where the
+  neighbour score below flags 1 and 3 (docs/experiments.md, "unknown: the energy score").
+* **neighbour similarity** (older checkpoints and numpy exports): the cosine similarity of a shape's pooled
+  invariant features to its k-th most similar training shape (:func:`pcsym.inference.runtime.neighbour_similarity`;
+  Sun et al., ICML 2022), with the unit features of the training shapes stored as the *bank*.
+* **max probability** (Hendrycks & Gimpel, ICLR 2017): what remains for models calibrated before either.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..data.transforms import eval_dataset
-from ..inference.runtime import UNKNOWN_K, neighbour_similarity
+from ..inference.runtime import UNKNOWN_K, energy, neighbour_similarity
 from ..models.checkpoint import load_model, update_checkpoint
 from ..seeds import derive
 from .loader import make_loader
@@ -50,6 +50,24 @@ def pooled_features(model, ds, batch_size: int = 32, device="cpu") -> np.ndarray
     return torch.cat(out).numpy() if out else np.zeros((0, 2 * model.cfg.invariant_dims), dtype=np.float32)
 
 
+def logits_of(model, ds, batch_size: int = 32, device="cpu", vote: int = 0) -> np.ndarray:
+    """Logits (len(ds), C) of a dataset's shapes, eval mode, downsampling order ``vote`` (0: the order
+    classify and the exports use; :func:`pcsym.training.evaluate.vote_base` of an evaluation seed)."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for pos, nrm, _ in make_loader(ds, batch_size, False, 0, 0, 0):
+            out.append(model(pos.to(device), nrm.to(device), vote=vote).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, len(model.cfg.class_names)), dtype=np.float32)
+
+
+def energy_detector(model, data, idx, rotate: str, seed: int, keep: float = UNKNOWN_KEEP) -> dict:
+    """The energy-score detector of ``model``: the threshold keeping ``keep`` of the shapes ``idx`` of
+    ``data`` (rotated as ``rotate``, drawn with ``seed``). Stored in checkpoints as ``"unknown"``."""
+    scores = energy(logits_of(model, eval_dataset(data, idx, model.cfg.points, rotate, seed)))
+    return {"score": "energy", "threshold": score_threshold(scores, keep), "keep": keep}
+
+
 def feature_bank(model, data, train_idx, rotate: str, seed: int):
     """The bank: unit pooled features (float16) of the training shapes ``train_idx`` of ``data``, rotated
     as ``rotate`` (seeded apart from the validation rotations of ``seed``)."""
@@ -57,10 +75,14 @@ def feature_bank(model, data, train_idx, rotate: str, seed: int):
     return (bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)).astype(np.float16)
 
 
-def calibrate(model, data, train_idx, val_idx, rotate: str, seed: int, keep: float = UNKNOWN_KEEP) -> dict:
-    """The neighbour-similarity detector of ``model``: the :func:`feature_bank` of the training shapes
-    ``train_idx`` of ``data`` and the threshold keeping ``keep`` of the validation shapes ``val_idx``
-    (rotated as ``rotate``). Stored in checkpoints as ``"unknown"``."""
+def calibrate(model, data, train_idx, val_idx, rotate: str, seed: int, keep: float = UNKNOWN_KEEP,
+              score: str = "energy") -> dict:
+    """The "unknown" detector of ``model``, its threshold keeping ``keep`` of the validation shapes
+    ``val_idx`` of ``data`` (rotated as ``rotate``): ``score="energy"`` (:func:`energy_detector`), or
+    ``"neighbour-similarity"``, with the :func:`feature_bank` of the training shapes ``train_idx``.
+    Stored in checkpoints as ``"unknown"``."""
+    if score == "energy":
+        return energy_detector(model, data, val_idx, rotate, seed, keep)
     bank = feature_bank(model, data, train_idx, rotate, seed)
     val = pooled_features(model, eval_dataset(data, val_idx, model.cfg.points, rotate, seed))
     threshold = score_threshold(neighbour_similarity(val, bank, UNKNOWN_K), keep)
@@ -68,10 +90,11 @@ def calibrate(model, data, train_idx, val_idx, rotate: str, seed: int, keep: flo
             "bank": torch.from_numpy(bank)}
 
 
-def calibrate_checkpoint(path, data, train_idx, val_idx, rotate: str, seed: int, keep: float = UNKNOWN_KEEP) -> dict:
-    """Add (or replace) the neighbour-similarity detector of the checkpoint at ``path`` (rewritten
-    atomically; everything else it holds is kept). Returns the detector without its bank."""
+def calibrate_checkpoint(path, data, train_idx, val_idx, rotate: str, seed: int, keep: float = UNKNOWN_KEEP,
+                         score: str = "energy") -> dict:
+    """Add (or replace) the "unknown" detector (:func:`calibrate`) of the checkpoint at ``path`` (rewritten
+    atomically; everything else it holds is kept). Returns the detector without a bank."""
     model, ckpt = load_model(path)
-    unknown = calibrate(model, data, train_idx, val_idx, rotate, seed, keep)
+    unknown = calibrate(model, data, train_idx, val_idx, rotate, seed, keep, score)
     update_checkpoint(path, model, ckpt, {"unknown": unknown})
     return {k: v for k, v in unknown.items() if k != "bank"}
