@@ -332,13 +332,21 @@ def write_chart(path: Path, groups, summary, title: str, chance: float | None = 
     ax.set_ylabel(ylabel or "accuracy, z-rotated (%)")
     ax.set_ylim(lo, min(100, (np.nanmax(finite) if finite.size else 100) + 7))
     ax.set_title(title, fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.text(0.01, 0.01, f"above each pair: implicit − basis (points); * p < {alpha} (Welch); "
              "green/red: implicit significantly better/worse", fontsize=7, color="#444")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def split_label(test_data: str | None) -> str:
+    """How tables name the scored shapes: test-dev (a folder named *testdev*: the development half of the
+    official test split, where choices are made), test, or the runs' own validation split."""
+    if not test_data:
+        return "validation"
+    return "test-dev" if "testdev" in Path(test_data).name.replace("-", "").replace("_", "") else "test"
 
 
 def build_report(args, command: str, matches, results, wall: float, data_info: dict, env: dict) -> dict:
@@ -385,7 +393,7 @@ def build_report(args, command: str, matches, results, wall: float, data_info: d
         what = ("overall validation accuracy after the last epoch, z-rotated validation clouds; "
                 "mean ± sample std (ddof=1) over seeds")
     return {"title": "pcsym group comparison: implicit vs basis kernels (cf. Zhdanov et al. 2023, Fig. 3)",
-            "metric": metric, "command": command, "created_utc": env["created_utc"],
+            "metric": metric, "split": split_label(args.test_data), "command": command, "created_utc": env["created_utc"],
             "wall_seconds": round(wall, 1), "budget": budget, "data": data_info, "environment": env,
             "accuracy_metric": what, "significance_level": 0.05,
             "parameter_matching": {g: matches[g] for g in args.groups}, "summary": summary,
@@ -400,8 +408,7 @@ def _fmt_p(p):
 
 def write_markdown(path: Path, rep: dict, groups) -> None:
     b, d = rep["budget"], rep["data"]
-    test = rep["metric"] == "test_acc"
-    split = "test-dev" if test and "testdev" in str(d.get("test_path", "")) else ("test" if test else "validation")
+    split = rep["split"]
     steps = f", at most {b['max_steps_per_epoch']} steps/epoch" if b["max_steps_per_epoch"] else ""
     L = [f"# {rep['title']}", "",
          f"Budget: {b['epochs']} epochs{steps}, {b['points']} points, batch {b['batch_size']}, lr {b['lr']} (cosine), "
@@ -645,7 +652,7 @@ def main(argv=None) -> int:
     out.with_suffix(".json").write_text(json.dumps(rep, indent=2) + "\n")
     write_markdown(out.with_suffix(".md"), rep, args.groups)
     b = rep["budget"]
-    split = "test-dev" if args.test_data and "testdev" in str(args.test_data) else ("test" if args.test_data else "validation")
+    split = rep["split"]
     write_chart(out.with_suffix(".png"), list(args.groups), rep["summary"],
                 f"Implicit vs basis kernels per group, parameter-matched: {b['epochs']} epochs, {b['points']} points, "
                 f"{len(b['seeds'])} seeds, {data_info['train']} train shapes\n({split} OA, z-rotated; mean ± std over seeds)",

@@ -4,7 +4,7 @@
    (shapes/s: eval mode, no_grad, batch 16) of the default classifier (``ModelConfig(group=g, class_names=
    10 names)``, 1024 points) for groups so2, o2, so3, o3, m, inv, f, trivial; with the basis kernel too
    (``--kernels implicit,basis``, the default): the basis model's widths scaled until its parameter count
-   matches the implicit model's (within 10%, as benchmarks/groups_report.py does), and its speed relative
+   matches the implicit model's (within 10%, as benchmarks/accuracy/groups_report.py does), and its speed relative
    to the implicit model's.
 2. Scaling of one training forward + backward of the O(2) classifier with the number of points N (k = 10)
    and with k (N = 1024): a least-squares fit of log(time) against log(N*k) gives the exponent (1 = cost
@@ -121,7 +121,7 @@ def worker(spec: dict) -> dict:
     if kernel != "implicit":  # matched parameters: this kernel's widths scaled to the implicit model's count
         from dataclasses import replace
 
-        from groups_report import search_widths
+        from benchmarks.accuracy.groups_report import search_widths
 
         target = count_parameters(build_model(cfg))
         # multipliers of 0.3-1.5 match the default widths; hi=4 spares building 12x-wide probe models
