@@ -45,24 +45,20 @@ TOLERANCE = 0.10  # parameter counts must match within ±10%
 # ----------------------------------------------------------------------------- configs
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def _ints(text: str, minimum: int = 1) -> tuple[int, ...]:
     try:
         vals = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got '{text}'")
+    if not vals or min(vals) < minimum:
+        kind = "positive integers" if minimum == 1 else f"integers >= {minimum}"
+        raise argparse.ArgumentTypeError(f"expected {kind}, got '{text}'")
     return vals
 
 
 def _ints0(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
-    if not vals or min(vals) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative integers, got '{text}'")
-    return vals
+    """Comma-separated non-negative integers (evaluation seeds)."""
+    return _ints(text, 0)
 
 
 def _groups(text: str) -> tuple[str, ...]:
