@@ -274,6 +274,14 @@ def write_results(out_dir: Path, name: str, data: dict, markdown: str, quick: bo
     return jp, mp
 
 
+def print_written(json_path: Path, md_path: Path, *lines: str | None) -> None:
+    """The closing lines of a benchmark: where its results went, then its headline(s) (empty ones skipped)."""
+    print(f"\nwrote {json_path} and {md_path}")
+    for line in lines:
+        if line:
+            print(line)
+
+
 def env_markdown(env: dict) -> str:
     lines = [f"- date (UTC): {env['date_utc']}; git {env['git']}; {'QUICK run' if env['quick'] else 'full run'}",
              f"- CPU: {env['cpu']} ({env['cpu_count']} logical cores), torch threads: {env['threads']}",

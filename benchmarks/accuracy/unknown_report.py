@@ -32,21 +32,20 @@ def _seeds(text: str) -> list[int]:
     return vals
 
 
-def in_class_kept(name: str, data_path: str, eval_seeds) -> dict:
-    """Share of the in-class shapes whose "unknown" score reaches the model's threshold, per evaluation seed."""
+def in_class_kept(clf, name: str, data_path: str, eval_seeds) -> dict:
+    """Share of the in-class shapes whose "unknown" score reaches the threshold of ``clf`` (the loaded ``name``),
+    per evaluation seed."""
     import numpy as np
 
     from pcsym.config import TrainConfig
     from pcsym.data.datasets import load_dataset
     from pcsym.data.splits import default_split, run_split
     from pcsym.data.transforms import eval_dataset
-    from pcsym.inference.predict import load_classifier
     from pcsym.inference.runtime import energy, neighbour_similarity
     from pcsym.models.checkpoint import load_model, train_config_of
     from pcsym.training.evaluate import predict, vote_base
     from pcsym.training.unknown import logits_of, pooled_features
 
-    clf = load_classifier(name)
     model, ckpt = load_model(name)
     run = train_config_of(ckpt) or TrainConfig()
     data = load_dataset(data_path, points=model.cfg.points)
@@ -67,11 +66,10 @@ def in_class_kept(name: str, data_path: str, eval_seeds) -> dict:
             "kept_std": statistics.stdev(kept) if len(kept) > 1 else 0.0}
 
 
-def meshes_flagged(name: str, meshes, eval_seeds) -> dict:
+def meshes_flagged(clf, meshes, eval_seeds) -> dict:
     """classify's answer for each mesh and seed: unknown or not, its score and its top class."""
-    from pcsym.inference.predict import classify_file, load_classifier
+    from pcsym.inference.predict import classify_file
 
-    clf = load_classifier(name)
     out = {}
     for m in meshes:
         rows = [classify_file(clf, m, top_k=1, seed=s) for s in eval_seeds]
@@ -100,13 +98,16 @@ def main(argv=None) -> int:
         ap.error(f"--meshes: no {'/'.join(MESH_SUFFIXES)} files in {args.meshes}")
     import torch
 
+    from pcsym.inference.predict import load_classifier
+
     torch.set_num_threads(args.threads)
     label = args.label or ("test-dev" if "testdev" in Path(args.data).name else None)
     rows, t0 = [], time.time()
     for name in args.models:
         t = time.time()
-        kept = in_class_kept(name, args.data, args.eval_seeds)
-        flags = meshes_flagged(name, meshes, args.eval_seeds)
+        clf = load_classifier(name)  # as classify loads it (a shipped name: its numpy export)
+        kept = in_class_kept(clf, name, args.data, args.eval_seeds)
+        flags = meshes_flagged(clf, meshes, args.eval_seeds)
         first = args.eval_seeds[0]
         flagged = sorted(m for m, r in flags.items() if r[0]["unknown"])
         rows.append({"model": name, **kept, "meshes": flags, "flagged_at_first_seed": flagged,

@@ -176,8 +176,7 @@ def main() -> int:
     jp, mp = C.write_results(args.out, "bench_cli", data, md, args.quick)
     print()
     print(C.table(rows, cols))
-    print(f"\nwrote {jp} and {mp}")
-    print(headline)
+    C.print_written(jp, mp, headline)
     failed = any(x["returncode"] != 0 for x in rows)
     return 1 if failed else 0
 

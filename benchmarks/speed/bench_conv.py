@@ -273,10 +273,7 @@ def main() -> int:
     print(C.table(rows, cols))
     print()
     print(C.table(flop_rows, flop_cols))
-    print(f"\nwrote {jp} and {mp}")
-    print(headline)
-    if basis_line:
-        print(basis_line)
+    C.print_written(jp, mp, headline, basis_line)
     return 0
 
 

@@ -426,8 +426,7 @@ def baseline_main(args) -> int:
             "rows": rows, "speedup": speed, "mfu": mfu, "headline": headline}
     jp, mp = C.write_results(args.out, "bench_model_baseline", data, "\n\n".join(lines), args.quick)
     print("\n\n".join(lines[2:]))
-    print(f"\nwrote {jp} and {mp}")
-    print(headline)
+    C.print_written(jp, mp, headline)
     if mfu:
         print("model FLOP utilisation: " + ", ".join(f"{k} {100 * v['utilisation']:.1f}% of torch.mm "
                                                      f"({v['achieved_gflops']:.1f} of {v['mm_peak_gflops']:.1f} GFLOP/s)"
@@ -699,10 +698,7 @@ def main() -> int:
     if sc_rows:
         print(C.table(sc_rows, sc_cols) + "\n")
     print(fit_lines)
-    print(f"\nwrote {jp} and {mp}")
-    print(headline)
-    if basis_line:
-        print(basis_line)
+    C.print_written(jp, mp, headline, basis_line)
     return 0
 
 

@@ -91,7 +91,8 @@ def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_thre
         with torch.no_grad(), _tracing():
             traced = torch.jit.trace(net, (pos, nrm), check_trace=False)
         buf = io.BytesIO()
-        torch.jit.save(traced, buf, _extra_files={META_NAME: json.dumps(metadata(model, unknown_threshold, _logit_detector(unknown)))})
+        meta = metadata(model, unknown_threshold, _logit_detector(unknown))
+        torch.jit.save(traced, buf, _extra_files={META_NAME: json.dumps(meta)})
         atomic_write_bytes(path, buf.getvalue())
     elif fmt == "onnx":
         try:

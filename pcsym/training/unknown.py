@@ -6,8 +6,9 @@ validation shapes when it trains; the shipped models: their test-dev shapes):
 * **energy** (models trained or calibrated since 2026-12-06): the log-sum-exp of the logits (Liu et al.,
   NeurIPS 2020; :func:`pcsym.inference.runtime.energy`). It needs only the logits, so every export format
   (numpy, TorchScript, ONNX) carries it, and no bank of training features. On the 8 real meshes of
-  ``../shared/meshes`` it flags 4 (so3) and 5 (o2) at 95% of ModelNet40 test-dev kept, where the
-  neighbour score below flags 1 and 3 (docs/experiments.md, "unknown: the energy score").
+  ``../shared/meshes``, ``pcsym classify`` with the shipped so3 and o2 flags 3 and 4 of them while keeping
+  94-95% of ModelNet40 test-dev, where the neighbour score below flagged 1 and 3 (docs/experiments.md,
+  "unknown: the energy score").
 * **neighbour similarity** (older checkpoints and numpy exports): the cosine similarity of a shape's pooled
   invariant features to its k-th most similar training shape (:func:`pcsym.inference.runtime.neighbour_similarity`;
   Sun et al., ICML 2022), with the unit features of the training shapes stored as the *bank*.
@@ -40,25 +41,31 @@ def unknown_threshold(probs, keep: float = UNKNOWN_KEEP) -> float:
     return score_threshold(np.asarray(probs, dtype=np.float64).max(axis=1), keep)
 
 
-def pooled_features(model, ds, batch_size: int = 32, device="cpu") -> np.ndarray:
-    """Pooled invariant features (len(ds), D) of a dataset's shapes, eval mode, vote 0."""
+def network_outputs(model, ds, batch_size: int = 32, device="cpu", vote: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (len(ds), C) and pooled invariant features (len(ds), D) of a dataset's shapes, eval mode,
+    downsampling order ``vote`` (0: the order classify and the exports use; :func:`pcsym.training.evaluate.vote_base`
+    of an evaluation seed)."""
     model.eval()
-    out = []
+    logits, features = [], []
     with torch.no_grad():
         for pos, nrm, _ in make_loader(ds, batch_size, False, 0, 0, 0):
-            out.append(model(pos.to(device), nrm.to(device), pooled=True)[1].float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 2 * model.cfg.invariant_dims), dtype=np.float32)
+            lg, f = model(pos.to(device), nrm.to(device), vote=vote, pooled=True)
+            logits.append(lg.float().cpu())
+            features.append(f.float().cpu())
+    if not logits:
+        return (np.zeros((0, len(model.cfg.class_names)), dtype=np.float32),
+                np.zeros((0, 2 * model.cfg.invariant_dims), dtype=np.float32))
+    return torch.cat(logits).numpy(), torch.cat(features).numpy()
+
+
+def pooled_features(model, ds, batch_size: int = 32, device="cpu") -> np.ndarray:
+    """Pooled invariant features (len(ds), D) of a dataset's shapes, eval mode, vote 0."""
+    return network_outputs(model, ds, batch_size, device)[1]
 
 
 def logits_of(model, ds, batch_size: int = 32, device="cpu", vote: int = 0) -> np.ndarray:
-    """Logits (len(ds), C) of a dataset's shapes, eval mode, downsampling order ``vote`` (0: the order
-    classify and the exports use; :func:`pcsym.training.evaluate.vote_base` of an evaluation seed)."""
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for pos, nrm, _ in make_loader(ds, batch_size, False, 0, 0, 0):
-            out.append(model(pos.to(device), nrm.to(device), vote=vote).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, len(model.cfg.class_names)), dtype=np.float32)
+    """Logits (len(ds), C) of a dataset's shapes (:func:`network_outputs`)."""
+    return network_outputs(model, ds, batch_size, device, vote)[0]
 
 
 def energy_detector(model, data, idx, rotate: str, seed: int, keep: float = UNKNOWN_KEEP) -> dict:
