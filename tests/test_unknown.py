@@ -178,3 +178,26 @@ def test_unknown_is_printed_with_its_closest_class(capsys):
     _print_rows([row, {**row, "file": "bed.off", "unknown": False}])
     out = capsys.readouterr().out
     assert out.count("unknown (closest: toilet 0.31") == 2 and "toilet" in out.split("bed.off")[1]
+
+
+def test_unknown_report_measures_the_stored_detector_as_classify_runs_it(run_dir, tmp_path):
+    """benchmarks.accuracy.unknown_report: the in-class share kept per evaluation seed, and for each mesh the
+    answer `pcsym classify MESH --model MODEL --seed S` gives."""
+    from benchmarks.accuracy import unknown_report
+
+    out = tmp_path / "unk"
+    model = str(run_dir / "best.pt")
+    assert unknown_report.main([model, "--data", str(SAMPLE / "modelnet10_mini"), "--meshes", str(SAMPLE / "meshes"),
+                                "--eval-seeds", "0,1", "--out", str(out)]) == 0
+    rep = json.loads(out.with_suffix(".json").read_text())
+    row = rep["models"][0]
+    assert row["score"] == "energy" and row["split"] == "all" and len(row["kept_per_seed"]) == 2
+    assert all(0.0 <= k <= 1.0 for k in row["kept_per_seed"])
+    for mesh, answers in row["meshes"].items():
+        for a in answers:
+            r = runner.invoke(app, ["classify", str(SAMPLE / "meshes" / mesh), "--model", model, "--json",
+                                    "--seed", str(a["seed"])])
+            res = json.loads(r.stdout)["results"][0]
+            assert (res["unknown"], res["top"][0]["class"]) == (a["unknown"], a["top"])
+    assert row["flagged_count"] == sum(bool(v[0]["unknown"]) for v in row["meshes"].values())
+    assert f"| {model} | energy |" in out.with_suffix(".md").read_text()
