@@ -302,3 +302,11 @@ def env_markdown_shared_process(env: dict) -> str:
     """env_markdown plus the caveat of --quick runs, which measure everything in one process."""
     note = "\n- quick run: all configurations share one process, memory figures are only indicative"
     return env_markdown(env) + (note if env["quick"] else "")
+
+
+def split_label(test_data: str | None) -> str:
+    """How tables name the scored shapes: test-dev (a folder named *testdev*: the development half of the
+    official test split, where choices are made), test, or the runs' own validation split."""
+    if not test_data:
+        return "validation"
+    return "test-dev" if "testdev" in Path(test_data).name.replace("-", "").replace("_", "") else "test"

@@ -34,6 +34,8 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks.common import split_label
+
 ROOT = Path(__file__).resolve().parents[2]
 
 GROUPS = ("so2", "o2", "so3", "o3", "m", "inv", "f", "trivial")
@@ -335,14 +337,6 @@ def write_chart(path: Path, groups, summary, title: str, chance: float | None = 
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def split_label(test_data: str | None) -> str:
-    """How tables name the scored shapes: test-dev (a folder named *testdev*: the development half of the
-    official test split, where choices are made), test, or the runs' own validation split."""
-    if not test_data:
-        return "validation"
-    return "test-dev" if "testdev" in Path(test_data).name.replace("-", "").replace("_", "") else "test"
 
 
 def build_report(args, command: str, matches, results, wall: float, data_info: dict, env: dict) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, split_label
 from pcsym.models.checkpoint import load_model, train_config_of
 from pcsym.config import TrainConfig
 from pcsym.data.datasets import load_dataset
@@ -100,14 +100,18 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"data": args.data, "split": split, "n_shapes": int(len(va)), "votes": args.votes,
-                                                    "eval_seeds": eval_seeds, "rows": rows}, indent=2))
+                                                    "eval_seeds": eval_seeds,
+                                                    "split_label": split_label(args.data) if split == "test" else "validation",
+                                                    "rows": rows}, indent=2))
     cols = [("none", "no rotation"), ("z", "z-rotated"), ("so3", "SO(3)-rotated")]
     if args.votes > 1:
         cols += [("z_votes", f"z-rotated, {args.votes} votes"), ("so3_votes", f"SO(3)-rotated, {args.votes} votes")]
-    what = (f"the official test split ({len(va)} shapes of {args.data})" if split == "test" else
+    what = (f"the {'test-dev half of the official test' if split_label(args.data) == 'test-dev' else 'official test'} split "
+            f"({len(va)} shapes of {args.data})" if split == "test" else
             f"the validation split ({len(va)} held-out shapes of {args.data})")
-    about = ("Official-test figures" if split == "test" else
-             "Validation figures (the run's own held-out split, never the official test split)")
+    about = ("Validation figures (the run's own held-out split, never the official test split)" if split != "test" else
+             "Test-dev figures (the development half of the official test split, where choices are made)"
+             if split_label(args.data) == "test-dev" else "Official-test figures")
     lines = [f"# Rotation protocols on {what}", "",
              f"{about}. Each cell: OA / mAcc (overall / mean class accuracy)"
              + (f", mean ± std over evaluation seeds {','.join(map(str, eval_seeds))} (`pcsym evaluate --seed`)"
