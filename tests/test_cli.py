@@ -520,3 +520,52 @@ def test_evaluate_feeds_estimated_normals_to_a_model_trained_on_them(tiny_run, s
     own, given = score(tiny_run, sample_dataset), score(tiny_run, tmp_path / "given.npz")
     assert given[0] == own[0] and abs(given[1] - own[1]) < 1e-4
     assert abs(score(tmp_path / "given_normals_model.pt", tmp_path / "given.npz")[1] - own[1]) > 1e-3
+
+
+def _h5_test_folder(folder: Path, names: list[str], points, labels) -> Path:
+    import h5py
+
+    folder.mkdir()
+    with h5py.File(folder / "ply_data_test0.h5", "w") as f:
+        f["data"], f["label"] = points, labels.reshape(-1, 1).astype("uint8")
+    (folder / "shape_names.txt").write_text("\n".join(names) + "\n")
+    (folder / "test_files.txt").write_text(f"data/{folder.name}/ply_data_test0.h5\n")
+    return folder
+
+
+def test_evaluate_a_model_on_data_with_some_of_its_classes(tmp_path):
+    """A model scores a dataset whose classes are some of its own (ModelNet10 data for a ModelNet40 model),
+    matched by name in the data's order: each shape's answer is the likeliest of the data's classes. Classes
+    it does not know: one line, exit 2 (bad input)."""
+    import h5py
+    import numpy as np
+
+    from pcsym.training.evaluate import evaluate_checkpoint
+
+    with h5py.File(MINI / "ply_data_train0.h5") as f:
+        points, labels = f["data"][:], f["label"][:].ravel()
+    names = (MINI / "shape_names.txt").read_text().split()
+    full = _h5_test_folder(tmp_path / "full", names, points, labels)
+    some = ["sofa", "bed", "chair"]  # another order than the model's
+    keep = np.isin(labels, [names.index(n) for n in some])
+    sub_labels = np.array([some.index(names[c]) for c in labels[keep]])
+    sub = _h5_test_folder(tmp_path / "some", some, points[keep], sub_labels)
+
+    probs = np.array(evaluate_checkpoint("so3-mn10", full, logits=True)["probabilities"])[keep]
+    expected = np.array([[names.index(n) for n in some][i] for i in probs[:, [names.index(n) for n in some]].argmax(1)])
+    r = run("evaluate", "so3-mn10", "--data", sub, "--json")
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert m["class_names"] == some and m["model_classes"] == 10 and m["n"] == int(keep.sum())
+    assert m["overall_accuracy"] == pytest.approx(float(np.mean(expected == labels[keep])))
+    want = np.zeros((3, 3), int)
+    for t, pr in zip(labels[keep], expected):
+        want[some.index(names[t]), [names.index(n) for n in some].index(pr)] += 1
+    assert m["confusion_matrix"] == want.tolist()
+    assert "scored on the data's 3 classes, matched by name" in run("evaluate", "so3-mn10", "--data", sub).stdout
+
+    odd = _h5_test_folder(tmp_path / "odd", ["sofa", "teapot"], points[:4], np.array([0, 1, 0, 1]))
+    r = run("evaluate", "so3-mn10", "--data", odd)
+    assert r.exit_code == 2
+    assert r.stderr.strip() == (f"error: {odd}: the dataset has classes the model was not trained on ('teapot'); "
+                                "it knows 10 classes")

@@ -84,3 +84,32 @@ def test_protocols_eval_seeds_report_mean_and_std_over_evaluation_seeds(tmp_path
     proc = _protocols("--data", str(data), "--eval-seeds", "0,x", "--out", str(out), "o2-mn10")
     assert proc.returncode == 1 and proc.stderr.strip() == \
         "error: --eval-seeds must be comma-separated integers 0 or more, got '0,x'"
+
+
+def test_protocols_score_a_model_on_data_with_some_of_its_classes_like_evaluate(tmp_path):
+    """A test-dev folder named *testdev* is labelled test-dev; a dataset holding some of the model's classes
+    (ModelNet10 for a 40-class model) is scored on those, matched by name, with the figures of `pcsym evaluate`."""
+    src = _test_only_copy(tmp_path / "full")
+    dest = tmp_path / "mn3_testdev"
+    dest.mkdir()
+    names = (MINI / "shape_names.txt").read_text().split()
+    some = ["toilet", "bed", "sofa"]
+    with h5py.File(src / "ply_data_test0.h5") as f:
+        labels = f["label"][:, 0]
+        keep = np.isin(labels, [names.index(n) for n in some])
+        with h5py.File(dest / "ply_data_test0.h5", "w") as g:
+            g["data"] = f["data"][keep]
+            g["label"] = np.array([[some.index(names[c])] for c in labels[keep]], dtype="uint8")
+    (dest / "shape_names.txt").write_text("\n".join(some) + "\n")
+    (dest / "test_files.txt").write_text("data/x/ply_data_test0.h5\n")
+    out = tmp_path / "prot"
+    proc = _protocols("--data", str(dest), "--out", str(out), "so3-mn10")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.with_suffix(".json").read_text())
+    (row,) = res["rows"]
+    assert res["split_label"] == "test-dev" and res["n_shapes"] == 9 and row["model_classes"] == 10
+    want = evaluate_checkpoint("so3-mn10", dest, rotate="so3")
+    assert (row["oa_so3"], row["macc_so3"]) == (want["overall_accuracy"], want["mean_class_accuracy"])
+    md = out.with_suffix(".md").read_text()
+    assert md.startswith(f"# Rotation protocols on the test-dev half of the official test split (9 shapes of {dest})")
+    assert "Test-dev figures" in md and "so3-mn10 (10 classes, scored on the data's)" in md

@@ -22,7 +22,7 @@ from pcsym.config import TrainConfig
 from pcsym.data.datasets import load_dataset
 from pcsym.errors import PcsymError
 from pcsym.data.splits import default_split, run_split
-from pcsym.training.evaluate import evaluate_model, vote_base
+from pcsym.training.evaluate import evaluate_model, restrict_to_classes, vote_base
 from pcsym.data.transforms import eval_dataset
 
 DEFAULT_OUT = RESULTS / "protocols"
@@ -70,6 +70,8 @@ def main(argv=None) -> int:
         try:  # a missing model or dataset, or --split test of a dataset without one: one line, exit 1
             model, ckpt = load_model(path)
             data = load_dataset(args.data, points=model.cfg.points)
+            model_classes = len(model.cfg.class_names)
+            model, subset = restrict_to_classes(model, data.class_names, args.data)  # e.g. a 40-class model on ModelNet10
             run = train_config_of(ckpt) or TrainConfig()
             split = args.split or default_split(data)
             va = run_split(data, split, run)  # the official test split, or the shapes the run held out
@@ -81,6 +83,8 @@ def main(argv=None) -> int:
         row = {"model": label or path, "group": model.cfg.group, "kernel": model.cfg.kernel, "train_rotate": train_rot,
                "epochs": len(hist), "train_minutes": round(sum(h["epoch_seconds"] for h in hist) / 60, 1),
                "params": sum(p.numel() for p in model.parameters())}
+        if subset:
+            row["model_classes"] = model_classes
         for rot in ("none", "z", "so3"):
             # votes: only for rotated protocols, `pcsym evaluate MODEL --rotate R --votes N`
             for key, votes in [(rot, 1)] + ([(f"{rot}_votes", args.votes)] if args.votes > 1 and rot != "none" else []):
@@ -125,7 +129,8 @@ def main(argv=None) -> int:
             return f"{r[f'{what}_{key}']:.4f}" + (f" ± {r[f'{what}_{key}_std']:.4f}" if f"{what}_{key}_std" in r else "")
 
         cells = [f"{cell(key, 'oa')} / {cell(key, 'macc')}" for key, _ in cols]
-        lines.append(f"| {r['model']} | {r['group']} | {r['train_rotate']} | {r['epochs']} | {r['train_minutes']} | "
+        lines.append(f"| {r['model']}" + (f" ({r['model_classes']} classes, scored on the data's)" if r.get("model_classes") else "")
+                     + f" | {r['group']} | {r['train_rotate']} | {r['epochs']} | {r['train_minutes']} | "
                      f"{r['params']:,} | " + " | ".join(cells) + " |")
     votes = (f" --split {args.split}" if args.split else "") + (f" --votes {args.votes}" if args.votes > 1 else "") + \
         (f" --eval-seeds {','.join(map(str, eval_seeds))}" if eval_seeds is not None else "")

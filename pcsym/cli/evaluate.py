@@ -101,6 +101,9 @@ def _print_eval(m: dict):
     con.print(f"[bold]overall accuracy[/] {m['overall_accuracy']:.4f}   [bold]mean class accuracy[/] "
               f"{m['mean_class_accuracy']:.4f}{prior}   (n={m['n']}, split={m['split']}, rotate={m['rotate']}, "
               f"votes={m['votes']}, sampling={m['sampling']}{seed})")
+    if m.get("model_classes"):
+        con.print(f"scored on the data's {len(m['class_names'])} classes, matched by name: each shape's answer is the "
+                  f"likeliest of them (the model knows {m['model_classes']})")
     t = table("per-class accuracy")
     column(t, "class")
     column(t, "accuracy", "right")

@@ -197,19 +197,17 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     cfg = model.cfg
     cfg.sampling = sampling or cfg.sampling
     ds_all = load_dataset(data, points=cfg.points, up_axis=up_axis, fmt=fmt)
-    if list(ds_all.class_names) != list(cfg.class_names):
-        raise PcsymError(f"dataset classes ({len(ds_all.class_names)}) differ from the model's "
-                         f"({len(cfg.class_names)})", path=data)
+    model, subset = restrict_to_classes(model, ds_all.class_names, data)
     run = train_config_of(ckpt) or TrainConfig()
     split = split or default_split(ds_all)
     idx = run_split(ds_all, split, run)
     if cfg.estimated_normals and not ds_all.normals_estimated:  # the data's own normals: estimate as in training
         ds_all, idx = with_estimated_normals(ds_all, cfg.estimated_normals, run.seed, rows=idx), np.arange(len(idx))
     ds = eval_dataset(ds_all, idx, cfg.points, rotate, run.seed, seed)
-    weights = None if prior is None else read_prior(prior, cfg.class_names)
+    weights = None if prior is None else read_prior(prior, model.cfg.class_names)
     if logits:
         probs, labels = predict(model, ds, batch_size, device, votes, vote_base(seed))
-        m = metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), cfg.class_names, weights)
+        m = metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), model.cfg.class_names, weights)
         m["unknown_threshold"] = unknown_threshold(probs.numpy())
         m["probabilities"] = probs.numpy().round(6).tolist()
     else:
@@ -222,7 +220,39 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
               "shipped": str(checkpoint) in PRETRAINED})
     if prior is not None:
         m["prior"] = str(prior)
+    if subset:
+        m["model_classes"] = len(cfg.class_names)
     return m
+
+
+class _ClassSubset(torch.nn.Module):
+    """A classifier's logits for some of its classes only, in the order given (its ``cfg`` names them)."""
+
+    def __init__(self, model, index: list[int], names: list[str]):
+        super().__init__()
+        self.inner = model
+        self.register_buffer("index", torch.tensor(index, dtype=torch.long))
+        self.cfg = copy.copy(model.cfg)
+        self.cfg.class_names = list(names)
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs).index_select(-1, self.index)
+
+
+def restrict_to_classes(model, names, data=None):
+    """``model`` scoring the classes ``names`` of a dataset: itself when they are its own, else (the data's
+    classes all among the model's, matched by name, e.g. ModelNet10 data for a ModelNet40 model) a view whose
+    logits are those classes' in the data's order, so that each shape's answer is the likeliest of the data's
+    classes; ``(model, True)`` then. Classes the model does not know: an error naming them."""
+    names, own = [str(n) for n in names], [str(n) for n in model.cfg.class_names]
+    if names == own:
+        return model, False
+    missing = [n for n in names if n not in own]
+    if missing:
+        shown = ", ".join(f"'{n}'" for n in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise PcsymError(f"the dataset has classes the model was not trained on ({shown}); it knows "
+                         f"{len(own)} classes", path=data)
+    return _ClassSubset(model, [own.index(n) for n in names], names).eval(), True
 
 
 def model_name(checkpoint) -> str:
