@@ -150,3 +150,48 @@ def test_budget_minutes_of_a_shipped_model_is_its_own_training_time():
     for bad in ("x=3", "z3"):
         with __import__("pytest").raises(ValueError):
             peers.budget_minutes(bad, "cpu")
+
+
+def test_dense_edge_conv_is_torch_geometrics_edgeconv():
+    """peers.edge_conv (dense, first linear layer per point) computes torch_geometric's EdgeConv(h, aggr="max")
+    on the same kNN graph, in training and evaluation mode, with and without the per-point shortcut."""
+    from torch_geometric.nn import EdgeConv
+
+    from pcsym.geometry.graph import knn
+
+    torch.manual_seed(0)
+    b, n, k = 2, 64, 10
+    pos = torch.randn(b, n, 3)
+    x = torch.cat([pos, torch.randn(b, n, 3)], -1)
+    idx = knn(pos, pos, k)
+    edges = torch.stack([(idx + (torch.arange(b) * n)[:, None, None]).reshape(-1),  # messages j -> i
+                         torch.arange(b * n).repeat_interleave(k)])
+    h = torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.BatchNorm1d(32), torch.nn.LeakyReLU(0.2))
+    conv = EdgeConv(torch.nn.Identity(), aggr="max")
+    conv.nn = h  # (EdgeConv(h) would re-initialise h)
+
+    class Wrapped(torch.nn.Module):  # the same h, hidden from the shortcut
+        def forward(self, e):
+            return h(e)
+
+    for mode in ("train", "eval"):
+        getattr(h, mode)()
+        want = conv(x.reshape(b * n, -1), edges).view(b, n, -1)
+        assert torch.allclose(peers.edge_conv(x, idx, h), want, atol=1e-5)
+        assert torch.allclose(peers.edge_conv(x, idx, Wrapped()), want, atol=1e-6)
+
+
+def test_dgcnn_graph_is_dynamic():
+    """After its first layer the DGCNN's neighbours are nearest in feature space, not in xyz."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 50, 8)
+    idx = peers.feature_knn(x, 5)
+    d = torch.cdist(x[0], x[0])
+    assert (idx[0, :, 0] == torch.arange(50)).all()  # itself first
+    assert torch.equal(idx[0].sort(-1).values, d.topk(5, largest=False).indices.sort(-1).values)
+    pos = torch.randn(2, 64, 3)
+    nrm = torch.nn.functional.normalize(torch.randn(2, 64, 3), dim=-1)
+    dyn, static = peers.build_peer("dgcnn", 5), peers.build_peer("dgcnn", 5, dynamic=False)
+    static.load_state_dict(dyn.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(dyn.eval()(pos, nrm), static.eval()(pos, nrm))

@@ -1,5 +1,5 @@
-"""Peers on the same data and budget (issue 14; test split, issue 38): DGCNN-style EdgeConv (torch_geometric
-EdgeConv on pcsym's static kNN graph of the points) and PointNet, trained on the same split with the same
+"""Peers on the same data and budget (issue 14; test split, issue 38): a small DGCNN (EdgeConv on a dynamic
+kNN graph, dense) and PointNet, trained on the same split with the same
 augmentation as a pcsym run, for the same training budget, evaluated with the same protocols.
 
 Same data: the run's train/validation split (``pcsym.data.splits``, ``--val-fraction``, seed), the same
@@ -38,10 +38,46 @@ from types import SimpleNamespace
 from benchmarks import common as C
 
 
-def build_peer(name: str, num_classes: int, k: int = 10):
+def feature_knn(x, k: int):
+    """Indices (B, N, k) of each point's k nearest points in feature space ``x`` (B, N, C), itself first:
+    DGCNN's dynamic graph (the distances need no gradient)."""
+    import torch
+
+    with torch.no_grad():
+        sq = (x * x).sum(-1)
+        d = sq[:, :, None] - 2 * x @ x.transpose(1, 2) + sq[:, None, :]
+        return d.topk(k, dim=-1, largest=False).indices
+
+
+def edge_conv(x, idx, h):
+    """EdgeConv with max aggregation, dense: ``max_j h([x_i, x_j - x_i])`` over the neighbours ``idx`` (B, N, k)
+    of each point of ``x`` (B, N, C) -> (B, N, C'). The same function as torch_geometric's ``EdgeConv(h,
+    aggr="max")`` on that graph (a test checks it), without its scatter: several times faster on CPU."""
+    import torch
+
+    b, n, c = x.shape
+    k = idx.shape[-1]
+
+    def neighbours(f):  # (B, N, C) -> (B, N, k, C): each point's neighbours' rows
+        return torch.gather(f, 1, idx.reshape(b, n * k, 1).expand(-1, -1, f.shape[-1])).view(b, n, k, -1)
+
+    if isinstance(h, torch.nn.Sequential) and isinstance(h[0], torch.nn.Linear):
+        # h's first layer is linear: W [x_i, x_j - x_i] + b = (W1 - W2) x_i + b + W2 x_j, computed per point
+        # (k times fewer multiplications) and added up per edge; the rest of h runs on the edges as usual
+        lin, flat = h[0], x.reshape(b * n, c)
+        w1, w2 = lin.weight[:, :c], lin.weight[:, c:]
+        own = (torch.addmm(lin.bias, flat, (w1 - w2).t()) if lin.bias is not None else flat @ (w1 - w2).t())
+        e = (own.view(b, n, 1, -1) + neighbours((flat @ w2.t()).view(b, n, -1))).reshape(b * n * k, -1)
+        e = h[1:](e)
+    else:
+        xi = x[:, :, None, :].expand(-1, -1, k, -1)
+        e = h(torch.cat([xi, neighbours(x) - xi], -1).reshape(b * n * k, 2 * c))
+    return e.view(b, n, k, -1).max(2).values
+
+
+def build_peer(name: str, num_classes: int, k: int = 10, dynamic: bool = True):
     import torch
     from torch import nn
-    from torch_geometric.nn import EdgeConv
 
     from pcsym.geometry.graph import knn
 
@@ -79,27 +115,30 @@ def build_peer(name: str, num_classes: int, k: int = 10):
             return self.head(self.pooled(self.point(x), b))
 
     class DGCNN(Peer):
-        """DGCNN with EdgeConv layers (max aggregation of h([x_i, x_j - x_i])) on pcsym's kNN graph of the
-        points (k neighbours, static), skip-concatenated into an embedding, pooled, MLP."""
+        """DGCNN (Wang et al. 2019), small: EdgeConv layers (max aggregation of h([x_i, x_j - x_i])) over the
+        k nearest neighbours, the first in xyz (pcsym's kNN), the next in the previous layer's feature space
+        (the dynamic graph; ``dynamic=False``: the xyz graph throughout), skip-concatenated into an embedding,
+        pooled, MLP. k = 10 and widths 64/64/128 (the paper: 20 and 64/64/64/128, 1024-d embedding), so that
+        it trains some epochs within a CPU budget."""
 
         def __init__(self):
             super().__init__()
             dims = [6, 64, 64, 128]
-            self.convs = nn.ModuleList(EdgeConv(mlp(2 * a, b), aggr="max") for a, b in zip(dims[:-1], dims[1:]))
+            self.convs = nn.ModuleList(mlp(2 * a, b) for a, b in zip(dims[:-1], dims[1:]))
             self.embed = mlp(sum(dims[1:]), EMB)
+            self.dynamic = dynamic
 
         def forward(self, pos, normals, order=None):
             b, n, _ = pos.shape
             idx = knn(pos, pos, k)  # (B, N, k), the same graph code pcsym's layers use
-            centre = torch.arange(b * n, device=pos.device).repeat_interleave(k)
-            nb = (idx + (torch.arange(b, device=pos.device) * n)[:, None, None]).reshape(-1)
-            edge_index = torch.stack([nb, centre])  # messages flow from neighbour j to centre i
-            x = torch.cat([pos - pos.mean(1, keepdim=True), normals], -1).reshape(b * n, 6)
+            x = torch.cat([pos - pos.mean(1, keepdim=True), normals], -1)
             feats = []
-            for conv in self.convs:
-                x = conv(x, edge_index)
+            for i, conv in enumerate(self.convs):
+                if i and self.dynamic:
+                    idx = feature_knn(x, k)
+                x = edge_conv(x, idx, conv)
                 feats.append(x)
-            return self.head(self.pooled(self.embed(torch.cat(feats, -1)), b))
+            return self.head(self.pooled(self.embed(torch.cat(feats, -1).reshape(b * n, -1)), b))
 
     return {"pointnet": PointNet, "dgcnn": DGCNN}[name]()
 
