@@ -143,6 +143,14 @@ def build_peer(name: str, num_classes: int, k: int = 10, dynamic: bool = True):
     return {"pointnet": PointNet, "dgcnn": DGCNN}[name]()
 
 
+def training_minutes(ckpt: dict, clock: str) -> tuple[float, str]:
+    """A pcsym checkpoint's training time: the sum of its epochs' CPU seconds for ``clock`` cpu (where every
+    epoch recorded them), else of their wall seconds; in minutes, with the history column it summed."""
+    hist = ckpt.get("history") or []
+    key = "cpu_seconds" if clock == "cpu" and hist and all("cpu_seconds" in h for h in hist) else "epoch_seconds"
+    return sum(float(h[key]) for h in hist) / 60, key
+
+
 def budget_minutes(spec: str, clock: str) -> dict[str, float]:
     """``--minutes``: one figure for every training rotation (``60``), or one per rotation, each a number or a
     pcsym model (a shipped name or a checkpoint) whose own training time it takes (``z=o2,so3=so3``: the sum
@@ -159,14 +167,12 @@ def budget_minutes(spec: str, clock: str) -> dict[str, float]:
         try:
             out[rot] = float(val)
         except ValueError:
-            from pcsym.models.checkpoint import load_model
+            from pcsym.models.checkpoint import read_checkpoint
 
-            _, ckpt = load_model(val)
-            hist = ckpt.get("history") or []
-            key = "cpu_seconds" if clock == "cpu" and hist and all("cpu_seconds" in h for h in hist) else "epoch_seconds"
-            if not hist:
+            ckpt = read_checkpoint(val)
+            if not ckpt.get("history"):
                 raise ValueError(f"--minutes: {val} records no training history")
-            out[rot] = round(sum(float(h[key]) for h in hist) / 60, 2)
+            out[rot] = round(training_minutes(ckpt, clock)[0], 2)
     return out
 
 
@@ -285,7 +291,8 @@ def score_test(model, test, train_rotate: str, eval_seeds) -> dict:
 
     idx = split_indices(test, "test", 0.0, 0)
     out = {}
-    for rot in (["z", "so3"] if train_rotate == "z" else ["so3"]) if train_rotate != "none" else ["none"]:
+    rotations = {"z": ["z", "so3"], "none": ["none"]}.get(train_rotate, ["so3"])
+    for rot in rotations:
         out[f"{train_rotate}/{rot}"] = score(model, test, idx, TrainConfig(), rot, 1, list(eval_seeds))
     return out
 
@@ -327,11 +334,10 @@ def pcsym_test_rows(models: list[str], test, eval_seeds, clock: str) -> list[dic
     for spec in models:
         model, ckpt = load_model(spec)
         rot = (ckpt.get("train_config") or {}).get("rotate", "z")
-        hist = ckpt.get("history") or []
-        key = "cpu_seconds" if clock == "cpu" and hist and all("cpu_seconds" in h for h in hist) else "epoch_seconds"
-        minutes = sum(float(h[key]) for h in hist) / 60
+        minutes, key = training_minutes(ckpt, clock)
         for proto, f in score_test(model, test, rot, eval_seeds).items():
-            rows.append({"model": f"pcsym {model.cfg.group} ({spec})", "protocol": proto, **f, "epochs": len(hist),
+            rows.append({"model": f"pcsym {model.cfg.group} ({spec})", "protocol": proto, **f,
+                         "epochs": len(ckpt.get("history") or []),
                          "train_minutes": minutes, "params": sum(p.numel() for p in model.parameters()),
                          "trained": "", "beside": f"pcsym model {spec} ({'CPU' if key == 'cpu_seconds' else 'wall'} "
                                                   "time of its epochs)"})
@@ -347,8 +353,8 @@ def _settings(args_or_json) -> tuple:
             list(seeds) if seeds is not None else None)
 
 
-def merge_previous(path: Path, results: list[dict], args, budgets: dict | None = None,
-                   test_rows: list[dict] | None = None) -> tuple[list[dict], list[str], list[dict]]:
+def merge_previous(path: Path, results: list[dict], args, budgets: dict, test_rows: list[dict]
+                   ) -> tuple[list[dict], list[str], list[dict]]:
     """Results of earlier invocations (same data, test data, split, selection, clock, seed and per-rotation
     budget) for models/rotations not rerun now, so the SO(3) and z halves can be trained at different times
     or side by side (each keeps its own environment record); the union of the pcsym runs named by all of
@@ -356,8 +362,7 @@ def merge_previous(path: Path, results: list[dict], args, budgets: dict | None =
     import json
 
     runs = [r for r in args.pcsym.split(",") if r]
-    test_rows = list(test_rows or [])
-    budgets = budgets if budgets is not None else budget_minutes(str(args.minutes), args.clock)
+    test_rows = list(test_rows)
     if not path.exists():
         return results, runs, test_rows
     old = json.loads(path.read_text())
@@ -462,7 +467,9 @@ def write_table(args, env: dict, budgets: dict, results: list[dict], pcsym_runs:
                  "trained": r.get("trained", ""), "beside": r.get("beside", "")}
                 for r in results for proto, f in r["test"].items()]
         rows += [{**r, "oa": _pm(r, "oa"), "macc": _pm(r, "macc"), "wall_minutes": None} for r in test_rows]
-        n_test = int(sum(1 for x in args.test.split if str(x) == "test")) if args.test is not None else "?"
+        from pcsym.data.splits import split_indices
+
+        n_test = len(split_indices(args.test, "test", 0.0, 0))
         about = (f"{split.capitalize()} figures: the test split of {args.test_data} ({n_test} shapes), each cell the mean ± std over evaluation seeds {','.join(map(str, args.eval_seeds))} "
                  "(`pcsym evaluate --seed`: points, rotations). Trained on the train split of " + args.data +
                  f" less a {args.val_fraction:g} validation share (seed {args.seed}); the {args.select} epoch kept. "

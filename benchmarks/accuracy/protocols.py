@@ -70,8 +70,7 @@ def main(argv=None) -> int:
         try:  # a missing model or dataset, or --split test of a dataset without one: one line, exit 1
             model, ckpt = load_model(path)
             data = load_dataset(args.data, points=model.cfg.points)
-            model_classes = len(model.cfg.class_names)
-            model, subset = restrict_to_classes(model, data.class_names, args.data)  # e.g. a 40-class model on ModelNet10
+            model, model_classes = restrict_to_classes(model, data.class_names, args.data)  # e.g. 40 classes on ModelNet10
             run = train_config_of(ckpt) or TrainConfig()
             split = args.split or default_split(data)
             va = run_split(data, split, run)  # the official test split, or the shapes the run held out
@@ -83,7 +82,7 @@ def main(argv=None) -> int:
         row = {"model": label or path, "group": model.cfg.group, "kernel": model.cfg.kernel, "train_rotate": train_rot,
                "epochs": len(hist), "train_minutes": round(sum(h["epoch_seconds"] for h in hist) / 60, 1),
                "params": sum(p.numel() for p in model.parameters())}
-        if subset:
+        if model_classes:
             row["model_classes"] = model_classes
         for rot in ("none", "z", "so3"):
             # votes: only for rotated protocols, `pcsym evaluate MODEL --rotate R --votes N`
@@ -103,19 +102,20 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    label = split_label(args.data) if split == "test" else "validation"
     out.with_suffix(".json").write_text(json.dumps({"data": args.data, "split": split, "n_shapes": int(len(va)), "votes": args.votes,
                                                     "eval_seeds": eval_seeds,
-                                                    "split_label": split_label(args.data) if split == "test" else "validation",
+                                                    "split_label": label,
                                                     "rows": rows}, indent=2))
     cols = [("none", "no rotation"), ("z", "z-rotated"), ("so3", "SO(3)-rotated")]
     if args.votes > 1:
         cols += [("z_votes", f"z-rotated, {args.votes} votes"), ("so3_votes", f"SO(3)-rotated, {args.votes} votes")]
-    what = (f"the {'test-dev half of the official test' if split_label(args.data) == 'test-dev' else 'official test'} split "
+    what = (f"the {'test-dev half of the official test' if label == 'test-dev' else 'official test'} split "
             f"({len(va)} shapes of {args.data})" if split == "test" else
             f"the validation split ({len(va)} held-out shapes of {args.data})")
     about = ("Validation figures (the run's own held-out split, never the official test split)" if split != "test" else
              "Test-dev figures (the development half of the official test split, where choices are made)"
-             if split_label(args.data) == "test-dev" else "Official-test figures")
+             if label == "test-dev" else "Official-test figures")
     lines = [f"# Rotation protocols on {what}", "",
              f"{about}. Each cell: OA / mAcc (overall / mean class accuracy)"
              + (f", mean ± std over evaluation seeds {','.join(map(str, eval_seeds))} (`pcsym evaluate --seed`)"

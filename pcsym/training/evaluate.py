@@ -197,7 +197,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     cfg = model.cfg
     cfg.sampling = sampling or cfg.sampling
     ds_all = load_dataset(data, points=cfg.points, up_axis=up_axis, fmt=fmt)
-    model, subset = restrict_to_classes(model, ds_all.class_names, data)
+    model, model_classes = restrict_to_classes(model, ds_all.class_names, data)
     run = train_config_of(ckpt) or TrainConfig()
     split = split or default_split(ds_all)
     idx = run_split(ds_all, split, run)
@@ -220,8 +220,8 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
               "shipped": str(checkpoint) in PRETRAINED})
     if prior is not None:
         m["prior"] = str(prior)
-    if subset:
-        m["model_classes"] = len(cfg.class_names)
+    if model_classes:
+        m["model_classes"] = model_classes
     return m
 
 
@@ -243,16 +243,17 @@ def restrict_to_classes(model, names, data=None):
     """``model`` scoring the classes ``names`` of a dataset: itself when they are its own, else (the data's
     classes all among the model's, matched by name, e.g. ModelNet10 data for a ModelNet40 model) a view whose
     logits are those classes' in the data's order, so that each shape's answer is the likeliest of the data's
-    classes; ``(model, True)`` then. Classes the model does not know: an error naming them."""
+    classes. Returns ``(model or view, the model's number of classes where it is a view, else None)``. Classes
+    the model does not know: an error naming them."""
     names, own = [str(n) for n in names], [str(n) for n in model.cfg.class_names]
     if names == own:
-        return model, False
+        return model, None
     missing = [n for n in names if n not in own]
     if missing:
         shown = ", ".join(f"'{n}'" for n in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise PcsymError(f"the dataset has classes the model was not trained on ({shown}); it knows "
                          f"{len(own)} classes", path=data)
-    return _ClassSubset(model, [own.index(n) for n in names], names).eval(), True
+    return _ClassSubset(model, [own.index(n) for n in names], names).eval(), len(own)
 
 
 def model_name(checkpoint) -> str:
