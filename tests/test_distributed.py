@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,22 +54,60 @@ def test_two_processes_take_the_same_first_step_as_one(tmp_path, sample_dataset)
     assert a["history"][0]["val_acc"] == b["history"][0]["val_acc"]  # sharded validation, gathered
 
 
-def test_killed_two_process_run_resumes(tmp_path, sample_dataset):
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie may wait for a container's init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads worker processes from /proc")
+def test_killed_launcher_stops_its_workers_and_the_run_resumes(tmp_path, sample_dataset):
     import json
 
     out = tmp_path / "run"
     cmd = TORCHRUN + ["-m", "pcsym", "-q", "train", "--data", str(sample_dataset), "--out", str(out),
                       "--group", "m", "--points", "256", "--widths", "8,16", "--batch-size", "8", "--threads", "1",
-                      "--epochs", "3", "--max-steps", "3"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                      "--max-steps", "3"]
+    # far more epochs than the test waits for: orphaned workers would still be training when it looks
+    proc = subprocess.Popen(cmd + ["--epochs", "500"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "metrics.csv").exists():
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, as a scheduler would
+    workers = _children(proc.pid)
+    # SIGKILL the launcher alone (the OOM killer's choice): torchrun starts its workers in sessions of their
+    # own, so they outlive it unless they watch for it; left running they would race the resumed run
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
+    assert len(workers) == 2, workers
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_running(w) for w in workers):
+        time.sleep(0.2)
+    alive = [w for w in workers if _running(w)]
+    for w in alive:
+        os.kill(w, signal.SIGKILL)
+    assert not alive, "torchrun workers kept running after their launcher was killed"
     assert (out / "last.pt").exists(), "the run wrote no checkpoint before the deadline"
-    resumed = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True, timeout=300)
+    done = len((out / "metrics.csv").read_text().strip().splitlines()) - 1
+    assert done >= 1
+    resumed = subprocess.run(cmd + ["--epochs", str(done + 2), "--resume"], env=_env(), capture_output=True,
+                             text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     rows = (out / "metrics.csv").read_text().strip().splitlines()
-    assert len(rows) == 4  # header + 3 epochs
+    assert len(rows) == 1 + done + 2  # header + every epoch, none twice
     assert json.loads((out / "config.json").read_text())["world_size"] == 2

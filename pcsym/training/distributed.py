@@ -13,6 +13,9 @@ rank 0 writes files.
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -66,10 +69,37 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+_watcher: threading.Thread | None = None
+
+
+def stop_with_launcher(poll: float = 1.0) -> threading.Thread:
+    """Stop this process when its launcher dies. torchrun starts every worker in its own session, so a
+    SIGKILL of torchrun (the OOM killer, ``kill -9``) leaves the workers training on, writing the same --out
+    as the run a user then resumes. A daemon thread watches the parent process and exits when it is gone
+    (the files stay whole: every checkpoint is written atomically; the next run continues with --resume)."""
+    launcher = os.getppid()
+
+    def watch():
+        while os.getppid() == launcher:
+            time.sleep(poll)
+        sys.stderr.write(f"pcsym: the launcher of this torchrun worker (pid {launcher}) is gone; stopping "
+                         "(continue the run with --resume)\n")
+        sys.stderr.flush()
+        os._exit(143)
+
+    thread = threading.Thread(target=watch, name="pcsym-launcher-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def setup(device: str) -> World:
-    """Join the torchrun job this process belongs to (a one-process World otherwise)."""
+    """Join the torchrun job this process belongs to (a one-process World otherwise); a worker stops when
+    its launcher dies (:func:`stop_with_launcher`)."""
+    global _watcher
     if not launched_by_torchrun():
         return World()
+    if _watcher is None:
+        _watcher = stop_with_launcher()
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return World(torch.distributed.get_rank(), torch.distributed.get_world_size(),
