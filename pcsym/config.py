@@ -35,7 +35,7 @@ SELECT_METRICS = ("macc", "oa", "last")
 #: edge features fed to the implicit kernel's MLP beside the harmonic embedding of x_i - x_j: none, the
 #: point-pair invariants n_i.n_j, n_i.d, n_j.d (d the scaled x_i - x_j; needs normals), or those and the two
 #: normals n_i, n_j themselves as vector fields (the kernel may then turn with the surface, not only with d)
-EDGE_FEATURES = ("none", "ppf", "ppf+normals")
+EDGE_FEATURES = ("none", "ppf", "ppf+normals", "ppf-unsigned")
 #: class balancing of training: none, a class-weighted loss, or a class-balanced sampler
 BALANCES = ("none", "loss", "sampler")
 OPTIMIZERS = ("adamw", "sgd")
@@ -138,7 +138,7 @@ class ModelConfig(_Config):
     sampling: str = "random"  # random | fps | random-fps (see SAMPLINGS)
     head_dims: int = 128
     dropout: float = 0.3
-    edge_features: str = "none"  # none | ppf | ppf+normals (see EDGE_FEATURES)
+    edge_features: str = "none"  # none | ppf | ppf+normals | ppf-unsigned (see EDGE_FEATURES)
     #: steerable blocks per stage (one value: every stage): the first downsamples, the other depth - 1 are
     #: residual blocks on the stage's own points (f <- f + block(f), an identity shortcut between fields
     #: of the same type)
@@ -147,6 +147,13 @@ class ModelConfig(_Config):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def normal_field(self) -> bool:
+        """The normals as an input vector field of the first layer: with ``use_normals``, except for
+        ``ppf-unsigned`` edges, which see them only through invariants blind to their signs (a field would
+        turn with a flipped normal)."""
+        return self.use_normals and self.edge_features != "ppf-unsigned"
 
     def layer_points(self, n: int | None = None) -> list[int]:
         """Points kept by each steerable layer (the last: the invariant layer) for ``n`` input points."""

@@ -311,7 +311,7 @@ def test_help_lists_the_choices_and_accepts_any_case(monkeypatch):
                        ("evaluate", "--split <train|val|test|all>"), ("evaluate", "--device <auto|cpu|cuda>"),
                        ("train", "--schedule <cosine|step>"), ("train", "--rotate <none|z|so3>"),
                        ("train", "--optimizer <adamw|sgd>"), ("train", "--select <macc|oa|last>"),
-                       ("train", "--balance <none|loss|sampler>"), ("train", "--edge-features <none|ppf|ppf+normals>"),
+                       ("train", "--balance <none|loss|sampler>"), ("train", "--edge-features <none|ppf|ppf+normals|ppf-unsigned>"),
                        ("train", "--kernel <implicit|basis>"), ("export", "--format <torchscript|onnx|numpy>"),
                        ("classify", "--up-axis <y|z>"), ("data prepare", "--format <h5|normal_resampled|off|folder>"),
                        ("check-equivariance", "--kernel <implicit|basis>")):

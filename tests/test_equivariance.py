@@ -185,7 +185,8 @@ def test_group_table_prints_the_constructor_the_code_calls():
 
 
 @pytest.mark.parametrize("name,edges", [("so3", "ppf"), ("o2", "ppf"), ("m", "ppf"), ("so3", "ppf+normals"),
-                                        ("o3", "ppf+normals"), ("o2", "ppf+normals"), ("m", "ppf+normals")])
+                                        ("o3", "ppf+normals"), ("o2", "ppf+normals"), ("m", "ppf+normals"),
+                                        ("so3", "ppf-unsigned"), ("o2", "ppf-unsigned"), ("o3", "ppf-unsigned")])
 def test_edge_feature_model_is_invariant_and_exports(name, edges, tmp_path):
     """--edge-features ppf (point-pair invariants fed to every kernel MLP) and ppf+normals (the two normals
     as vector fields besides) keep the model exactly invariant, change what it computes, and the numpy
@@ -197,7 +198,9 @@ def test_edge_feature_model_is_invariant_and_exports(name, edges, tmp_path):
                 class_names=[str(i) for i in range(5)])
     model = build_model(ModelConfig(**base, edge_features=edges))
     first = model.blocks[0].conv.mlp[0]
-    assert first.in_size == model.blocks[0].conv.embed.size + {"ppf": 3, "ppf+normals": 9}[edges]
+    assert first.in_size == model.blocks[0].conv.embed.size + {"ppf": 3, "ppf+normals": 9, "ppf-unsigned": 4}[edges]
+    # the input field: centred position, the normal unless the edges are sign-blind, a constant
+    assert model.blocks[0].conv.in_size == (4 if edges == "ppf-unsigned" else 7)
     rows = check_model(model, *_cloud(), n_random=2)
     for r in rows:
         if r.in_group:
@@ -207,7 +210,14 @@ def test_edge_feature_model_is_invariant_and_exports(name, edges, tmp_path):
     with torch.no_grad():
         ref = model(p, n)
         flipped = model(p, -n)  # the invariants see the normals, not only the input field
-    assert (ref - flipped).abs().max() > 1e-4
+        signs = torch.where(torch.rand(n.shape[:-1] + (1,), generator=torch.Generator().manual_seed(1)) < 0.5, -1.0, 1.0)
+        some_flipped = model(p, n * signs)  # a random half of the normals turned around
+        tilted = model(p, torch.nn.functional.normalize(n + 0.3 * torch.randn_like(n), dim=-1))
+    if edges == "ppf-unsigned":  # blind to every normal's sign, not to its direction
+        assert (ref - some_flipped).abs().max() < 1e-6 * max(1.0, ref.abs().max().item())
+        assert (ref - tilted).abs().max() > 1e-4
+    else:
+        assert (ref - flipped).abs().max() > 1e-4 and (ref - some_flipped).abs().max() > 1e-4
     net = NumpyClassifier(export_model(model, tmp_path / "m.npz", "numpy"))
     assert net.cfg.edge_features == edges
     out = net(p.numpy(), n.numpy())

@@ -92,7 +92,8 @@ def train(
     edge_features: EDGE_FEATURE = typer.Option(
         _M.edge_features, "--edge-features", parser=choice("--edge-features", EDGE_FEATURES),
         help="ppf feeds the point-pair invariants n_i.n_j, n_i.d, n_j.d of every edge to the kernel MLP (needs "
-             "normals); ppf+normals also the normals n_i, n_j as vectors."),
+             "normals); ppf+normals also the normals n_i, n_j as vectors; ppf-unsigned |n_i.n_j|, |n_i.d|, |n_j.d| "
+             "and their product, blind to the normals' signs."),
     depth: str = typer.Option(_csv(_M.depth), "--depth", help="Steerable blocks per stage (one value, or one per "
                                                              "stage): the first downsamples, the others are "
                                                              "residual blocks on the stage's points."),

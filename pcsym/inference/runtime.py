@@ -144,7 +144,9 @@ class NumpyClassifier:
         h = self._embed(rel, p + ".embed")
         if self.cfg.edge_features != "none":  # pcsym.models.classifier.edge_features
             n_i, n_j = normals[:, :n_out, None, :], gather(normals, idx)
-            h = np.concatenate([h, np.stack([(n_i * n_j).sum(-1), (n_i * rel).sum(-1), (n_j * rel).sum(-1)], -1)], -1)
+            a, b, c = (n_i * n_j).sum(-1), (n_i * rel).sum(-1), (n_j * rel).sum(-1)
+            ppf = [np.abs(a), np.abs(b), np.abs(c), a * b * c] if self.cfg.edge_features == "ppf-unsigned" else [a, b, c]
+            h = np.concatenate([h, np.stack(ppf, -1)], -1)
             if self.cfg.edge_features == "ppf+normals":
                 h = np.concatenate([h, np.broadcast_to(n_i, n_j.shape), n_j], -1)
         j = 0
@@ -165,7 +167,7 @@ class NumpyClassifier:
             raise PcsymError(f"the numpy export takes (B, {self.cfg.points}, 3) points and normals, "
                              f"got {pos.shape} and {normals.shape}")
         feats = [pos - pos.mean(1, keepdims=True)] if self.cfg.use_positions else []
-        feats += [normals] if self.cfg.use_normals else []
+        feats += [normals] if self.cfg.normal_field else []
         feat = np.concatenate(feats + [np.ones_like(pos[..., :1])], axis=-1)
         order = sampling_order(pos, self.cfg.sampling, self.a["sizes"], orders[vote])[..., None]
         pos, feat, normals = (np.take_along_axis(x, order, axis=1) for x in (pos, feat, normals))

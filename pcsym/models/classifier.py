@@ -41,7 +41,7 @@ class SteerableBlock(nn.Module):
         self.act = FieldNonlinearity(act_reps, kind)
         self.k = cfg.k
         self.act_reps = list(act_reps)
-        self.edge_vectors = EDGE_FIELDS[cfg.edge_features][1] > 0
+        self.edge_kind = cfg.edge_features
 
     def forward(self, pos_src, feat_src, n_out: int, normals_src=None):
         """``normals_src`` (B, N, 3): the points' normals, for models with edge features."""
@@ -52,19 +52,24 @@ class SteerableBlock(nn.Module):
         scale = rel.norm(dim=-1).mean(dim=(1, 2), keepdim=True).clamp_min(1e-8)[..., None]  # invariant
         rel = rel / scale
         edge = None if normals_src is None else edge_features(normals_src[:, :n_out], gather(normals_src, idx), rel,
-                                                                self.edge_vectors)
+                                                                self.edge_kind)
         out = self.conv.convolve(rel, feat_src, idx, edge)
         return query, self.act(self.norm(out))
 
 
-def edge_features(n_query: torch.Tensor, n_nb: torch.Tensor, rel: torch.Tensor, vectors: bool = False) -> torch.Tensor:
-    """Features of each edge (B, M, k, E) for the kernel MLP (layers.EDGE_FIELDS): the invariant scalars
-    n_i.n_j, n_i.d, n_j.d with d = x_i - x_j (scaled), dot products of vectors, so invariant under every
-    subgroup of O(3) (|d| is in the radial embedding); with ``vectors`` also n_i and n_j, which turn with
-    the cloud like positions (outward normals: under reflections too)."""
+def edge_features(n_query: torch.Tensor, n_nb: torch.Tensor, rel: torch.Tensor, kind: str = "ppf") -> torch.Tensor:
+    """Features of each edge (B, M, k, E) for the kernel MLP, by ``ModelConfig.edge_features`` (layers.EDGE_FIELDS):
+    ``ppf``, the invariant scalars a = n_i.n_j, b = n_i.d, c = n_j.d with d = x_i - x_j (scaled), dot products of
+    vectors, so invariant under every subgroup of O(3) (|d| is in the radial embedding); ``ppf+normals`` also n_i
+    and n_j, which turn with the cloud like positions (outward normals: under reflections too);
+    ``ppf-unsigned`` |a|, |b|, |c| and abc, unchanged when either normal flips its sign (estimated normals' signs
+    disagree with the meshes' on ~30% of ModelNet points: benchmarks/accuracy/normals.py)."""
     n_i = n_query[:, :, None, :]
-    ppf = torch.stack([(n_i * n_nb).sum(-1), (n_i * rel).sum(-1), (n_nb * rel).sum(-1)], dim=-1)
-    return torch.cat([ppf, n_i.expand_as(n_nb), n_nb], dim=-1) if vectors else ppf
+    a, b, c = (n_i * n_nb).sum(-1), (n_i * rel).sum(-1), (n_nb * rel).sum(-1)
+    if kind == "ppf-unsigned":
+        return torch.stack([a.abs(), b.abs(), c.abs(), a * b * c], dim=-1)
+    ppf = torch.stack([a, b, c], dim=-1)
+    return torch.cat([ppf, n_i.expand_as(n_nb), n_nb], dim=-1) if kind == "ppf+normals" else ppf
 
 
 class EquivariantClassifier(nn.Module):
@@ -73,7 +78,7 @@ class EquivariantClassifier(nn.Module):
         cfg.validate()
         self.cfg = cfg
         group = resolve(cfg.group, cfg.max_freq)
-        in_reps = [group.vector] * (int(cfg.use_positions) + int(cfg.use_normals)) + [group.trivial]
+        in_reps = [group.vector] * (int(cfg.use_positions) + int(cfg.normal_field)) + [group.trivial]
         self.in_reps = in_reps
         blocks = []
         reps = in_reps
@@ -107,7 +112,7 @@ class EquivariantClassifier(nn.Module):
         feats = []
         if self.cfg.use_positions:
             feats.append(pos - pos.mean(dim=1, keepdim=True))
-        if self.cfg.use_normals:
+        if self.cfg.normal_field:
             if normals is None:
                 normals = estimate_normals(pos)
             feats.append(normals)

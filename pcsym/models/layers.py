@@ -360,7 +360,7 @@ class BasisKernelConv(nn.Module):
 
 #: (invariant scalars, vectors) per edge of each ``ModelConfig.edge_features`` (config.EDGE_FEATURES); their
 #: columns, in this order, are :func:`pcsym.models.classifier.edge_features`'
-EDGE_FIELDS = {"none": (0, 0), "ppf": (3, 0), "ppf+normals": (3, 2)}
+EDGE_FIELDS = {"none": (0, 0), "ppf": (3, 0), "ppf+normals": (3, 2), "ppf-unsigned": (4, 0)}
 
 #: The steerable convolutions by ``ModelConfig.kernel`` name (``config.KERNELS`` lists the same names
 #: without importing torch; a test keeps the two equal); each is built with
