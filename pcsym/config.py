@@ -34,7 +34,8 @@ DEVICES = ("auto", "cpu", "cuda")
 SELECT_METRICS = ("macc", "oa", "last")
 #: edge features fed to the implicit kernel's MLP beside the harmonic embedding of x_i - x_j: none, the
 #: point-pair invariants n_i.n_j, n_i.d, n_j.d (d the scaled x_i - x_j; needs normals), or those and the two
-#: normals n_i, n_j themselves as vector fields (the kernel may then turn with the surface, not only with d)
+#: normals n_i, n_j themselves as vector fields (the kernel may then turn with the surface, not only with d), or
+#: |n_i.n_j|, |n_i.d|, |n_j.d| and their product, blind to the normals' signs (then no normal input field either)
 EDGE_FEATURES = ("none", "ppf", "ppf+normals", "ppf-unsigned")
 #: class balancing of training: none, a class-weighted loss, or a class-balanced sampler
 BALANCES = ("none", "loss", "sampler")

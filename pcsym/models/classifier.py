@@ -20,7 +20,7 @@ from ..config import ModelConfig
 from ..geometry.graph import estimate_normals
 from ..geometry.graph import gather, knn, random_order, sampling_order, take
 from .groups import Group, resolve
-from .layers import EDGE_FIELDS, KERNELS, EquivBatchNorm, FieldNonlinearity, channel_types, channels_for
+from .layers import KERNELS, EquivBatchNorm, FieldNonlinearity, channel_types, channels_for
 
 
 @dataclass
