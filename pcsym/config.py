@@ -258,6 +258,7 @@ class TrainConfig(_Config):
     momentum: float = 0.9  # SGD's momentum
     ema: float = 0.0  # decay of the weights' moving average that is validated and saved (0 = off; pcsym.training.ema)
     mix: float = 0.0  # probability that a training shape gets a part of another (point CutMix; pcsym.training.mix)
+    outlier_exposure: float = 0.0  # weight of the energy terms on made-up outliers (0 = off; pcsym.training.outliers)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -288,6 +289,9 @@ class TrainConfig(_Config):
             raise PcsymError(f"--ema must be in [0, 1) (0 = off; e.g. 0.999), got {self.ema:g}")
         if not 0 <= self.mix <= 1:
             raise PcsymError(f"--mix must be in [0, 1] (the probability a training shape is mixed), got {self.mix:g}")
+        if not 0 <= self.outlier_exposure <= 100:
+            raise PcsymError(f"--outlier-exposure must be in [0, 100] (the weight of the energy terms; 0 = off, "
+                             f"e.g. 0.1), got {self.outlier_exposure:g}")
         if self.shards < 0:
             raise PcsymError("--shards must be 0 (one per CPU thread) or more")
         if not (0 <= self.momentum < 1 and 0 <= self.warmup <= 1 and 0 <= self.lr_floor <= 1 and self.step_factor > 0

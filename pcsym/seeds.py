@@ -32,6 +32,9 @@ STREAMS: dict[str, Callable[..., int]] = {
     "norms-loader": lambda seed: seed + 31,
     # point CutMix of batch `step` of epoch `epoch` in process `rank` (pcsym.training.mix)
     "mix": lambda seed, epoch, step, rank: ((seed * 1_000_003 + epoch) * 100_003 + step) * 1_009 + rank,
+    # the chimeras of batch `step` of epoch `epoch` in process `rank` (--outlier-exposure; pcsym.training.outliers),
+    # apart from the "mix" stream of the same batch
+    "outliers": lambda seed, epoch, step, rank: (((seed * 1_000_003 + epoch) * 100_003 + step) * 1_009 + rank) * 2 + 1,
     # the rotations of a run's validation and evaluation clouds (pcsym.data.transforms.eval_dataset)
     "eval": lambda seed: seed + 7919,
     # `evaluate --seed N`: the evaluation pass drawn with N (points, rotations), far from every run's "eval" seed

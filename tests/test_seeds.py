@@ -21,6 +21,7 @@ def test_streams_keep_their_historical_formulas():
     assert seeds.derive("norms", 3, 2) == 23723
     assert seeds.derive("norms-loader", 3) == 34
     assert seeds.derive("mix", 3, 2, 5, 1) == ((3 * 1_000_003 + 2) * 100_003 + 5) * 1_009 + 1
+    assert seeds.derive("outliers", 3, 2, 5, 1) == seeds.derive("mix", 3, 2, 5, 1) * 2 + 1
     assert seeds.derive("eval", 3) == 7922
     assert seeds.derive("bank", 3) == seeds.derive("train-fraction", 3) == 4
     assert seeds.derive("vote", 5) == 5

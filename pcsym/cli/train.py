@@ -106,13 +106,19 @@ def train(
     mix: float = typer.Option(_T.mix, "--mix", parser=number("--mix", 0, 1),
                               help="Probability that a training shape gets a ball of another shape's points, with "
                                    "a soft target (point CutMix; 0 = off)."),
+    outlier_exposure: float = typer.Option(_T.outlier_exposure, "--outlier-exposure",
+                                           parser=number("--outlier-exposure", 0, 100),
+                                           help="Weight of an energy term that teaches the \"unknown\" score: "
+                                                "training shapes above a margin, made-up outliers (shapes half of "
+                                                "one class, half of another) below one (0 = off; e.g. 0.1)."),
     optimizer: OPTIMIZER = typer.Option(_T.optimizer, "--optimizer",
                                                       parser=choice("--optimizer", OPTIMIZERS),
                                                       help="AdamW, or SGD with momentum 0.9."),
     init: Optional[str] = typer.Option(None, "--init", help="Fine-tune: start from this model's equivariant trunk "
                                                             "(shipped name so3/o2, checkpoint or run folder) with a "
-                                                            "new head for this dataset's classes; the model settings "
-                                                            "come from it."),
+                                                            "new head for this dataset's classes (its own head when "
+                                                            "the classes are the same); the model settings come from "
+                                                            "it."),
     freeze_trunk: bool = typer.Option(False, "--freeze-trunk", help="With --init: train only the head."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/TOML file of defaults; flags override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt, with its settings "

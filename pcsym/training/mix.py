@@ -22,6 +22,19 @@ def mix_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Gene
     return torch.Generator().manual_seed(derive("mix", seed, epoch, step, rank))
 
 
+def graft(pos: torch.Tensor, normals: torch.Tensor | None, row: int, src_pos: torch.Tensor,
+          src_nrm: torch.Tensor | None, i: int, j: int, m: int, centres: torch.Tensor) -> None:
+    """In place: row ``row`` of ``pos`` (``normals``), a copy of shape ``i`` of ``src_pos`` (``src_nrm``), gets
+    the ``m`` points of shape ``j`` nearest its point ``centres[1]``, moved rigidly onto the place of the ``m``
+    points of shape ``i`` nearest its point ``centres[0]``."""
+    here, there = src_pos[i, centres[0]], src_pos[j, centres[1]]
+    out = torch.topk((src_pos[i] - here).pow(2).sum(1), m, largest=False).indices
+    inn = torch.topk((src_pos[j] - there).pow(2).sum(1), m, largest=False).indices
+    pos[row, out] = src_pos[j, inn] - there + here
+    if normals is not None:
+        normals[row, out] = src_nrm[j, inn]
+
+
 def point_cutmix(pos: torch.Tensor, normals: torch.Tensor | None, labels: torch.Tensor, num_classes: int,
                  prob: float, gen: torch.Generator):
     """(pos, normals, target): the mixed batch (B, N, 3) and soft targets (B, num_classes)."""
@@ -41,12 +54,7 @@ def point_cutmix(pos: torch.Tensor, normals: torch.Tensor | None, labels: torch.
         m = n - int(round(float(keep[i]) * n))
         if j == i or m == 0:
             continue
-        here, there = src_pos[i, centres[i, 0]], src_pos[j, centres[i, 1]]
-        out = torch.topk((src_pos[i] - here).pow(2).sum(1), m, largest=False).indices
-        inn = torch.topk((src_pos[j] - there).pow(2).sum(1), m, largest=False).indices
-        pos[i, out] = src_pos[j, inn] - there + here
-        if normals is not None:
-            normals[i, out] = src_nrm[j, inn]
+        graft(pos, normals, i, src_pos, src_nrm, i, j, m, centres[i])
         r = 1.0 - m / n
         target[i] = r * one_hot[i] + (1 - r) * one_hot[j]
     return pos, normals, target

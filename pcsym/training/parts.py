@@ -79,12 +79,14 @@ def seed_all(seed: int) -> None:
 
 def build_network(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device) -> nn.Module:
     """The model, seeded from the run's seed; fine-tuning (``--init``): the trunk from that model and a fresh
-    head for these classes, the trunk frozen with ``--freeze-trunk``."""
+    head for these classes (the model's own head when its classes are these, in the same order), the trunk
+    frozen with ``--freeze-trunk``."""
     seed_all(derive("process", tcfg.seed))
     model = build_model(mcfg).to(device)
     if tcfg.init:
         ckpt = read_checkpoint(tcfg.init)
-        load_weights(model, ckpt["state_dict"], tcfg.init, skip="head.")
+        same = list(ckpt["model_config"].get("class_names") or []) == list(mcfg.class_names)
+        load_weights(model, ckpt["state_dict"], tcfg.init, skip=None if same else "head.")
     if tcfg.freeze_trunk:
         if not tcfg.init:
             raise PcsymError("--freeze-trunk needs --init MODEL (a trunk to keep)")

@@ -32,6 +32,7 @@ from .ema import WeightAverage
 from .evaluate import evaluate_model
 from .loader import Prefetch, make_loader
 from .mix import mix_generator, point_cutmix
+from .outliers import EnergyBoundedLoss, chimeras, outlier_generator
 from .parts import (build_network, load_splits, make_datasets, make_loss, make_optimizer, make_schedule, seed_all,
                     shard_count, start_process, steps_per_epoch, wrap_for_processes)
 from .plots import learning_curve
@@ -174,6 +175,8 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(self.train_ds), tcfg)
         self.scheduler = make_schedule(tcfg, self.optimizer, self.steps_per_epoch)
         self.loss_fn = make_loss(self.train_ds, mcfg, tcfg)
+        if tcfg.outlier_exposure:
+            self.loss_fn = EnergyBoundedLoss(self.loss_fn, tcfg.outlier_exposure)
         self.stop = False
 
     def _check_classes(self, last_path: Path) -> None:
@@ -260,14 +263,22 @@ class Trainer:
         if self.tcfg.mix:
             pos, nrm, target = point_cutmix(pos, nrm, y, self.mcfg.num_classes, self.tcfg.mix,
                                             mix_generator(self.tcfg.seed, epoch, step, self.world.rank))
-        pos, nrm, y, target = (t.to(self.device) for t in (pos, nrm, y, target))
+        if self.tcfg.outlier_exposure:  # made-up outliers after the batch's shapes; the loss knows where they start
+            made = chimeras(pos, nrm, y, outlier_generator(self.tcfg.seed, epoch, step, self.world.rank))
+            if made is not None:
+                pos = torch.cat([pos, made[0]])
+                nrm = None if nrm is None else torch.cat([nrm, made[1]])
+            target = (target, len(y))
+        pos, nrm, y = (None if t is None else t.to(self.device) for t in (pos, nrm, y))
+        target = (target[0].to(self.device), target[1]) if isinstance(target, tuple) else target.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         logits, loss = forward_backward(self.net, shards, pos, nrm, target, self.loss_fn)
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update()
-        return self.world_sum(len(y), int((logits.argmax(1) == y).sum()), float(loss.detach()) * len(y))
+        correct = int((logits[:len(y)].argmax(1) == y).sum())
+        return self.world_sum(len(y), correct, float(loss.detach()) * len(y))
 
     def world_sum(self, *values: float) -> tuple:
         """The per-step counts summed over the processes of a torchrun job."""
