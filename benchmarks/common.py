@@ -274,6 +274,18 @@ def write_results(out_dir: Path, name: str, data: dict, markdown: str, quick: bo
     return jp, mp
 
 
+def out_prefix(text: str | Path) -> Path:
+    """A benchmark's ``--out PREFIX`` (its files are PREFIX.json, PREFIX.md, ...): a trailing .json or .md is
+    dropped, any other dot is part of the name (``runs/so3_oe0.1`` writes ``runs/so3_oe0.1.md``)."""
+    p = Path(text)
+    return p.with_suffix("") if p.suffix in (".json", ".md") else p
+
+
+def beside(prefix: Path, suffix: str) -> Path:
+    """``PREFIX`` + ``suffix``, without ``Path.with_suffix``'s reading of a dot in the name as a suffix."""
+    return prefix.with_name(prefix.name + suffix)
+
+
 def print_written(json_path: Path, md_path: Path, *lines: str | None) -> None:
     """The closing lines of a benchmark: where its results went, then its headline(s) (empty ones skipped)."""
     print(f"\nwrote {json_path} and {md_path}")

@@ -68,17 +68,18 @@ def test_protocols_eval_seeds_report_mean_and_std_over_evaluation_seeds(tmp_path
     import statistics
 
     data = _test_only_copy(tmp_path / "mn10_test", per_class=2)
-    out = tmp_path / "prot"
+    out = tmp_path / "prot_lr0.1"  # a dot in the prefix is part of its name: prot_lr0.1.json, not prot_lr0.json
     proc = _protocols("--data", str(data), "--eval-seeds", "0,1", "--out", str(out), "o2-mn10")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads(out.with_suffix(".json").read_text())
+    res = json.loads((tmp_path / "prot_lr0.1.json").read_text())
+    assert (tmp_path / "prot_lr0.1.md").exists() and not (tmp_path / "prot_lr0.json").exists()
     assert res["eval_seeds"] == [0, 1]
     (row,) = res["rows"]
     runs = [evaluate_checkpoint("o2-mn10", data, rotate="so3", seed=s) for s in (0, 1)]
     assert row["oa_so3_seeds"] == [m["overall_accuracy"] for m in runs]
     assert row["oa_so3"] == statistics.fmean(row["oa_so3_seeds"])
     assert row["macc_so3_std"] == statistics.pstdev(m["mean_class_accuracy"] for m in runs)
-    md = out.with_suffix(".md").read_text()
+    md = (tmp_path / "prot_lr0.1.md").read_text()
     assert "mean ± std over evaluation seeds 0,1" in md and f"{row['oa_so3']:.4f} ± {row['oa_so3_std']:.4f}" in md
     assert "--eval-seeds 0,1" in md
     proc = _protocols("--data", str(data), "--eval-seeds", "0,x", "--out", str(out), "o2-mn10")

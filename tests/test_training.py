@@ -256,12 +256,12 @@ def test_weight_average_follows_its_formula_swaps_and_restores():
 
 def test_ema_run_saves_the_average_and_resumes_exactly(sample_dataset, tmp_path):
     """--ema: last.pt/best.pt hold the average (not the trained weights), and a run stopped mid-epoch or
-    between epochs resumes to the same bits as an uninterrupted one (with --mix too: its draws are seeded
-    by the step)."""
+    between epochs resumes to the same bits as an uninterrupted one (with --mix and --outlier-exposure too:
+    their draws are seeded by the step)."""
     from pcsym.training.train import Trainer
 
     common = dict(data=str(sample_dataset), batch_size=8, seed=2, threads=1, epochs=3, max_steps=4, bn_batches=2,
-                  ema=0.8, mix=0.5)
+                  ema=0.8, mix=0.5, outlier_exposure=0.1)
 
     def trainer(name):
         return Trainer(ModelConfig(**TINY_MODEL), TrainConfig(out=str(tmp_path / name), **common))

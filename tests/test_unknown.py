@@ -185,11 +185,12 @@ def test_unknown_report_measures_the_stored_detector_as_classify_runs_it(run_dir
     answer `pcsym classify MESH --model MODEL --seed S` gives."""
     from benchmarks.accuracy import unknown_report
 
-    out = tmp_path / "unk"
+    out = tmp_path / "unk_w0.1.md"  # PREFIX.md names the same files as PREFIX
     model = str(run_dir / "best.pt")
     assert unknown_report.main([model, "--data", str(SAMPLE / "modelnet10_mini"), "--meshes", str(SAMPLE / "meshes"),
                                 "--eval-seeds", "0,1", "--out", str(out)]) == 0
-    rep = json.loads(out.with_suffix(".json").read_text())
+    rep = json.loads((tmp_path / "unk_w0.1.json").read_text())
+    assert (tmp_path / "unk_w0.1.md").exists()
     row = rep["models"][0]
     assert row["score"] == "energy" and row["split"] == "all" and len(row["kept_per_seed"]) == 2
     assert all(0.0 <= k <= 1.0 for k in row["kept_per_seed"])

@@ -34,7 +34,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.common import split_label
+from benchmarks.common import beside, out_prefix, split_label
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -637,17 +637,17 @@ def main(argv=None) -> int:
            "torch": torch.__version__, "escnn": md.version("escnn"), "python": platform.python_version(),
            "cpus": os.cpu_count()}
     rep = build_report(args, command, matches, results, wall, data_info, env)
-    out = Path(args.out)
+    out = out_prefix(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rep, indent=2) + "\n")
-    write_markdown(out.with_suffix(".md"), rep, args.groups)
+    beside(out, ".json").write_text(json.dumps(rep, indent=2) + "\n")
+    write_markdown(beside(out, ".md"), rep, args.groups)
     b = rep["budget"]
     split = rep["split"]
-    write_chart(out.with_suffix(".png"), list(args.groups), rep["summary"],
+    write_chart(beside(out, ".png"), list(args.groups), rep["summary"],
                 f"Implicit vs basis kernels per group, parameter-matched: {b['epochs']} epochs, {b['points']} points, "
                 f"{len(b['seeds'])} seeds, {data_info['train']} train shapes\n({split} OA, z-rotated; mean ± std over seeds)",
                 chance=1.0 / max(1, data_info["classes"]), ylabel=f"{split} OA, z-rotated (%)")
-    print(f"[groups_report] wrote {out.with_suffix('.md')}, .json, .png in {wall / 60:.1f} min", flush=True)
+    print(f"[groups_report] wrote {beside(out, '.md')}, .json, .png in {wall / 60:.1f} min", flush=True)
     failed = sum(1 for r in results if not r.get("ok"))
     return 1 if failed == len(results) and results else 0
 

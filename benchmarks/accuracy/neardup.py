@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, beside, out_prefix
 from pcsym.models.checkpoint import load_model, train_config_of
 from pcsym.data.datasets import load_dataset
 from pcsym.training.evaluate import metrics_from_predictions, predict
@@ -98,13 +98,13 @@ def main():
         rows.append(row)
         print(row, flush=True)
 
-    out = Path(args.out)
+    out = out_prefix(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     edges = [float(e) for e in edges]
     names = [str(n) for n in data.class_names]
     labels_va = np.asarray(data.labels)[va]
     mix = {names[c]: [int(((quart == q) & (labels_va == c)).sum()) for q in range(4)] for c in np.unique(labels_va)}
-    out.with_suffix(".json").write_text(json.dumps({"data": args.data, "points": args.points, "seed": seed,
+    beside(out, ".json").write_text(json.dumps({"data": args.data, "points": args.points, "seed": seed,
                                                     "val_fraction": fraction, "votes": args.votes,
                                                     "n_val": int(len(dist)),
                                                     "quartile_edges": edges, "class_counts_by_quarter": mix,
@@ -127,7 +127,7 @@ def main():
     dest += "" if args.threads == 2 else f" --threads {args.threads}"
     lines += ["", f"Command: `python -m benchmarks.accuracy.neardup --data {args.data} --points {args.points}{dest} "
               + " ".join(args.models) + "`"]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    beside(out, ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

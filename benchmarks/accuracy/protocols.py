@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS, split_label
+from benchmarks.common import RESULTS, beside, out_prefix, split_label
 from pcsym.models.checkpoint import load_model, train_config_of
 from pcsym.config import TrainConfig
 from pcsym.data.datasets import load_dataset
@@ -100,10 +100,10 @@ def main(argv=None) -> int:
                       flush=True)
         rows.append(row)
 
-    out = Path(args.out)
+    out = out_prefix(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     label = split_label(args.data) if split == "test" else "validation"
-    out.with_suffix(".json").write_text(json.dumps({"data": args.data, "split": split, "n_shapes": int(len(va)), "votes": args.votes,
+    beside(out, ".json").write_text(json.dumps({"data": args.data, "split": split, "n_shapes": int(len(va)), "votes": args.votes,
                                                     "eval_seeds": eval_seeds,
                                                     "split_label": label,
                                                     "rows": rows}, indent=2))
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     dest = "" if out == DEFAULT_OUT else f" --out {args.out}"  # re-running the line rewrites this file, not another
     lines += ["", f"Command: `python -m benchmarks.accuracy.protocols --data {args.data}{votes}{dest} "
               + " ".join(args.models) + "`"]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    beside(out, ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, beside, out_prefix
 
 DEFAULT_OUT = RESULTS / "unknown"
 MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off")
@@ -120,11 +120,11 @@ def main(argv=None) -> int:
     command = "python -m benchmarks.accuracy.unknown_report " + " ".join(raw)
     rep = {"command": command, "data": args.data, "meshes": args.meshes, "eval_seeds": args.eval_seeds,
            "label": label, "wall_seconds": round(time.time() - t0, 1), "models": rows}
-    out = Path(args.out)
+    out = out_prefix(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from pcsym.files import atomic_write_bytes
 
-    atomic_write_bytes(out.with_suffix(".json"), (json.dumps(rep, indent=2) + "\n").encode())
+    atomic_write_bytes(beside(out, ".json"), (json.dumps(rep, indent=2) + "\n").encode())
     split = label or rows[0]["split"]
     L = ['# "unknown": in-class shapes kept, out-of-class meshes flagged', "",
          f"Command: `{command}` ({rep['wall_seconds'] / 60:.1f} min).", "",
@@ -143,8 +143,8 @@ def main(argv=None) -> int:
         L.append(f"- **{r['model']}**: " + "; ".join(
             f"{m} {v[0]['top']} {v[0]['score']:.3f}{' unknown' if v[0]['unknown'] else ''}"
             for m, v in r["meshes"].items() if v[0]["score"] is not None))
-    atomic_write_bytes(out.with_suffix(".md"), ("\n".join(L) + "\n").encode())
-    print(f"[unknown] wrote {out.with_suffix('.md')} and .json", flush=True)
+    atomic_write_bytes(beside(out, ".md"), ("\n".join(L) + "\n").encode())
+    print(f"[unknown] wrote {beside(out, '.md')} and .json", flush=True)
     return 0
 
 
