@@ -1,7 +1,7 @@
 """The shipped ModelNet40 models on ModelNet40 test-dev (slow; needs ../shared/data/modelnet40_testdev_hdf5_1024).
 
 The floors sit about 1.5 points under the figures the README reports (o2 z/z 86.6 ± 0.3%, so3 SO3/SO3
-82.2 ± 0.1%, evaluation seeds 0-2): a regression in the model files, the runtime or the evaluation draws
+83.2 ± 0.4%, evaluation seeds 0-2): a regression in the model files, the runtime or the evaluation draws
 fails here, the spread of one evaluation pass does not."""
 
 import pytest
@@ -15,9 +15,9 @@ TESTDEV = SHARED / "data" / "modelnet40_testdev_hdf5_1024"
 
 @pytest.mark.slow
 @pytest.mark.skipif(not TESTDEV.exists(), reason="ModelNet40 test-dev folder not present")
-@pytest.mark.parametrize("model,rotate,floor", [("o2", "z", 0.85), ("so3", "so3", 0.805)])
+@pytest.mark.parametrize("model,rotate,floor", [("o2", "z", 0.85), ("so3", "so3", 0.815)])
 def test_shipped_modelnet40_models_on_test_dev(model, rotate, floor):
     m = evaluate_checkpoint(model, TESTDEV, rotate=rotate, seed=0)
     assert m["split"] == "test" and m["n"] == 1234
     assert m["overall_accuracy"] >= floor
-    assert m["overall_accuracy"] - m["mean_class_accuracy"] < 0.04  # mAcc near OA (2.9 points for so3)
+    assert m["overall_accuracy"] - m["mean_class_accuracy"] < 0.04  # mAcc near OA (so3: 3.9 points at seed 0)

@@ -202,3 +202,31 @@ def test_unknown_report_measures_the_stored_detector_as_classify_runs_it(run_dir
             assert (res["unknown"], res["top"][0]["class"]) == (a["unknown"], a["top"])
     assert row["flagged_count"] == sum(bool(v[0]["unknown"]) for v in row["meshes"].values())
     assert f"| {model} | energy |" in out.with_suffix(".md").read_text()
+
+
+def test_chimeras_benchmark_scores_made_up_outliers_against_the_stored_threshold(run_dir, tmp_path):
+    """benchmarks.accuracy.chimeras: the share of intact shapes kept and of chimeras flagged, at the
+    threshold stored in the model, as the energies the model gives them say."""
+    import torch
+
+    from benchmarks.accuracy import chimeras as bench
+    from pcsym.data.datasets import load_dataset
+    from pcsym.data.transforms import eval_dataset
+    from pcsym.inference.runtime import energy
+    from pcsym.models.checkpoint import load_model, train_config_of
+    from pcsym.training.loader import make_loader
+
+    model = str(run_dir / "best.pt")
+    assert bench.main([model, "--data", str(SAMPLE / "modelnet10_mini"), "--seed", "1", "--out",
+                       str(tmp_path / "ch_w0.1")]) == 0
+    (row,) = json.loads((tmp_path / "ch_w0.1.json").read_text())["rows"]
+    net, ckpt = load_model(model)
+    data = load_dataset(SAMPLE / "modelnet10_mini", points=net.cfg.points)
+    assert row["threshold"] == ckpt["unknown"]["threshold"] and row["shapes"] == len(data.labels)
+    assert 0 < row["chimeras"] <= row["shapes"]
+    ds = eval_dataset(data, np.arange(len(data.labels)), net.cfg.points, train_config_of(ckpt).eval_rotate,
+                      train_config_of(ckpt).seed, eval_seed=1)
+    with torch.no_grad():
+        e = np.concatenate([energy(net(p, n).numpy()) for p, n, _ in make_loader(ds, 16, True, 1, 0, 0)])
+    assert row["kept"] == pytest.approx(float((e >= row["threshold"]).mean()))
+    assert "chimeras flagged" in (tmp_path / "ch_w0.1.md").read_text()
