@@ -72,9 +72,10 @@ def test_neardup_refuses_a_model_that_reads_another_cloud_size(tmp_path):
     torch.save(ckpt, other)
     proc = _neardup(tmp_path / "nd", "o2-mn10:z=o2", f"{other}:z=o2-512")
     assert proc.returncode == 1
+    seed = ckpt["train_config"]["seed"]  # the run's split seed (o2-mn10 since late 2026-12-06: seed 2)
     assert proc.stderr.strip().splitlines()[-1] == (f"{other}: split seed, fraction and points per cloud "
-                                                    "(0, 0.2, 512) differ from the first model's (0, 0.2, 1024): "
-                                                    "score them in separate runs")
+                                                    f"({seed}, 0.2, 512) differ from the first model's ({seed}, 0.2, "
+                                                    "1024): score them in separate runs")
     assert not (tmp_path / "nd.md").exists()
     proc = _neardup(tmp_path / "nd", f"o2-mn10+{other}:z=ensemble")  # the same holds inside an ensemble
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(f"{other}: split seed")
