@@ -34,7 +34,7 @@ STREAMS: dict[str, Callable[..., int]] = {
     "mix": lambda seed, epoch, step, rank: ((seed * 1_000_003 + epoch) * 100_003 + step) * 1_009 + rank,
     # the chimeras of batch `step` of epoch `epoch` in process `rank` (--outlier-exposure; pcsym.training.outliers),
     # apart from the "mix" stream of the same batch
-    "outliers": lambda seed, epoch, step, rank: (((seed * 1_000_003 + epoch) * 100_003 + step) * 1_009 + rank) * 2 + 1,
+    "outliers": lambda seed, epoch, step, rank: STREAMS["mix"](seed, epoch, step, rank) * 2 + 1,
     # the rotations of a run's validation and evaluation clouds (pcsym.data.transforms.eval_dataset)
     "eval": lambda seed: seed + 7919,
     # `evaluate --seed N`: the evaluation pass drawn with N (points, rotations), far from every run's "eval" seed

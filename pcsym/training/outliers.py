@@ -71,15 +71,15 @@ def chimeras(pos: torch.Tensor, normals: torch.Tensor | None, labels: torch.Tens
 
 
 class EnergyBoundedLoss(nn.Module):
-    """``base(logits[:n_in], target) + weight * (energy terms)`` (the module doc) for a batch whose last
-    rows are outliers; called as ``loss(logits, (target, n_in))``."""
+    """``base(logits[:n_in], target) + weight * (energy terms)`` (the module doc) for a batch whose rows after
+    the first ``n_in = len(target)`` are outliers (they have no target)."""
 
     def __init__(self, base: nn.Module, weight: float, in_margin: float = IN_MARGIN, out_margin: float = OUT_MARGIN):
         super().__init__()
         self.base, self.weight, self.in_margin, self.out_margin = base, weight, in_margin, out_margin
 
-    def forward(self, logits: torch.Tensor, target) -> torch.Tensor:
-        target, n_in = target
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        n_in = target.shape[0]
         loss = self.base(logits[:n_in], target)
         lse = torch.logsumexp(logits.float(), dim=1)
         term = torch.relu(self.in_margin - lse[:n_in]).pow(2).mean()

@@ -263,14 +263,11 @@ class Trainer:
         if self.tcfg.mix:
             pos, nrm, target = point_cutmix(pos, nrm, y, self.mcfg.num_classes, self.tcfg.mix,
                                             mix_generator(self.tcfg.seed, epoch, step, self.world.rank))
-        if self.tcfg.outlier_exposure:  # made-up outliers after the batch's shapes; the loss knows where they start
+        if self.tcfg.outlier_exposure:  # made-up outliers after the batch's shapes (rows past the targets' count)
             made = chimeras(pos, nrm, y, outlier_generator(self.tcfg.seed, epoch, step, self.world.rank))
             if made is not None:
-                pos = torch.cat([pos, made[0]])
-                nrm = None if nrm is None else torch.cat([nrm, made[1]])
-            target = (target, len(y))
-        pos, nrm, y = (None if t is None else t.to(self.device) for t in (pos, nrm, y))
-        target = (target[0].to(self.device), target[1]) if isinstance(target, tuple) else target.to(self.device)
+                pos, nrm = torch.cat([pos, made[0]]), torch.cat([nrm, made[1]])
+        pos, nrm, y, target = (t.to(self.device) for t in (pos, nrm, y, target))
         self.optimizer.zero_grad(set_to_none=True)
         logits, loss = forward_backward(self.net, shards, pos, nrm, target, self.loss_fn)
         self.optimizer.step()
