@@ -35,11 +35,13 @@ def main(argv=None) -> int:
     torch.save(ckpt, tmp)  # plain again; now rebuild through the normal loader
     model, _ = load_model(tmp)
     keep = {k: ckpt[k] for k in ("epoch", "best_val_acc", "history", "train_config", "val_accuracy", "unknown_threshold",
-                                 "unknown") if k in ckpt}
+                                 "unknown", "members", "unknown_calibration") if k in ckpt}  # the last two: ensembles
     save_checkpoint(dest, model, ModelConfig.from_dict(ckpt["model_config"]), keep)
     tmp.unlink()
     export_model(model, dest.with_suffix(".npz"), "numpy", ckpt.get("unknown_threshold"), ckpt.get("unknown"))
-    print(f"shipped {dest} (+ .npz): epoch {ckpt.get('epoch', 0) + 1}, val acc {ckpt.get('best_val_acc')}")
+    what = (f"an ensemble of {len(ckpt['members'])}" if ckpt.get("members") else
+            f"epoch {ckpt.get('epoch', 0) + 1}, val acc {ckpt.get('best_val_acc')}")
+    print(f"shipped {dest} (+ .npz): {what}")
     return 0
 
 

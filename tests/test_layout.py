@@ -20,6 +20,7 @@ PARTS = ("foundations", "geometry", "data", "models", "inference", "training", "
 LAZY = {
     ("pcsym.config", "pcsym.models.groups"): "`pcsym --help` imports config; groups imports numpy",
     ("pcsym.models.checkpoint", "pcsym.models.classifier"): "classify resolves shipped names without torch",
+    ("pcsym.models.checkpoint", "pcsym.models.ensemble"): "the same: an ensemble is built with torch",
     ("pcsym.inference.predict", "pcsym.inference.export"): "classify runs numpy exports without torch",
 }
 

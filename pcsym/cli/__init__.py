@@ -8,7 +8,7 @@ Imports from: foundations, geometry, data, models, inference, training.
 
 from __future__ import annotations
 
-from . import check, classify, data, evaluate, export, groups, info, train  # noqa: F401 (register the commands)
+from . import check, classify, data, ensemble, evaluate, export, groups, info, train  # noqa: F401 (register the commands)
 from .common import app
 
 

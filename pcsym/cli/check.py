@@ -75,10 +75,24 @@ def _default_sample() -> Path:
     raise PcsymError("no shipped sample mesh found; pass --input FILE")
 
 
+def _per_layer(layers: dict) -> dict:
+    """An ensemble's layers (``m<i>.<layer>``) as one column per layer: the worst member's error."""
+    out = {}
+    for name, err in layers.items():
+        member, _, layer = name.partition(".")
+        key = layer if layer and member[:1] == "m" and member[1:].isdigit() else name
+        out[key] = max(out.get(key, 0.0), err)
+    return out
+
+
 def _print_check(cfg, rows, tol, src):
-    layer_names = list(next((r.layers for r in rows if r.in_group), {}).keys())
-    t = table(f"equivariance of a {cfg.group}/{cfg.kernel} model on {Path(src).name} (float64; "
-              "layer columns: relative max error of ρ_out(g)·f(x) vs f(g·x))")
+    layers_of = {id(r): _per_layer(r.layers) for r in rows}
+    first = next((r for r in rows if r.in_group), None)
+    layer_names = list(layers_of[id(first)].keys()) if first else []
+    members = len({n.partition(".")[0] for n in first.layers}) if first and len(layer_names) < len(first.layers) else 0
+    what = f"an ensemble of {members} {cfg.group}/{cfg.kernel} models" if members else f"a {cfg.group}/{cfg.kernel} model"
+    t = table(f"equivariance of {what} on {Path(src).name} (float64; layer columns: relative max error of "
+              "ρ_out(g)·f(x) vs f(g·x)" + (", the worst member's)" if members else ")"))
     for col in ("element", "in G"):
         column(t, col)
     for col in ("logits abs", "logits rel", *layer_names):
@@ -90,7 +104,7 @@ def _print_check(cfg, rows, tol, src):
         else:
             verdict = "[yellow]changes[/]" if r.logits_rel > tol else "same"
         t.add_row(r.element, "yes" if r.in_group else "no", f"{r.logits_abs:.1e}", f"{r.logits_rel:.1e}",
-                  *[f"{r.layers[n]:.1e}" if n in r.layers else "" for n in layer_names], verdict)
+                  *[f"{layers_of[id(r)][n]:.1e}" if n in layers_of[id(r)] else "" for n in layer_names], verdict)
     con = console()
     print_table(con, t)
     worst = max((r.worst_rel for r in rows if r.in_group), default=0.0)

@@ -195,7 +195,11 @@ def _refuse_finished(out: Path, epochs: int) -> None:
 def _model_config_of(checkpoint: str) -> dict:
     from ..models.checkpoint import read_checkpoint
 
-    return read_checkpoint(checkpoint)["model_config"]
+    ckpt = read_checkpoint(checkpoint)
+    if ckpt.get("ensemble_members"):
+        raise PcsymError(f"is an ensemble of {ckpt['ensemble_members']} models; --init takes one trained model "
+                         "(one of its members' runs)", path=checkpoint)
+    return ckpt["model_config"]
 
 
 def _train_with_progress(mcfg, tcfg, resume: bool, quiet: bool, changes: list):

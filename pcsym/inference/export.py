@@ -127,6 +127,28 @@ def numpy_arrays(model, unknown_threshold: float | None = None, unknown: dict | 
     (with ``unknown``: the neighbour-similarity detector's bank, float16, and its settings)."""
     arrays = {"orders": torch.cat([vote_order(v, 1, model.cfg.points) for v in range(runtime.VOTE_ORDERS)]),
               "sizes": torch.tensor(model.cfg.layer_points())}
+    members = getattr(model, "members", None)
+    if members is None:
+        arrays.update(_network_arrays(model))
+    else:  # an ensemble (pcsym.models.ensemble): each member's arrays under member<i>/
+        for i, member in enumerate(members):
+            arrays.update({f"member{i}/{k}": v for k, v in _network_arrays(member).items()})
+    out = {k: (v.detach().cpu().float() if v.is_floating_point() else v.cpu()).numpy() for k, v in arrays.items()}
+    # version 1 still for implicit models (older runtimes read them); basis models need runtime version 2,
+    # ensembles version 3
+    version = 3 if members is not None else 2 if model.cfg.kernel == "basis" else 1
+    meta = {"format": runtime.FORMAT, "version": version, **metadata(model, unknown_threshold, unknown)}
+    if members is not None:
+        meta["members"] = len(members)
+    if unknown is not None and "bank" in unknown:
+        out["unknown.bank"] = np.asarray(unknown["bank"].cpu().numpy(), dtype=np.float16)
+    out["meta"] = np.array(json.dumps(meta))
+    return out
+
+
+def _network_arrays(model) -> dict:
+    """One network's blocks and head as named tensors (numpy_arrays)."""
+    arrays = {}
 
     def linear(name, w, b):
         arrays[name + ".w"] = w
@@ -162,14 +184,7 @@ def numpy_arrays(model, unknown_threshold: float | None = None, unknown: dict | 
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     arrays["head.bn.scale"], arrays["head.bn.shift"] = scale, bn.bias - bn.running_mean * scale
     linear("head.1", last.weight, last.bias)
-    out = {k: (v.detach().cpu().float() if v.is_floating_point() else v.cpu()).numpy() for k, v in arrays.items()}
-    # version 1 still for implicit models (older runtimes read them); basis models need runtime version 2
-    meta = {"format": runtime.FORMAT, "version": 2 if model.cfg.kernel == "basis" else 1,
-            **metadata(model, unknown_threshold, unknown)}
-    if unknown is not None and "bank" in unknown:
-        out["unknown.bank"] = np.asarray(unknown["bank"].cpu().numpy(), dtype=np.float16)
-    out["meta"] = np.array(json.dumps(meta))
-    return out
+    return arrays
 
 
 class ScriptedClassifier:

@@ -22,7 +22,8 @@ from ..errors import PcsymError
 from ..geometry.numpy_graph import gather, knn, sampling_order
 
 FORMAT = "pcsym-numpy-export"
-VERSION = 2  # 2: also basis-kernel models (``block<i>.basis.*`` arrays); implicit models are still written as 1
+VERSION = 3  # 2: also basis-kernel models (``block<i>.basis.*`` arrays); 3: ensembles (``member<i>/`` arrays).
+# A single implicit model is still written as 1
 VOTE_ORDERS = 8  # seeded downsampling orders stored in an export: test-time votes 0..7
 #: the "unknown" score of a shape is its similarity to its UNKNOWN_K-th most similar training shape
 UNKNOWN_K = 5
@@ -77,6 +78,17 @@ class NumpyClassifier:
         #: with its bank (older models), or None
         self.unknown = meta.get("unknown")
         self.unknown_bank = self.a.pop("unknown.bank", None)
+        #: an ensemble (``pcsym ensemble``): its members' networks, whose logits are averaged; None for one model
+        self.members = None
+        if meta.get("members"):
+            shared = {k: v for k, v in self.a.items() if "/" not in k}
+            self.members = []
+            for i in range(int(meta["members"])):
+                member = object.__new__(NumpyClassifier)
+                prefix = f"member{i}/"
+                member.cfg, member.members = self.cfg, None
+                member.a = {**shared, **{k[len(prefix):]: v for k, v in self.a.items() if k.startswith(prefix)}}
+                self.members.append(member)
 
     def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
         y = x @ self.a[name + ".w"].T
@@ -157,7 +169,12 @@ class NumpyClassifier:
 
     def logits(self, pos: np.ndarray, normals: np.ndarray, vote: int = 0, pooled: bool = False):
         """Logits (B, C); ``vote`` v uses the order of :func:`pcsym.geometry.graph.vote_order` (0 = eval order).
-        ``pooled``: (logits, the pooled invariant features (B, D) the classifier head takes)."""
+        ``pooled``: (logits, the pooled invariant features (B, D) the classifier head takes). An ensemble: the
+        mean of its members' logits (and their pooled features side by side)."""
+        if self.members is not None:
+            outs = [m.logits(pos, normals, vote, pooled=True) for m in self.members]
+            logits = np.mean([lg for lg, _ in outs], axis=0)
+            return (logits, np.concatenate([f for _, f in outs], axis=-1)) if pooled else logits
         orders = self.a["orders"]
         if not 0 <= vote < len(orders):
             raise PcsymError(f"a numpy export holds {len(orders)} downsampling orders: at most {len(orders)} votes")

@@ -98,9 +98,11 @@ def load_weights(model, state_dict: dict, path=None, skip: str | None = None) ->
 
 
 def save_checkpoint(path: str | Path, model, cfg: ModelConfig, extra: dict | None = None) -> None:
-    """Write a checkpoint atomically: the previous file stays intact if this is interrupted."""
+    """Write a checkpoint atomically: the previous file stays intact if this is interrupted. An ensemble
+    (:mod:`pcsym.models.ensemble`) records its number of members."""
     import torch
 
+    members = getattr(model, "members", None)
     state = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
@@ -108,6 +110,8 @@ def save_checkpoint(path: str | Path, model, cfg: ModelConfig, extra: dict | Non
         "model_config": _state_to_plain(cfg.to_dict()),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items() if not _rebuilt_from_config(k)},
     }
+    if members is not None:
+        state["ensemble_members"] = len(members)
     if extra:
         state.update(_state_to_plain(extra))
     buf = io.BytesIO()
@@ -118,7 +122,7 @@ def save_checkpoint(path: str | Path, model, cfg: ModelConfig, extra: dict | Non
 def update_checkpoint(path: str | Path, model, ckpt: dict, changes: dict) -> None:
     """Rewrite the checkpoint ``ckpt`` (as read from ``path``) of ``model`` with ``changes`` to its run
     part (everything but what :func:`save_checkpoint` writes itself), the rest kept; atomically."""
-    own = ("format", "format_version", "pcsym_version", "model_config", "state_dict")
+    own = ("format", "format_version", "pcsym_version", "model_config", "state_dict", "ensemble_members")
     extra = {k: v for k, v in ckpt.items() if k not in own}
     save_checkpoint(path, model, model.cfg, {**extra, **changes})
 
@@ -193,6 +197,12 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
 
     ckpt = read_checkpoint(path)
     cfg = ModelConfig.from_dict(ckpt["model_config"])
-    model = build_model(cfg)
+    n = int(ckpt.get("ensemble_members") or 0)
+    if n:  # ``pcsym ensemble``: the members' weights under members.<i>.
+        from .ensemble import EnsembleClassifier
+
+        model = EnsembleClassifier(cfg, n)
+    else:
+        model = build_model(cfg)
     load_weights(model, ckpt["state_dict"], path)
     return model.to(device).eval(), ckpt

@@ -200,6 +200,9 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     model, model_classes = restrict_to_classes(model, ds_all.class_names, data)
     run = train_config_of(ckpt) or TrainConfig()
     split = split or default_split(ds_all)
+    if ckpt.get("ensemble_members") and split in ("train", "val"):
+        raise PcsymError(f"an ensemble has no --split {split} of its own (its members held out different shapes of "
+                         "the train split): evaluate it on --split test or all")
     idx = run_split(ds_all, split, run)
     if cfg.estimated_normals and not ds_all.normals_estimated:  # the data's own normals: estimate as in training
         ds_all, idx = with_estimated_normals(ds_all, cfg.estimated_normals, run.seed, rows=idx), np.arange(len(idx))
