@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     torch.save(ckpt, tmp)  # plain again; now rebuild through the normal loader
     model, _ = load_model(tmp)
     keep = {k: ckpt[k] for k in ("epoch", "best_val_acc", "history", "train_config", "val_accuracy", "unknown_threshold",
-                                 "unknown", "members", "unknown_calibration") if k in ckpt}  # the last two: ensembles
+                                 "unknown", "members", "unknown_calibration", "kept_classes_of") if k in ckpt}  # ensembles, cut models
     save_checkpoint(dest, model, ModelConfig.from_dict(ckpt["model_config"]), keep)
     tmp.unlink()
     export_model(model, dest.with_suffix(".npz"), "numpy", ckpt.get("unknown_threshold"), ckpt.get("unknown"))

@@ -51,6 +51,10 @@ def test_the_ensemble_outputs_the_mean_of_its_members_logits(runs, tmp_path):
     assert "2 so2 members, 10 classes" in r.output and "no 'unknown' detector (pass --data)" in r.output
     ens, ckpt = load_model(out)
     assert ckpt["ensemble_members"] == 2 and [m["seed"] for m in ckpt["members"]] == [0, 1]
+    # its training history is both members' epochs: training time (benchmarks' budgets) counts both
+    hists = [torch.load(r / "best.pt", weights_only=True)["history"] for r in runs]
+    assert [e["member"] for e in ckpt["history"]] == [0] * len(hists[0]) + [1] * len(hists[1])
+    assert sum(e["cpu_seconds"] for e in ckpt["history"]) == pytest.approx(sum(e["cpu_seconds"] for h in hists for e in h))
     a, b = load_model(runs[0])[0], load_model(runs[1])[0]
     pos, nrm = _cloud()
     with torch.no_grad():
@@ -162,5 +166,41 @@ def test_what_an_ensemble_refuses(runs, tmp_path, sample_dataset):
     assert r.exit_code == 2 and "an ensemble has no --split val of its own" in r.output
     r = _invoke("evaluate", out, "--data", sample_dataset, "--split", "all", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 300
-    r = _invoke("train", "--data", sample_dataset, "--out", tmp_path / "ft", "--init", out, "--epochs", "1")
-    assert r.exit_code == 2 and "is an ensemble of 2 models; --init takes one trained model" in r.output
+
+
+def test_fine_tuning_an_ensemble_starts_from_its_first_member(runs, tmp_path, sample_dataset):
+    """`--init so3` keeps working now that so3 is an ensemble: the trunk is its first member's."""
+    out = tmp_path / "e.pt"
+    assert _invoke("ensemble", *runs, "--out", out).exit_code == 0
+    r = _invoke("-q", "train", "--data", sample_dataset, "--out", tmp_path / "ft", "--init", out, "--freeze-trunk",
+                "--epochs", "1", "--max-steps", "2", "--points", "256", "--batch-size", "8", "--threads", "1")
+    assert r.exit_code == 0, r.output
+    ens = torch.load(out, weights_only=True)["state_dict"]
+    ft = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)
+    assert ft["model_config"]["widths"] == [8, 16] and "ensemble_members" not in ft
+    trunk = [k for k in ft["state_dict"] if k.startswith("blocks.") and f"members.0.{k}" in ens]
+    assert trunk and all(torch.equal(ft["state_dict"][k], ens[f"members.0.{k}"]) for k in trunk)
+
+
+def test_a_model_cut_to_some_classes_keeps_their_logits_exactly(runs, tmp_path):
+    """scripts/keep_classes.py's core (the 40-class so3 cut to ModelNet10's classes): one network or an ensemble."""
+    from pcsym.errors import PcsymError
+    from pcsym.models.checkpoint import load_model, save_checkpoint
+    from pcsym.models.ensemble import combine, keep_classes
+
+    one = load_model(runs[0])[0]
+    ens = combine([one, load_model(runs[1])[0]])
+    names = ["toilet", "bed", "chair"]
+    own = list(one.cfg.class_names)
+    pos, nrm = _cloud()
+    for model in (one, ens):
+        cut = keep_classes(model, names)
+        assert cut.cfg.class_names == names and cut.cfg.num_classes == 3
+        with torch.no_grad():
+            torch.testing.assert_close(cut(pos, nrm), model(pos, nrm)[:, [own.index(n) for n in names]])
+        save_checkpoint(tmp_path / "cut.pt", cut, cut.cfg)  # and it loads back as the same model
+        with torch.no_grad():
+            torch.testing.assert_close(load_model(tmp_path / "cut.pt")[0](pos, nrm), cut(pos, nrm))
+    assert model.cfg.num_classes == 10  # the original is untouched
+    with pytest.raises(PcsymError, match="does not know the classes teapot"):
+        keep_classes(one, ["bed", "teapot"])

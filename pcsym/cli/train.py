@@ -118,7 +118,7 @@ def train(
                                                             "(shipped name so3/o2, checkpoint or run folder) with a "
                                                             "new head for this dataset's classes (its own head when "
                                                             "the classes are the same); the model settings come from "
-                                                            "it."),
+                                                            "it. An ensemble (so3, o2): its first member."),
     freeze_trunk: bool = typer.Option(False, "--freeze-trunk", help="With --init: train only the head."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/TOML file of defaults; flags override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt, with its settings "
@@ -195,11 +195,7 @@ def _refuse_finished(out: Path, epochs: int) -> None:
 def _model_config_of(checkpoint: str) -> dict:
     from ..models.checkpoint import read_checkpoint
 
-    ckpt = read_checkpoint(checkpoint)
-    if ckpt.get("ensemble_members"):
-        raise PcsymError(f"is an ensemble of {ckpt['ensemble_members']} models; --init takes one trained model "
-                         "(one of its members' runs)", path=checkpoint)
-    return ckpt["model_config"]
+    return read_checkpoint(checkpoint)["model_config"]  # an ensemble's: its members' (pcsym.training.parts)
 
 
 def _train_with_progress(mcfg, tcfg, resume: bool, quiet: bool, changes: list):

@@ -96,3 +96,27 @@ def combine(models: list, names: list[str] | None = None) -> EnsembleClassifier:
     for dst, src in zip(ens.members, flat):
         dst.load_state_dict(src.state_dict())
     return ens.eval()
+
+
+def keep_classes(model, names: list[str]):
+    """A copy of ``model`` (one network or an ensemble) that knows only the classes ``names`` (all among its
+    own, in this order): the rows of each output layer for them, so their logits are exactly the model's. For
+    a model of many classes shipped for a few (``scripts/keep_classes.py``)."""
+    import copy
+
+    own = [str(n) for n in model.cfg.class_names]
+    missing = [n for n in names if n not in own]
+    if missing:
+        raise PcsymError(f"the model does not know the classes {', '.join(missing[:3])}")
+    index = torch.tensor([own.index(n) for n in names])
+    out = copy.deepcopy(model)
+    for net in members_of(out) + ([out] if is_ensemble(out) else []):
+        net.cfg = ModelConfig.from_dict({**net.cfg.to_dict(), "class_names": list(names)})
+    for net in members_of(out):
+        last = net.head.out
+        new = nn.Linear(last.in_features, len(names))
+        with torch.no_grad():
+            new.weight.copy_(last.weight[index])
+            new.bias.copy_(last.bias[index])
+        net.head.out = new
+    return out.eval()

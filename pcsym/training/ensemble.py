@@ -62,7 +62,9 @@ def make_ensemble(models: list[str], out: str | Path, data: str | Path | None = 
     members = [{"source": str(resolve_checkpoint(m)), "seed": r.seed if r else None, "epochs": len(h),
                 "train_minutes": round(sum(e.get("epoch_seconds", 0) for e in h) / 60, 1)}
                for m, r, h in zip(models, runs, history)]
-    extra = {"train_config": run.to_dict(), "members": members, "unknown": detector}
+    # the training that made the ensemble: every member's epochs, each tagged with its member (training time = all)
+    epochs = [{**e, "member": i} for i, h in enumerate(history) for e in h]
+    extra = {"train_config": run.to_dict(), "members": members, "unknown": detector, "history": epochs}
     if detector is not None:
         extra["unknown_calibration"] = {"data": str(data), "split": split, "shapes": shapes}
     save_checkpoint(out, ens, ens.cfg, extra)

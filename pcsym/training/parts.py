@@ -78,15 +78,18 @@ def seed_all(seed: int) -> None:
 
 
 def build_network(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device) -> nn.Module:
-    """The model, seeded from the run's seed; fine-tuning (``--init``): the trunk from that model and a fresh
-    head for these classes (the model's own head when its classes are these, in the same order), the trunk
+    """The model, seeded from the run's seed; fine-tuning (``--init``): the trunk from that model (an
+    ensemble's first member) and a fresh head for these classes (the model's own head when its classes are these, in the same order), the trunk
     frozen with ``--freeze-trunk``."""
     seed_all(derive("process", tcfg.seed))
     model = build_model(mcfg).to(device)
     if tcfg.init:
         ckpt = read_checkpoint(tcfg.init)
         same = list(ckpt["model_config"].get("class_names") or []) == list(mcfg.class_names)
-        load_weights(model, ckpt["state_dict"], tcfg.init, skip=None if same else "head.")
+        state = ckpt["state_dict"]
+        if ckpt.get("ensemble_members"):  # an ensemble (the shipped so3 and o2): its first member's weights
+            state = {k[len("members.0."):]: v for k, v in state.items() if k.startswith("members.0.")}
+        load_weights(model, state, tcfg.init, skip=None if same else "head.")
     if tcfg.freeze_trunk:
         if not tcfg.init:
             raise PcsymError("--freeze-trunk needs --init MODEL (a trunk to keep)")
