@@ -64,6 +64,12 @@ def test_the_ensemble_outputs_the_mean_of_its_members_logits(runs, tmp_path):
         for vote in (1, 3):  # test-time votes: the members share each vote's downsampling order
             torch.testing.assert_close(ens(pos, nrm, vote=vote), (a(pos, nrm, vote=vote) + b(pos, nrm, vote=vote)) / 2,
                                        atol=1e-5, rtol=1e-5)
+    # a setting changed on the ensemble (evaluate --sampling) reaches its members
+    ens.cfg.sampling = a.cfg.sampling = b.cfg.sampling = "fps"
+    with torch.no_grad():
+        fps = ens(pos, nrm)
+        assert not torch.allclose(fps, le, atol=1e-4)
+        torch.testing.assert_close(fps, (a(pos, nrm) + b(pos, nrm)) / 2, atol=1e-5, rtol=1e-5)
     # an ensemble of an ensemble and a model: three members, flattened
     r = _invoke("ensemble", out, runs[0], "--out", tmp_path / "e3.pt")
     assert r.exit_code == 0 and "3 so2 members" in r.output, r.output

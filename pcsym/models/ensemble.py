@@ -28,9 +28,8 @@ class EnsembleClassifier(nn.Module):
         super().__init__()
         if n_members < 2:
             raise PcsymError(f"an ensemble needs at least 2 members, got {n_members}")
-        self.cfg = cfg
-        self.members = nn.ModuleList(EquivariantClassifier(ModelConfig.from_dict(cfg.to_dict()))
-                                     for _ in range(n_members))
+        self.cfg = cfg  # one object for the ensemble and its members: a change (evaluate --sampling) reaches all
+        self.members = nn.ModuleList(EquivariantClassifier(cfg) for _ in range(n_members))
 
     # the sampling order and input features depend only on the config, shared by the members
     def point_order(self, pos, vote: int = 0, draw=None):
@@ -110,8 +109,9 @@ def keep_classes(model, names: list[str]):
         raise PcsymError(f"the model does not know the classes {', '.join(missing[:3])}")
     index = torch.tensor([own.index(n) for n in names])
     out = copy.deepcopy(model)
+    cfg = ModelConfig.from_dict({**model.cfg.to_dict(), "class_names": list(names)})
     for net in members_of(out) + ([out] if is_ensemble(out) else []):
-        net.cfg = ModelConfig.from_dict({**net.cfg.to_dict(), "class_names": list(names)})
+        net.cfg = cfg
     for net in members_of(out):
         last = net.head.out
         new = nn.Linear(last.in_features, len(names))
