@@ -73,6 +73,9 @@ def test_the_ensemble_outputs_the_mean_of_its_members_logits(runs, tmp_path):
     # an ensemble of an ensemble and a model: three members, flattened
     r = _invoke("ensemble", out, runs[0], "--out", tmp_path / "e3.pt")
     assert r.exit_code == 0 and "3 so2 members" in r.output, r.output
+    e3 = torch.load(tmp_path / "e3.pt", weights_only=True)
+    assert [m["seed"] for m in e3["members"]] == [0, 1, 0] and e3["ensemble_members"] == 3
+    assert [e["member"] for e in e3["history"]] == [0] * len(hists[0]) + [1] * len(hists[1]) + [2] * len(hists[0])
     with torch.no_grad():
         torch.testing.assert_close(load_model(tmp_path / "e3.pt")[0](pos, nrm), (2 * la + lb) / 3, atol=1e-5, rtol=1e-5)
 

@@ -79,12 +79,13 @@ def main(argv=None) -> int:
             return 1
         train_rot = (ckpt.get("train_config") or {}).get("rotate", "?")
         hist = ckpt.get("history") or []
-        epochs, minutes = len(hist), round(sum(h["epoch_seconds"] for h in hist) / 60, 1)
-        if ckpt.get("members"):  # `pcsym ensemble`: each member's epochs; the minutes of all members together
-            epochs = " + ".join(str(m["epochs"]) for m in ckpt["members"])
-            minutes = round(sum(m["train_minutes"] for m in ckpt["members"]), 1)
+        epochs = len(hist)
+        if ckpt.get("ensemble_members"):  # `pcsym ensemble`: each member's epochs (its history holds them all)
+            tags = [h.get("member") for h in hist]
+            epochs = " + ".join(str(tags.count(i)) for i in range(int(ckpt["ensemble_members"])))
         row = {"model": label or path, "group": model.cfg.group, "kernel": model.cfg.kernel, "train_rotate": train_rot,
-               "epochs": epochs, "train_minutes": minutes, "params": sum(p.numel() for p in model.parameters())}
+               "epochs": epochs, "train_minutes": round(sum(h["epoch_seconds"] for h in hist) / 60, 1),
+               "params": sum(p.numel() for p in model.parameters())}
         if model_classes:
             row["model_classes"] = model_classes
         for rot in ("none", "z", "so3"):

@@ -58,13 +58,14 @@ def make_ensemble(models: list[str], out: str | Path, data: str | Path | None = 
         ds = load_dataset(data, points=ens.cfg.points)
         idx = calibration_shapes(ds, known or [run], split)
         detector, shapes = energy_detector(ens, ds, idx, run.eval_rotate, run.seed, keep), len(idx)
-    history = [ck.get("history") or [] for _, ck in loaded]
-    members = [{"source": str(resolve_checkpoint(m)), "seed": r.seed if r else None, "epochs": len(h),
-                "train_minutes": round(sum(e.get("epoch_seconds", 0) for e in h) / 60, 1)}
-               for m, r, h in zip(models, runs, history)]
-    # the training that made the ensemble: every member's epochs, each tagged with its member (training time = all)
-    epochs = [{**e, "member": i} for i, h in enumerate(history) for e in h]
-    extra = {"train_config": run.to_dict(), "members": members, "unknown": detector, "history": epochs}
+    # one entry per member (an input ensemble brings its own), and the training that made the ensemble: every
+    # member's epochs, tagged with the member's index (training time counts all of them)
+    members, history = [], []
+    for name, (_, ck), r in zip(models, loaded, runs):
+        first = len(members)
+        members += ck.get("members") or [{"source": str(resolve_checkpoint(name)), "seed": r.seed if r else None}]
+        history += [{**e, "member": first + e.get("member", 0)} for e in ck.get("history") or []]
+    extra = {"train_config": run.to_dict(), "members": members, "unknown": detector, "history": history}
     if detector is not None:
         extra["unknown_calibration"] = {"data": str(data), "split": split, "shapes": shapes}
     save_checkpoint(out, ens, ens.cfg, extra)

@@ -79,8 +79,8 @@ def seed_all(seed: int) -> None:
 
 def build_network(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device) -> nn.Module:
     """The model, seeded from the run's seed; fine-tuning (``--init``): the trunk from that model (an
-    ensemble's first member) and a fresh head for these classes (the model's own head when its classes are these, in the same order), the trunk
-    frozen with ``--freeze-trunk``."""
+    ensemble's first member) and a fresh head for these classes (the model's own head when its classes are
+    these, in the same order), the trunk frozen with ``--freeze-trunk``."""
     seed_all(derive("process", tcfg.seed))
     model = build_model(mcfg).to(device)
     if tcfg.init:
