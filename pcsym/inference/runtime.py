@@ -64,15 +64,19 @@ class NumpyClassifier:
     def __init__(self, path: str | Path):
         try:
             with np.load(str(path), allow_pickle=False) as z:
-                self.a = {key: z[key] for key in z.files}
-            meta = json.loads(str(self.a.pop("meta")))
+                arrays = {key: z[key] for key in z.files}
+            meta = json.loads(str(arrays.pop("meta")))
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             raise PcsymError(f"not a readable numpy export ({str(exc).splitlines()[0][:120]})", path=path) from None
         if meta.get("format") != FORMAT:
             raise PcsymError("not a pcsym numpy export", path=path)
         if meta.get("version", 0) > VERSION:
             raise PcsymError("numpy export made by a newer pcsym", path=path)
-        self.cfg = ModelConfig.from_dict(meta["model_config"])
+        self._setup(ModelConfig.from_dict(meta["model_config"]), arrays, meta)
+
+    def _setup(self, cfg: ModelConfig, arrays: dict, meta: dict) -> None:
+        """Every attribute, set in one place for a loaded file and for an ensemble's members alike."""
+        self.cfg, self.a = cfg, arrays
         self.unknown_threshold = meta.get("unknown_threshold")  # calibrated max-probability cut (or None)
         #: the "unknown" detector: {"score": "energy", "threshold"}, or neighbour similarity {"k", "threshold"}
         #: with its bank (older models), or None
@@ -84,10 +88,11 @@ class NumpyClassifier:
             shared = {k: v for k, v in self.a.items() if "/" not in k}
             self.members = []
             for i in range(int(meta["members"])):
-                member = object.__new__(NumpyClassifier)
                 prefix = f"member{i}/"
-                member.cfg, member.members = self.cfg, None
-                member.a = {**shared, **{k[len(prefix):]: v for k, v in self.a.items() if k.startswith(prefix)}}
+                member = NumpyClassifier.__new__(NumpyClassifier)
+                # a member is one network: the shared arrays and its own, no detector and no members of its own
+                own = {k[len(prefix):]: v for k, v in self.a.items() if k.startswith(prefix)}
+                member._setup(cfg, {**shared, **own}, {})
                 self.members.append(member)
 
     def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
