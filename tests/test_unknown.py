@@ -142,8 +142,8 @@ def test_the_modelnet10_model_tells_a_teapot_from_its_classes():
     teapot, bed = _classify_teapot_and_bed("so3-mn10")
     for res in (teapot, bed):
         assert res["unknown_score"] == "energy" and res["threshold"] == pytest.approx(3.979, abs=1e-3)
-    assert teapot["unknown"] is True and teapot["score"] < res["threshold"] - 1.0
-    assert bed["unknown"] is False and bed["score"] > res["threshold"] + 3.0 and bed["top"][0]["class"] == "bed"
+    assert teapot["unknown"] is True and teapot["score"] < teapot["threshold"] - 1.0
+    assert bed["unknown"] is False and bed["score"] > bed["threshold"] + 3.0 and bed["top"][0]["class"] == "bed"
 
 
 def test_a_bed_stays_a_bed():
