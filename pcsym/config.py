@@ -212,9 +212,37 @@ class ModelConfig(_Config):
             raise PcsymError(f"{self.points} points are too few for strides {self.strides} with k={self.k}")
         if self.max_freq is not None and not 0 <= self.max_freq <= 4:
             raise PcsymError(f"max_freq must be between 0 and 4, got {self.max_freq}")
+        # sizes a config file sets (no flag does): caught here, in one line, not as an error deep in a layer
+        if min(self.widths, default=0) < 1:
+            raise PcsymError(f"widths must all be at least 1, got {','.join(map(str, self.widths))}")
+        for name in ("invariant_dims", "head_dims", "kernel_dims", "kernel_layers", "n_radial"):
+            if getattr(self, name) < 1:
+                raise PcsymError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.lmax <= 4:
+            raise PcsymError(f"lmax (the degree of the kernel's harmonic embedding) must be between 0 and 4, "
+                             f"got {self.lmax}")
+        if not 0 <= self.dropout < 1:
+            raise PcsymError(f"dropout must be in [0, 1), got {self.dropout:g}")
         if min(self.radial_max, self.basis_radius, self.basis_cutoff) <= 0 or self.basis_rings < 1:
             raise PcsymError("radial_max, basis_radius and basis_cutoff must be positive and basis_rings at least 1")
         return self
+
+
+def model_notes(cfg: ModelConfig) -> list[str]:
+    """Settings of ``cfg`` that change nothing, in one line each (``train`` prints them as notes): under so3
+    and o3 a harmonic of degree l is an irrep of degree l, and the kernel MLP's hidden fields stop at the band
+    limit, so an ``lmax`` raised above both the default and the band limit feeds degrees no weight can read
+    (the model is the same, parameter for parameter). Under O(2) or a finite group a higher degree splits into
+    frequencies the hidden fields have, so it is no note there."""
+    from .models.groups import get_group  # the group table, without escnn
+
+    spec = get_group(cfg.group)
+    band = spec.default_max_freq if cfg.max_freq is None else cfg.max_freq
+    notes = []
+    if cfg.kernel == "implicit" and spec.name in ("so3", "o3") and cfg.lmax > max(band, ModelConfig.lmax):
+        notes.append(f"lmax {cfg.lmax} adds nothing under {spec.name} at max-freq {band}: harmonics above degree "
+                     f"{band} reach no hidden field of the kernel MLP (raise --max-freq to use them)")
+    return notes
 
 
 @dataclass

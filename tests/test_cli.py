@@ -351,6 +351,11 @@ def test_config_file_with_flag_override(tmp_path, sample_dataset):
     bad.write_text("colour: red\n")
     r = run("train", "--config", bad, "--data", sample_dataset, "--out", tmp_path / "x")
     assert r.exit_code == 2 and "unknown setting 'colour'" in r.stderr
+    bad.write_text("lmax: -1\n")  # was an IndexError traceback from the harmonic embedding
+    r = run("train", "--config", bad, "--data", sample_dataset, "--out", tmp_path / "x")
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [
+        "error: lmax (the degree of the kernel's harmonic embedding) must be between 0 and 4, got -1"], r.output
+    assert not (tmp_path / "x").exists()
 
 
 # ----------------------------------------------------------------------------- never lose work

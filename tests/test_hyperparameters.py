@@ -66,3 +66,56 @@ def test_the_implicit_kernel_takes_its_radial_range_from_the_config():
     pre, _, _ = channel_types(group, channels_for(group, 8))
     conv = ImplicitKernelConv.from_config(group, act, pre, ModelConfig(group="o2", radial_max=2.0, n_radial=5))
     assert conv.embed.centres.max().item() == 2.0 and conv.embed.width == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("lmax: -1", "lmax (the degree of the kernel's harmonic embedding) must be between 0 and 4, got -1"),
+    ("lmax: 9", "lmax (the degree of the kernel's harmonic embedding) must be between 0 and 4, got 9"),
+    ("kernel_dims: 0", "kernel_dims must be at least 1, got 0"),
+    ("kernel_layers: 0", "kernel_layers must be at least 1, got 0"),
+    ("n_radial: 0", "n_radial must be at least 1, got 0"),
+    ("invariant_dims: -8", "invariant_dims must be at least 1, got -8"),
+    ("head_dims: 0", "head_dims must be at least 1, got 0"),
+    ("dropout: 1.0", "dropout must be in [0, 1), got 1"),
+    ("widths: '16,0'", "widths must all be at least 1, got 16,0"),
+])
+def test_the_sizes_only_a_config_file_sets_are_checked(tmp_path, bad, message):
+    """Before: lmax -1 was an IndexError deep in the embedding, lmax 9 minutes of escnn building, kernel_dims 0
+    silently one channel; now each is refused by name, before any data is read."""
+    flags = {**ModelConfig().to_dict(), **TrainConfig().to_dict(), "out": str(tmp_path / "run"), "data": str(tmp_path)}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(bad + "\n")
+    with pytest.raises(PcsymError) as err:
+        merge_settings(flags, explicit=set(), config_file=cfg)
+    assert str(err.value) == message
+
+
+def test_an_lmax_so3_cannot_read_is_noted_and_changes_nothing():
+    """Under so3 a degree-l harmonic is an irrep of degree l; the kernel MLP's hidden fields stop at the band
+    limit, so lmax above it is the same model: the same weights, and with the same values the same logits. Under O(2) the same lmax
+    reaches hidden fields (more weights), so it is no note there."""
+    from pcsym.config import model_notes
+    from pcsym.models.classifier import build_model, count_parameters
+
+    assert model_notes(ModelConfig(group="so3", max_freq=2, lmax=3)) == [
+        "lmax 3 adds nothing under so3 at max-freq 2: harmonics above degree 2 reach no hidden field of the kernel "
+        "MLP (raise --max-freq to use them)"]
+    assert model_notes(ModelConfig(group="o3", lmax=4))[0].startswith("lmax 4 adds nothing under o3 at max-freq 1")
+    for quiet in (ModelConfig(group="so3"), ModelConfig(group="so3", max_freq=3, lmax=3),
+                  ModelConfig(group="o2", lmax=3), ModelConfig(group="so3", lmax=3, kernel="basis")):
+        assert model_notes(quiet) == []
+    small = dict(points=128, widths=(8,), strides=(4,), invariant_dims=8, head_dims=8, class_names=["a", "b"])
+    models = {}
+    for group, lmax in (("so3", 1), ("so3", 3), ("o2", 1), ("o2", 3)):
+        torch.manual_seed(0)
+        models[group, lmax] = build_model(ModelConfig(group=group, max_freq=1, lmax=lmax, **small)).eval()
+    assert count_parameters(models["so3", 1]) == count_parameters(models["so3", 3])
+    assert count_parameters(models["o2", 3]) > count_parameters(models["o2", 1])
+    pos = torch.randn(2, 128, 3, dtype=torch.float64)  # float64: equal to rounding, not to float32's sums
+    with torch.no_grad():  # the same weights (their initial draws differ; norms start alike)
+        for (n1, w1), (n3, w3) in zip(models["so3", 1].named_parameters(), models["so3", 3].named_parameters()):
+            assert (n1, w1.shape) == (n3, w3.shape)
+            w3.copy_(w1)
+    with torch.no_grad():
+        a, b = models["so3", 3].double()(pos), models["so3", 1].double()(pos)
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)

@@ -140,7 +140,7 @@ def train(
     """Train an equivariant classifier."""
 
     def body():
-        from ..config import flag_name, merge_settings, show_value
+        from ..config import flag_name, merge_settings, model_notes, show_value
 
         explicit = {name for name in ctx.params if ctx.get_parameter_source(name).name != "DEFAULT"}
         aliases = {opt.lstrip("-").split("/")[0].replace("-", "_"): p.name for p in ctx.command.params
@@ -164,6 +164,8 @@ def train(
             typer.echo(f"note: {flag_name(c['setting'])} {show_value(c['to'])} differs from the run's "
                        f"{show_value(c['from'])}; continuing with {show_value(c['to'])} (recorded in "
                        f"{outdir / 'config.json'})", err=True)
+        for note in model_notes(mcfg):
+            typer.echo(f"note: {note}", err=True)
         tcfg.device = setup_torch(tcfg.threads, tcfg.device)
         _train_with_progress(mcfg, tcfg, resume, options(ctx).quiet, changes)
 
