@@ -237,7 +237,7 @@ def model_notes(cfg: ModelConfig) -> list[str]:
     from .models.groups import get_group  # the group table, without escnn
 
     spec = get_group(cfg.group)
-    band = spec.default_max_freq if cfg.max_freq is None else cfg.max_freq
+    band = spec.band_limit(cfg.max_freq)
     notes = []
     if cfg.kernel == "implicit" and spec.name in ("so3", "o3") and cfg.lmax > max(band, ModelConfig.lmax):
         notes.append(f"lmax {cfg.lmax} adds nothing under {spec.name} at max-freq {band}: harmonics above degree "

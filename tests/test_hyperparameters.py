@@ -80,8 +80,8 @@ def test_the_implicit_kernel_takes_its_radial_range_from_the_config():
     ("widths: '16,0'", "widths must all be at least 1, got 16,0"),
 ])
 def test_the_sizes_only_a_config_file_sets_are_checked(tmp_path, bad, message):
-    """Before: lmax -1 was an IndexError deep in the embedding, lmax 9 minutes of escnn building, kernel_dims 0
-    silently one channel; now each is refused by name, before any data is read."""
+    """Before: lmax -1 was an IndexError deep in the embedding, lmax 9 a long escnn build, kernel_dims 0 silently
+    one channel; now each is refused by name, before any data is read."""
     flags = {**ModelConfig().to_dict(), **TrainConfig().to_dict(), "out": str(tmp_path / "run"), "data": str(tmp_path)}
     cfg = tmp_path / "c.yaml"
     cfg.write_text(bad + "\n")
@@ -92,8 +92,8 @@ def test_the_sizes_only_a_config_file_sets_are_checked(tmp_path, bad, message):
 
 def test_an_lmax_so3_cannot_read_is_noted_and_changes_nothing():
     """Under so3 a degree-l harmonic is an irrep of degree l; the kernel MLP's hidden fields stop at the band
-    limit, so lmax above it is the same model: the same weights, and with the same values the same logits. Under O(2) the same lmax
-    reaches hidden fields (more weights), so it is no note there."""
+    limit, so lmax above it is the same model: the same weights, and with the same values the same logits. Under
+    O(2) the same lmax reaches hidden fields (more weights), so it is no note there."""
     from pcsym.config import model_notes
     from pcsym.models.classifier import build_model, count_parameters
 
@@ -116,6 +116,5 @@ def test_an_lmax_so3_cannot_read_is_noted_and_changes_nothing():
         for (n1, w1), (n3, w3) in zip(models["so3", 1].named_parameters(), models["so3", 3].named_parameters()):
             assert (n1, w1.shape) == (n3, w3.shape)
             w3.copy_(w1)
-    with torch.no_grad():
         a, b = models["so3", 3].double()(pos), models["so3", 1].double()(pos)
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)

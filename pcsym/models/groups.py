@@ -51,6 +51,10 @@ class GroupSpec:
         """The escnn call, as the code makes it (band limit left out)."""
         return f"{self.escnn}({', '.join(f'{k}={v!r}' for k, v in self.kwargs)})"
 
+    def band_limit(self, max_freq: int | None = None) -> int:
+        """The band limit L of hidden fields: ``max_freq`` when given, else the group's default."""
+        return self.default_max_freq if max_freq is None else max_freq
+
     def build(self, max_freq: int | None = None):
         """The escnn GSpace3D. Tensor products of hidden fields (kernel ⊗ input) reach frequency
         ~3L, so continuous groups instantiate irreps up to 4L + 2 (at least 4)."""
@@ -58,7 +62,7 @@ class GroupSpec:
 
         kwargs = dict(self.kwargs)
         if self.continuous:
-            kwargs["maximum_frequency"] = max(4, (self.default_max_freq if max_freq is None else max_freq) * 4 + 2)
+            kwargs["maximum_frequency"] = max(4, self.band_limit(max_freq) * 4 + 2)
         return getattr(gspaces, self.escnn)(**kwargs)
 
     def contains(self, M, atol: float = 1e-6) -> bool:
@@ -178,7 +182,7 @@ class Group:
         G = gspace(self.name, self.max_freq).fibergroup
         if not self.spec.continuous:
             return [G.regular_representation], "regular"
-        L = self.spec.default_max_freq if self.max_freq is None else self.max_freq
+        L = self.spec.band_limit(self.max_freq)
         o3 = o3_group()
         seen: dict[str, object] = {}
         for l in range(L + 1):
