@@ -114,3 +114,27 @@ def test_protocols_score_a_model_on_data_with_some_of_its_classes_like_evaluate(
     md = out.with_suffix(".md").read_text()
     assert md.startswith(f"# Rotation protocols on the test-dev half of the official test split (9 shapes of {dest})")
     assert "Test-dev figures" in md and "so3-mn10 (10 classes, scored on the data's)" in md
+
+
+def test_protocols_rotations_score_only_the_rotations_asked_for(tmp_path):
+    """--rotations so3: the SO(3) figures alone (what an SO(3)-invariant model needs), the same as the full run's;
+    a name outside none/z/so3 is one line and exit 1, nothing written."""
+    data = _test_only_copy(tmp_path / "mn10_test", per_class=1)
+    out = tmp_path / "prot"
+    proc = _protocols("--data", str(data), "--votes", "2", "--rotations", "so3", "--out", str(out), "so3-mn10")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert not any(k.startswith(("oa_none", "oa_z", "macc_none", "macc_z")) for k in row)
+    want = evaluate_checkpoint("so3-mn10", data, rotate="so3")
+    assert (row["oa_so3"], row["macc_so3"]) == (want["overall_accuracy"], want["mean_class_accuracy"])
+    want = evaluate_checkpoint("so3-mn10", data, rotate="so3", votes=2)
+    assert (row["oa_so3_votes"], row["macc_so3_votes"]) == (want["overall_accuracy"], want["mean_class_accuracy"])
+    md = out.with_suffix(".md").read_text()
+    assert "| SO(3)-rotated | SO(3)-rotated, 2 votes |" in md and "z-rotated" not in md and "no rotation" not in md
+    assert "--votes 2 --rotations so3 --out" in md
+    bad = tmp_path / "bad"
+    for value in ("so3,x", "", "z,z"):
+        proc = _protocols("--data", str(data), "--rotations", value, "--out", str(bad), "so3-mn10")
+        assert proc.returncode == 1 and proc.stderr.strip() == ("error: --rotations must be distinct names among "
+                                                                f"none, z, so3, comma-separated, got '{value}'")
+    assert not bad.with_suffix(".md").exists()

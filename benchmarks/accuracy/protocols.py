@@ -3,7 +3,7 @@
 else on the validation split each run held out (``--split`` chooses, like ``pcsym evaluate``).
 
 Usage: python -m benchmarks.accuracy.protocols --data DATASET [--split val|test] [--votes N] [--eval-seeds 0,1,2]
-MODEL[=LABEL] ... (MODEL: so3, o2, a run dir). Writes benchmarks/results/protocols.{json,md}; equivalent to
+[--rotations none,z,so3] MODEL[=LABEL] ... (MODEL: so3, o2, a run dir). Writes benchmarks/results/protocols.{json,md}; equivalent to
 `pcsym evaluate MODEL --data DATASET --split S --rotate R [--votes N] [--seed K]` for each R (and each K of
 --eval-seeds, whose figures are reported as mean ± std over the evaluation seeds).
 """
@@ -26,6 +26,7 @@ from pcsym.training.evaluate import evaluate_model, restrict_to_classes, vote_ba
 from pcsym.data.transforms import eval_dataset
 
 DEFAULT_OUT = RESULTS / "protocols"
+ROTATIONS = ("none", "z", "so3")
 
 
 def score(model, data, va, run, rot, votes=1, eval_seeds=None):
@@ -52,6 +53,10 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-seeds", default=None,
                     help="comma-separated evaluation seeds (`pcsym evaluate --seed`): each figure is the mean ± std over "
                          "these draws of the points, rotations and downsamplings (default: the one fixed pass)")
+    ap.add_argument("--rotations", default=",".join(ROTATIONS),
+                    help="comma-separated test-time rotations to score, of none, z, so3 (default: all three; a model "
+                         "invariant to SO(3) scores alike under each, so `--rotations so3` gives its figures in a third "
+                         "of the time)")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("models", nargs="+")
     args = ap.parse_args(argv)
@@ -63,6 +68,12 @@ def main(argv=None) -> int:
     except ValueError:
         print(f"error: --eval-seeds must be comma-separated integers 0 or more, got '{args.eval_seeds}'", file=sys.stderr)
         return 1
+    rotations = [r.strip() for r in args.rotations.split(",") if r.strip()]
+    if not rotations or any(r not in ROTATIONS for r in rotations) or len(set(rotations)) != len(rotations):
+        print(f"error: --rotations must be distinct names among none, z, so3, comma-separated, got '{args.rotations}'",
+              file=sys.stderr)
+        return 1
+    rotations = [r for r in ROTATIONS if r in rotations]  # the tables' column order
 
     rows = []
     for spec in args.models:
@@ -88,7 +99,7 @@ def main(argv=None) -> int:
                "params": sum(p.numel() for p in model.parameters())}
         if model_classes:
             row["model_classes"] = model_classes
-        for rot in ("none", "z", "so3"):
+        for rot in rotations:
             # votes: only for rotated protocols, `pcsym evaluate MODEL --rotate R --votes N`
             for key, votes in [(rot, 1)] + ([(f"{rot}_votes", args.votes)] if args.votes > 1 and rot != "none" else []):
                 t = time.time()
@@ -111,9 +122,10 @@ def main(argv=None) -> int:
                                                     "eval_seeds": eval_seeds,
                                                     "split_label": label,
                                                     "rows": rows}, indent=2))
-    cols = [("none", "no rotation"), ("z", "z-rotated"), ("so3", "SO(3)-rotated")]
+    names = {"none": "no rotation", "z": "z-rotated", "so3": "SO(3)-rotated"}
+    cols = [(r, names[r]) for r in rotations]
     if args.votes > 1:
-        cols += [("z_votes", f"z-rotated, {args.votes} votes"), ("so3_votes", f"SO(3)-rotated, {args.votes} votes")]
+        cols += [(f"{r}_votes", f"{names[r]}, {args.votes} votes") for r in rotations if r != "none"]
     what = (f"the {'test-dev half of the official test' if label == 'test-dev' else 'official test'} split "
             f"({len(va)} shapes of {args.data})" if split == "test" else
             f"the validation split ({len(va)} held-out shapes of {args.data})")
@@ -137,7 +149,8 @@ def main(argv=None) -> int:
                      + f" | {r['group']} | {r['train_rotate']} | {r['epochs']} | {r['train_minutes']} | "
                      f"{r['params']:,} | " + " | ".join(cells) + " |")
     votes = (f" --split {args.split}" if args.split else "") + (f" --votes {args.votes}" if args.votes > 1 else "") + \
-        (f" --eval-seeds {','.join(map(str, eval_seeds))}" if eval_seeds is not None else "")
+        (f" --eval-seeds {','.join(map(str, eval_seeds))}" if eval_seeds is not None else "") + \
+        (f" --rotations {','.join(rotations)}" if rotations != list(ROTATIONS) else "")
     dest = "" if out == DEFAULT_OUT else f" --out {args.out}"  # re-running the line rewrites this file, not another
     lines += ["", f"Command: `python -m benchmarks.accuracy.protocols --data {args.data}{votes}{dest} "
               + " ".join(args.models) + "`"]
