@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.accuracy.unknown_report import mesh_files
+from pcsym.inference.runtime import energy as lse, softmax  # the shipped score, as classify computes it
+
 
 def compute(name: str, cache: Path, testdev: str, meshes: str, votes: int) -> None:
     import torch
@@ -50,24 +53,12 @@ def compute(name: str, cache: Path, testdev: str, meshes: str, votes: int) -> No
             res[f"test{seed}"] = torch.cat([logits(pos, nrm) for pos, nrm, _ in make_loader(ds, 32, False, 0, 0, 0)],
                                            2).numpy()
         ml, names = [], []
-        for p in sorted(Path(meshes).glob("*.*")):
-            if p.suffix == ".md":
-                continue
+        for p in mesh_files(meshes):
             for seed in (0, 1, 2):
                 pts, nrm = read_input(p, model.cfg.points, seed=seed, estimated_normals=model.cfg.estimated_normals)
                 ml.append(logits(torch.as_tensor(pts)[None].float(), torch.as_tensor(nrm)[None].float()).numpy()[:, :, 0])
                 names.append(f"{p.name}:{seed}")
     np.savez(cache, mesh=np.stack(ml, 2), names=np.array(names), **res)
-
-
-def lse(x):
-    m = x.max(-1, keepdims=True)
-    return (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))[..., 0]
-
-
-def softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 def entropy(p):

@@ -22,6 +22,11 @@ DEFAULT_OUT = RESULTS / "unknown"
 MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off")
 
 
+def mesh_files(folder) -> list:
+    """The mesh files of a folder (by suffix, sorted by name): the out-of-class shapes the "unknown" tools score."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in MESH_SUFFIXES)
+
+
 def _seeds(text: str) -> list[int]:
     try:
         vals = [int(v) for v in text.split(",") if v.strip()]
@@ -93,7 +98,7 @@ def main(argv=None) -> int:
     for path, flag in ((args.data, "--data"), (args.meshes, "--meshes")):
         if not Path(path).exists():
             ap.error(f"{flag}: no such file or folder: {path}")
-    meshes = sorted(p for p in Path(args.meshes).iterdir() if p.suffix.lower() in MESH_SUFFIXES)
+    meshes = mesh_files(args.meshes)
     if not meshes:
         ap.error(f"--meshes: no {'/'.join(MESH_SUFFIXES)} files in {args.meshes}")
     import torch

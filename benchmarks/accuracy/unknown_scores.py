@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.accuracy.unknown_report import mesh_files
+from pcsym.inference.runtime import energy as lse, softmax  # the shipped score, as classify computes it
+
 
 def compute(name: str, cache: Path, train: str, testdev: str, meshes: str) -> None:
     import torch
@@ -44,9 +47,7 @@ def compute(name: str, cache: Path, train: str, testdev: str, meshes: str) -> No
         res[f"test_logits{seed}"], res[f"test_feats{seed}"], res["test_y"] = feats(
             eval_dataset(data, idx, model.cfg.points, run.eval_rotate, seed))
     ml, mf, names = [], [], []
-    for p in sorted(Path(meshes).glob("*.*")):
-        if p.suffix == ".md":
-            continue
+    for p in mesh_files(meshes):
         for seed in (0, 1, 2):
             pts, nrm = read_input(p, model.cfg.points, seed=seed, estimated_normals=model.cfg.estimated_normals)
             with torch.no_grad():
@@ -64,8 +65,6 @@ def analyse(d) -> None:
     mf, ml, names = d["mesh_feats"].astype(np.float64), d["mesh_logits"], d["mesh_names"]
     C = tr_l.shape[1]
     def unit(x): return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    def lse(l): m = l.max(1, keepdims=True); return (m + np.log(np.exp(l - m).sum(1, keepdims=True)))[:, 0]
-    def softmax(l): e = np.exp(l - l.max(1, keepdims=True)); return e / e.sum(1, keepdims=True)
     def knn(f, bank, k=5):
         s = unit(f) @ unit(bank).T
         return np.sort(s, 1)[:, -k]
