@@ -37,6 +37,10 @@ SELECT_METRICS = ("macc", "oa", "last")
 #: normals n_i, n_j themselves as vector fields (the kernel may then turn with the surface, not only with d), or
 #: |n_i.n_j|, |n_i.d|, |n_j.d| and their product, blind to the normals' signs (then no normal input field either)
 EDGE_FEATURES = ("none", "ppf", "ppf+normals", "ppf-unsigned")
+#: PCA frame averaging (see pcsym.geometry.frames, which imports this tuple)
+FRAMES = ("none", "pca")
+_Z_TURN = ((0.7648421872844885, -0.644217687237691, 0.0), (0.644217687237691, 0.7648421872844885, 0.0),
+           (0.0, 0.0, 1.0))  # a rotation about z by 0.7 rad, which no finite group of pcsym contains
 #: class balancing of training: none, a class-weighted loss, or a class-balanced sampler
 BALANCES = ("none", "loss", "sampler")
 OPTIMIZERS = ("adamw", "sgd")
@@ -144,6 +148,10 @@ class ModelConfig(_Config):
     #: residual blocks on the stage's own points (f <- f + block(f), an identity shortcut between fields
     #: of the same type)
     depth: tuple[int, ...] = (1,)
+    #: none, or pca: the network sees a cloud through the six views of its PCA frame (pcsym.geometry.frames),
+    #: one drawn per training shape, all six averaged in evaluation: rotations about z that the group covers
+    #: become invariance to every rotation
+    frames: str = "none"
 
     @property
     def num_classes(self) -> int:
@@ -190,10 +198,14 @@ class ModelConfig(_Config):
     def validate(self) -> "ModelConfig":
         from .models.groups import get_group  # here, not at the top: `pcsym --help` imports config, not numpy
 
-        get_group(self.group)
+        group = get_group(self.group)
         check_choice(self.kernel, KERNELS, "kernel")
         check_choice(self.sampling, SAMPLINGS, "sampling")
         check_choice(self.edge_features, EDGE_FEATURES, "edge features")
+        check_choice(self.frames, FRAMES, "frames")
+        if self.frames != "none" and not group.contains(_Z_TURN):
+            raise PcsymError(f"frames '{self.frames}' need a group with every rotation about z (so2, o2, so2xinv, "
+                             f"o2xinv, so3, o3), not {self.group}")
         if self.edge_features != "none" and (self.kernel != "implicit" or not self.use_normals):
             raise PcsymError(f"edge features '{self.edge_features}' need the implicit kernel and normals")
         if len(self.widths) != len(self.strides):
@@ -342,7 +354,7 @@ class TrainConfig(_Config):
 #: model settings that shape the equivariant trunk: a fine-tuned run takes them from its --init model
 TRUNK_FIELDS = ("group", "kernel", "widths", "strides", "invariant_dims", "max_freq", "kernel_dims", "kernel_layers",
                 "lmax", "n_radial", "radial_max", "basis_radius", "basis_rings", "basis_cutoff", "use_normals",
-                "use_positions", "edge_features", "depth")
+                "use_positions", "edge_features", "depth", "frames")
 
 #: model settings a fine-tuned run takes from its --init model unless given: the neighbourhood and downsampling
 #: its trunk was trained with (the shipped so3: k = 16, random-fps), which a fine-tune may change

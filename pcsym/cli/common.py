@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from .. import __version__
-from ..config import (BALANCES, DATA_FORMATS, DEVICES, EDGE_FEATURES, KERNELS, OPTIMIZERS, ROTATIONS, SAMPLINGS,
+from ..config import (BALANCES, DATA_FORMATS, DEVICES, EDGE_FEATURES, FRAMES, KERNELS, OPTIMIZERS, ROTATIONS, SAMPLINGS,
                       SCHEDULES, SELECT_METRICS, UP_AXES)
 from ..errors import PcsymError
 
@@ -318,6 +318,7 @@ KERNEL = Literal[KERNELS]
 SCHEDULE = Literal[SCHEDULES]
 SELECT = Literal[SELECT_METRICS]
 EDGE_FEATURE = Literal[EDGE_FEATURES]
+FRAME = Literal[FRAMES]
 BALANCE = Literal[BALANCES]
 OPTIMIZER = Literal[OPTIMIZERS]
 

@@ -9,10 +9,10 @@ from typing import Optional
 
 import typer
 
-from ..config import (BALANCES, DEVICES, EDGE_FEATURES, KERNELS, OPTIMIZERS, ROTATIONS, SAMPLINGS, SCHEDULES,
+from ..config import (BALANCES, DEVICES, EDGE_FEATURES, FRAMES, KERNELS, OPTIMIZERS, ROTATIONS, SAMPLINGS, SCHEDULES,
                       SELECT_METRICS, ModelConfig, TrainConfig)
 from ..errors import PcsymError
-from .common import (BALANCE, DATA_FORMAT, DEVICE, EDGE_FEATURE, KERNEL, OPTIMIZER, ROTATION, SAMPLING, SCHEDULE,
+from .common import (BALANCE, DATA_FORMAT, DEVICE, EDGE_FEATURE, FRAME, KERNEL, OPTIMIZER, ROTATION, SAMPLING, SCHEDULE,
                      SELECT, UP_AXIS, app, check_dataset, choice, console, debug_option, format_option, integer,
                      number, options, quiet_option, run, setup_torch, up_axis_option)
 
@@ -94,6 +94,11 @@ def train(
         help="ppf feeds the point-pair invariants n_i.n_j, n_i.d, n_j.d of every edge to the kernel MLP (needs "
              "normals); ppf+normals also the normals n_i, n_j as vectors; ppf-unsigned |n_i.n_j|, |n_i.d|, |n_j.d| "
              "and their product, blind to the normals' signs."),
+    frames: FRAME = typer.Option(
+        _M.frames, "--frames", parser=choice("--frames", FRAMES),
+        help="pca: see every cloud through the six views of its PCA frame (one drawn per training shape, all six "
+             "averaged in evaluation), which makes a model on a group with every rotation about z (so2, o2) "
+             "invariant to all rotations."),
     depth: str = typer.Option(_csv(_M.depth), "--depth", help="Steerable blocks per stage (one value, or one per "
                                                              "stage): the first downsamples, the others are "
                                                              "residual blocks on the stage's points."),

@@ -2,7 +2,7 @@
 
 Each augmentation is a small callable ``t(points, normals, rng) -> (points, normals)`` with an honest
 ``repr``; :class:`PointCloudDataset` composes them in a fixed order (subset, scale, anisotropic scale,
-rotate, jitter, dropout) and draws every random number from a generator seeded by (seed, epoch,
+rotate, jitter, dropout, frame view) and draws every random number from a generator seeded by (seed, epoch,
 shape index), so a run is reproducible for any DataLoader worker layout. Importing this module
 needs no torch (the numpy classify path uses :func:`to_z_up`).
 """
@@ -16,6 +16,7 @@ import numpy as np
 from .. import seeds
 from ..config import ROTATIONS, TrainConfig, check_choice
 from ..errors import PcsymError
+from ..geometry.frames import random_view
 from ..seeds import derive
 from .meshes import Y_UP_TO_Z_UP
 
@@ -114,9 +115,18 @@ class PointDropout:
         return pts, nrm
 
 
+@dataclass(frozen=True)
+class FrameView:
+    """One of the cloud's six PCA-frame views, drawn uniformly (the training input of a model with
+    ``frames: pca``; see :mod:`pcsym.geometry.frames`). Last in the pipeline: the frame of the augmented cloud."""
+
+    def __call__(self, pts, nrm, rng):
+        return random_view(pts, nrm, rng)
+
+
 def augmentations(rotate: str = "none", jitter: float = 0.0, jitter_clip: float = TrainConfig.jitter_clip,
                   scale: tuple[float, float] | None = None, anisotropic_scale: tuple[float, float] | None = None,
-                  point_dropout: float = 0.0) -> list:
+                  point_dropout: float = 0.0, frames: str = "none") -> list:
     """The augmentation pipeline, in its fixed order, leaving out the ones switched off."""
     check_choice(rotate, ROTATIONS, "rotation")
     if not 0.0 <= point_dropout < 1.0:
@@ -125,7 +135,8 @@ def augmentations(rotate: str = "none", jitter: float = 0.0, jitter_clip: float 
              AnisotropicScale(*anisotropic_scale) if anisotropic_scale is not None else None,
              Rotate(rotate) if rotate != "none" else None,
              Jitter(float(jitter), float(jitter_clip)) if jitter > 0 else None,
-             PointDropout(float(point_dropout)) if point_dropout > 0 else None]
+             PointDropout(float(point_dropout)) if point_dropout > 0 else None,
+             FrameView() if frames != "none" else None]
     return [t for t in steps if t is not None]
 
 
@@ -139,7 +150,8 @@ class PointCloudDataset:
       subset on every access, ``resample=False`` takes the first P. Fewer stored points are padded
       by resampling with replacement.
     * the augmentations of :func:`augmentations` (``rotate``, ``jitter``, ``scale``,
-      ``anisotropic_scale``, ``point_dropout``); ``repr(dataset)`` lists the active ones.
+      ``anisotropic_scale``, ``point_dropout``, and a PCA-frame view with ``frames``); ``repr(dataset)``
+      lists the active ones.
 
     Call :meth:`set_epoch` at the start of each epoch to vary the randomness.
     """
@@ -147,13 +159,13 @@ class PointCloudDataset:
     def __init__(self, data, indices: np.ndarray | None = None, points: int = 1024, resample: bool = True,
                  rotate: str = "none", jitter: float = 0.0, jitter_clip: float = TrainConfig.jitter_clip,
                  scale: tuple[float, float] | None = None, anisotropic_scale: tuple[float, float] | None = None,
-                 point_dropout: float = 0.0, seed: int = 0):
+                 point_dropout: float = 0.0, seed: int = 0, frames: str = "none"):
         self.data = data
         self.indices = np.arange(len(data.labels)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.points = int(points)
         self.resample = resample
         self.rotate = rotate
-        self.transforms = augmentations(rotate, jitter, jitter_clip, scale, anisotropic_scale, point_dropout)
+        self.transforms = augmentations(rotate, jitter, jitter_clip, scale, anisotropic_scale, point_dropout, frames)
         self.seed = int(seed)
         self.epoch = 0
 

@@ -7,6 +7,7 @@
   of a network takes a prefix of one order, so downsampling uses identical indices for a cloud and its
   rotated copy.
 * :func:`estimate_normals` — PCA normals oriented away from the centroid (O(3)-equivariant).
+* :func:`frame_views` — the six PCA-frame view rotations of :mod:`pcsym.geometry.frames`, batched.
 """
 
 from __future__ import annotations
@@ -185,3 +186,17 @@ def estimate_normals(pos: torch.Tensor, k: int = NORMAL_K) -> torch.Tensor:
     n = torch.from_numpy(_estimate_normals(batch.cpu().numpy(), neighbours=idx.cpu().numpy()))
     n = n.to(pos.device, pos.dtype)
     return n[0] if pos.dim() == 2 else n
+
+
+def frame_views(pos: torch.Tensor) -> torch.Tensor:
+    """The six PCA-frame view rotations (B, 6, 3, 3) of clouds ``pos`` (B, N, 3), as
+    :func:`pcsym.geometry.frames.frame_views` (eigenvectors in float64, returned in ``pos``' dtype)."""
+    x = pos.double() - pos.double().mean(dim=1, keepdim=True)
+    vectors = torch.linalg.eigh(x.transpose(1, 2) @ x / max(x.shape[1], 1))[1]
+    det = torch.linalg.det(vectors)[:, None]
+    views = []
+    for i in range(3):
+        j, k = (i + 1) % 3, (i + 2) % 3
+        for s in (1.0, -1.0):
+            views.append(torch.stack([s * det * vectors[:, :, j], vectors[:, :, k], s * vectors[:, :, i]], dim=1))
+    return torch.stack(views, dim=1).to(pos.dtype)

@@ -6,6 +6,10 @@ Downsampling uses one point *order* per cloud (:func:`pcsym.geometry.graph.sampl
 farthest-point, or random then farthest-point); layer l keeps the first N_l points of it and
 convolves over the k nearest of the previous layer's points. A cloud and its transformed copy
 therefore use identical indices.
+
+A model with ``frames: pca`` (on a group with every rotation about z) sees each cloud through the six views
+of its PCA frame (:mod:`pcsym.geometry.frames`): in evaluation its logits are the mean over the six, which
+makes it invariant to every rotation; in training it learns from one view per shape, drawn by the data.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..geometry.graph import estimate_normals
+from ..errors import PcsymError
+from ..geometry.graph import estimate_normals, frame_views
 from ..geometry.graph import gather, knn, random_order, sampling_order, take
 from .groups import Group, resolve
 from .layers import KERNELS, EquivBatchNorm, FieldNonlinearity, channel_types, channels_for
@@ -164,9 +169,52 @@ class EquivariantClassifier(nn.Module):
     def forward(self, pos: torch.Tensor, normals: torch.Tensor | None = None, order: torch.Tensor | None = None,
                 return_features: bool = False, vote: int = 0, pooled: bool = False):
         """pos (B, N, 3), normals (B, N, 3) or None -> logits (B, classes). ``order``: the sampling
-        order (default :meth:`point_order` of ``vote``); ``pooled``: (logits, pooled features)."""
+        order (default :meth:`point_order` of ``vote``); ``pooled``: (logits, pooled features). A model with
+        ``frames`` averages its logits (and pooled features) over the views of :func:`frame_inputs` in eval
+        mode; in training it takes its input as one view (the training data draws it)."""
+        return frame_average(self, pos, normals, order, return_features, vote, pooled)
+
+    def forward_views(self, pos, normals=None, order=None, return_features: bool = False, vote: int = 0,
+                      pooled: bool = False):
+        """:meth:`forward` without frame averaging: the network on ``pos`` as given."""
         pos, feat, edge_normals = self.prepare(pos, normals, order, vote)
         return self.forward_ordered(pos, feat, return_features, edge_normals, pooled)
+
+
+def frame_inputs(pos: torch.Tensor, normals: torch.Tensor | None, order: torch.Tensor | None):
+    """Every cloud of a batch seen through its six PCA-frame views (pcsym.geometry.frames): points and
+    normals (B x 6, N, 3), the sampling order repeated (the same indices for every view)."""
+    b, n = pos.shape[:2]
+    rot = frame_views(pos)  # (B, V, 3, 3)
+    views = rot.shape[1]
+    pos = torch.einsum("bnj,bvij->bvni", pos, rot).reshape(b * views, n, 3)
+    if normals is not None:
+        normals = torch.einsum("bnj,bvij->bvni", normals, rot.to(normals.dtype)).reshape(b * views, n, 3)
+    if order is not None:
+        order = order.repeat_interleave(views, dim=0)
+    return pos, normals, order, views
+
+
+def frame_average(model, pos, normals, order, return_features: bool, vote: int, pooled: bool):
+    """``model.forward_views`` on the input, or for a model with frames in eval mode the mean of its logits
+    (and pooled features) over the input's PCA-frame views (:func:`frame_inputs`). Per-layer outputs are
+    not invariant view by view: ``return_features`` is refused there (check-equivariance checks the
+    logits of such a model)."""
+    if model.cfg.frames == "none" or model.training:
+        return model.forward_views(pos, normals, order, return_features, vote, pooled)
+    if return_features:
+        raise PcsymError("a model with frames has no per-layer equivariant features to return; check its logits")
+    if normals is None and model.cfg.use_normals:
+        normals = estimate_normals(pos)
+    if order is None:  # one order for all views of a cloud (they are rotations of it: the same FPS)
+        order = model.point_order(pos, vote)
+    b = pos.shape[0]
+    pos, normals, order, views = frame_inputs(pos, normals, order)
+    out = model.forward_views(pos, normals, order, vote=vote, pooled=pooled)
+    if pooled:
+        logits, feats = out
+        return logits.reshape(b, views, -1).mean(1), feats.reshape(b, views, -1).mean(1)
+    return out.reshape(b, views, -1).mean(1)
 
 
 def make_head(invariant_dims: int, head_dims: int, num_classes: int, dropout: float) -> nn.Sequential:

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import PcsymError
-from .classifier import EquivariantClassifier, LayerOutput
+from .classifier import EquivariantClassifier, LayerOutput, frame_average
 
 
 class EnsembleClassifier(nn.Module):
@@ -65,6 +65,11 @@ class EnsembleClassifier(nn.Module):
 
     def forward(self, pos, normals=None, order=None, return_features: bool = False, vote: int = 0,
                 pooled: bool = False):
+        """As :meth:`EquivariantClassifier.forward` (members with frames: averaged over the views)."""
+        return frame_average(self, pos, normals, order, return_features, vote, pooled)
+
+    def forward_views(self, pos, normals=None, order=None, return_features: bool = False, vote: int = 0,
+                      pooled: bool = False):
         pos, feat, edge_normals = self.prepare(pos, normals, order, vote)
         return self.forward_ordered(pos, feat, return_features, edge_normals, pooled)
 

@@ -67,7 +67,7 @@ def make_datasets(data: PointCloudData, tr_idx, va_idx, mcfg: ModelConfig,
     train_ds = PointCloudDataset(
         data, tr_idx, points=mcfg.points, rotate=tcfg.rotate, jitter=tcfg.jitter, jitter_clip=tcfg.jitter_clip,
         scale=tuple(tcfg.scale), anisotropic_scale=tuple(tcfg.anisotropic_range) if tcfg.anisotropic_scale else None,
-        point_dropout=tcfg.point_dropout, resample=True, seed=tcfg.seed)
+        point_dropout=tcfg.point_dropout, resample=True, seed=tcfg.seed, frames=mcfg.frames)
     return train_ds, eval_dataset(data, va_idx, mcfg.points, tcfg.eval_rotate, tcfg.seed)
 
 
