@@ -61,9 +61,13 @@ def knn_torch(query: torch.Tensor, keys: torch.Tensor, k: int, entries: int = KN
     """:func:`knn` in torch (any device), without the compiled kernel: block by block, sorted."""
     b, m, _ = query.shape
     n = keys.shape[1]
-    out = torch.empty(b, m, k, dtype=torch.long, device=query.device)
     kk = (keys * keys).sum(-1)[:, None, :]  # (B, 1, N)
     kt = keys.transpose(1, 2)
+    if torch.jit.is_tracing():  # an export: a graph for any batch size (blocks of clouds would fix the traced one)
+        step = max(1, entries // max(n, 1))
+        return torch.cat([torch.baddbmm(kk, query[:, s:s + step], kt, alpha=-2.0).topk(
+            k, dim=-1, largest=False, sorted=True).indices for s in range(0, m, step)], dim=1)
+    out = torch.empty(b, m, k, dtype=torch.long, device=query.device)
     for clouds, rows in knn_blocks(b, m, n, entries):
         d = torch.baddbmm(kk[clouds], query[clouds, rows], kt[clouds], alpha=-2.0)
         out[clouds, rows] = d.topk(k, dim=-1, largest=False, sorted=True).indices
