@@ -59,7 +59,10 @@ def check_equivariance(
                                n_random=n_random, seed=seed)
         bad = [r for r in rows if r.in_group and r.worst_rel > tol]
         if as_json:
-            typer.echo(json.dumps({"group": net.cfg.group, "kernel": net.cfg.kernel, "tol": tol, "passed": not bad,
+            from ..models.classifier import invariance_group
+
+            typer.echo(json.dumps({"group": net.cfg.group, "kernel": net.cfg.kernel, "frames": net.cfg.frames,
+                                   "checked_group": invariance_group(net.cfg), "tol": tol, "passed": not bad,
                                    "rows": [r.__dict__ | {"worst_rel": r.worst_rel} for r in rows]}, indent=2))
         else:
             _print_check(net.cfg, rows, tol, src)
@@ -91,6 +94,10 @@ def _print_check(cfg, rows, tol, src):
     layer_names = list(layers_of[id(first)].keys()) if first else []
     members = len({n.partition(".")[0] for n in first.layers}) if first and len(layer_names) < len(first.layers) else 0
     what = f"an ensemble of {members} {cfg.group}/{cfg.kernel} models" if members else f"a {cfg.group}/{cfg.kernel} model"
+    if cfg.frames != "none":
+        from ..models.classifier import invariance_group
+
+        what += f" with {cfg.frames} frames (logits invariant to {invariance_group(cfg)})"
     t = table(f"equivariance of {what} on {Path(src).name} (float64; layer columns: relative max error of "
               "ρ_out(g)·f(x) vs f(g·x)" + (", the worst member's)" if members else ")"))
     for col in ("element", "in G"):

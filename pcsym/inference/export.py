@@ -23,6 +23,7 @@ from ..config import ModelConfig, check_choice
 from ..errors import PcsymError
 from ..files import atomic_write_bytes
 from ..geometry.graph import sampling_order, take, vote_order
+from ..models.classifier import frame_inputs
 from ..models.layers import freeze
 from . import runtime
 
@@ -39,7 +40,12 @@ class OrderedNet(nn.Module):
         self.model = model
 
     def forward(self, pos: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_ordered(pos, self.model.input_features(normals, pos), normals=normals)
+        if self.model.cfg.frames == "none":
+            return self.model.forward_ordered(pos, self.model.input_features(normals, pos), normals=normals)
+        # the six views of each cloud, their logits averaged (eigh traced; no sizes as numbers)
+        pos, normals, _, views = frame_inputs(pos, normals, None)
+        logits = self.model.forward_ordered(pos, self.model.input_features(normals, pos), normals=normals)
+        return logits.unflatten(0, (-1, views)).mean(1)
 
 
 def prepare_inputs(pos: torch.Tensor, normals: torch.Tensor, cfg, vote: int = 0):
@@ -95,6 +101,9 @@ def export_model(model, path: str | Path, fmt: str = "torchscript", unknown_thre
         torch.jit.save(traced, buf, _extra_files={META_NAME: json.dumps(meta)})
         atomic_write_bytes(path, buf.getvalue())
     elif fmt == "onnx":
+        if model.cfg.frames != "none":
+            raise PcsymError(f"a model with {model.cfg.frames} frames exports to torchscript or numpy, not ONNX "
+                             "(ONNX has no eigendecomposition for the frames)")
         try:
             import onnx  # noqa: F401
         except ImportError:

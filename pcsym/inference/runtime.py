@@ -19,6 +19,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import PcsymError
+from ..geometry.frames import frame_views
 from ..geometry.numpy_graph import gather, knn, sampling_order
 
 FORMAT = "pcsym-numpy-export"
@@ -188,11 +189,15 @@ class NumpyClassifier:
         if pos.ndim != 3 or pos.shape[1:] != (self.cfg.points, 3) or normals.shape != pos.shape:
             raise PcsymError(f"the numpy export takes (B, {self.cfg.points}, 3) points and normals, "
                              f"got {pos.shape} and {normals.shape}")
+        order = sampling_order(pos, self.cfg.sampling, self.a["sizes"], orders[vote])[..., None]
+        pos, normals = (np.take_along_axis(x, order, axis=1) for x in (pos, normals))
+        b = len(pos)
+        if self.cfg.frames != "none":  # pcsym.models.classifier.frame_average: every cloud in its six views
+            rot = frame_views(pos)  # the covariance ignores the points' order
+            pos, normals = (np.einsum("bnj,bvij->bvni", x, rot).reshape(-1, *x.shape[1:]) for x in (pos, normals))
         feats = [pos - pos.mean(1, keepdims=True)] if self.cfg.use_positions else []
         feats += [normals] if self.cfg.normal_field else []
         feat = np.concatenate(feats + [np.ones_like(pos[..., :1])], axis=-1)
-        order = sampling_order(pos, self.cfg.sampling, self.a["sizes"], orders[vote])[..., None]
-        pos, feat, normals = (np.take_along_axis(x, order, axis=1) for x in (pos, feat, normals))
         for i, (n, residual) in enumerate(self.cfg.block_points()):
             pos, out = self._block(i, pos, feat, n, normals)
             feat = feat + out if residual else out
@@ -200,6 +205,8 @@ class NumpyClassifier:
         features = np.concatenate([feat.max(1), feat.mean(1)], axis=-1)
         x = elu(self._linear(features, "head.0") * self.a["head.bn.scale"] + self.a["head.bn.shift"])
         logits = self._linear(x, "head.1")
+        if len(logits) != b:  # the views' mean
+            logits, features = (y.reshape(b, -1, y.shape[-1]).mean(1) for y in (logits, features))
         return (logits, features) if pooled else logits
 
     __call__ = logits

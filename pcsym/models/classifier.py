@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,7 +25,7 @@ from ..config import ModelConfig
 from ..errors import PcsymError
 from ..geometry.graph import estimate_normals, frame_views
 from ..geometry.graph import gather, knn, random_order, sampling_order, take
-from .groups import Group, resolve
+from .groups import Group, get_group, resolve
 from .layers import KERNELS, EquivBatchNorm, FieldNonlinearity, channel_types, channels_for
 
 
@@ -181,15 +182,24 @@ class EquivariantClassifier(nn.Module):
         return self.forward_ordered(pos, feat, return_features, edge_normals, pooled)
 
 
+def invariance_group(cfg: ModelConfig) -> str:
+    """The group a model of ``cfg`` is invariant to: its own, or with frames every rotation (so3), and every
+    reflection too (o3) where its group holds one (o2's mirrors, the inversion of so2xinv)."""
+    if cfg.frames == "none":
+        return cfg.group
+    group = get_group(cfg.group)
+    improper = group.contains(np.diag([-1.0, 1.0, 1.0])) or group.contains(-np.eye(3))
+    return "o3" if improper else "so3"
+
+
 def frame_inputs(pos: torch.Tensor, normals: torch.Tensor | None, order: torch.Tensor | None):
     """Every cloud of a batch seen through its six PCA-frame views (pcsym.geometry.frames): points and
     normals (B x 6, N, 3), the sampling order repeated (the same indices for every view)."""
-    b, n = pos.shape[:2]
     rot = frame_views(pos)  # (B, V, 3, 3)
     views = rot.shape[1]
-    pos = torch.einsum("bnj,bvij->bvni", pos, rot).reshape(b * views, n, 3)
+    pos = torch.einsum("bnj,bvij->bvni", pos, rot).flatten(0, 1)  # no sizes as numbers: traceable
     if normals is not None:
-        normals = torch.einsum("bnj,bvij->bvni", normals, rot.to(normals.dtype)).reshape(b * views, n, 3)
+        normals = torch.einsum("bnj,bvij->bvni", normals, rot.to(normals.dtype)).flatten(0, 1)
     if order is not None:
         order = order.repeat_interleave(views, dim=0)
     return pos, normals, order, views

@@ -12,7 +12,7 @@ from .. import seeds
 from ..config import ModelConfig
 from ..data.meshes import load_cloud
 from .checkpoint import load_model
-from .classifier import build_model
+from .classifier import build_model, invariance_group
 from .groups import get_group, gspace
 from .layers import direct_sum_matrix
 
@@ -109,15 +109,20 @@ def check_model(model, pos: torch.Tensor, normals: torch.Tensor, n_random: int =
     """Run the check on one cloud (N, 3) + normals (N, 3). The model is evaluated in ``dtype``
     (float64 by default, which makes kNN ties from rounding practically impossible)."""
     model = model.to(dtype).eval()
-    name = model.cfg.group
+    # a model with frames: invariance of its logits to the group its views make (per-view layers are not
+    # equivariant, so no layer columns)
+    frames = model.cfg.frames != "none"
+    name = invariance_group(model.cfg)
     gs = gspace(name)
     pos, normals = pos[None].to(dtype), normals[None].to(dtype)
     order = model.point_order(pos)  # identical indices for every transformed copy
-    base, feats = model(pos, normals, order=order, return_features=True)
+    base, feats = (model(pos, normals, order=order), []) if frames else \
+        model(pos, normals, order=order, return_features=True)
     rows = []
     for label, g in group_elements(name, n_random, seed):
         M = np.asarray(gs.basespace_action(g))
-        out, feats_g = model(*_transform(pos, normals, M), order=order, return_features=True)
+        out, feats_g = (model(*_transform(pos, normals, M), order=order), []) if frames else \
+            model(*_transform(pos, normals, M), order=order, return_features=True)
         a, r = _rel(out, base)
         layers = {}
         for lo, lg in zip(feats, feats_g):
