@@ -245,7 +245,8 @@ def model_notes(cfg: ModelConfig) -> list[str]:
     and o3 a harmonic of degree l is an irrep of degree l, and the kernel MLP's hidden fields stop at the band
     limit, so an ``lmax`` raised above both the default and the band limit feeds degrees no weight can read
     (the model is the same, parameter for parameter). Under O(2) or a finite group a higher degree splits into
-    frequencies the hidden fields have, so it is no note there."""
+    frequencies the hidden fields have, so it is no note there. PCA frames on a group already invariant to
+    every rotation only multiply its cost."""
     from .models.groups import get_group  # the group table, without escnn
 
     spec = get_group(cfg.group)
@@ -254,6 +255,9 @@ def model_notes(cfg: ModelConfig) -> list[str]:
     if cfg.kernel == "implicit" and spec.name in ("so3", "o3") and cfg.lmax > max(band, ModelConfig.lmax):
         notes.append(f"lmax {cfg.lmax} adds nothing under {spec.name} at max-freq {band}: harmonics above degree "
                      f"{band} reach no hidden field of the kernel MLP (raise --max-freq to use them)")
+    if cfg.frames != "none" and spec.name in ("so3", "o3"):
+        notes.append(f"frames '{cfg.frames}' add nothing under {spec.name}, already invariant to every rotation, "
+                     "at six passes per prediction (they are for so2, o2 and the other groups about z)")
     return notes
 
 

@@ -163,3 +163,30 @@ def test_train_with_frames_writes_a_model_that_checks_as_o3_invariant(sample_dat
     assert not (tmp_path / "bad" / "last.pt").exists() and "Traceback" not in r.output
     assert r.output.strip().splitlines()[-1].endswith(
         "frames 'pca' need a group with every rotation about z (so2, o2, so2xinv, o2xinv, so3, o3), not c4")
+
+
+def test_an_ensemble_of_frame_models_averages_views_and_members_and_exports(tmp_path):
+    from pcsym.inference.export import export_model
+    from pcsym.inference.runtime import NumpyClassifier
+    from pcsym.models.ensemble import EnsembleClassifier
+
+    torch.manual_seed(0)
+    ens = EnsembleClassifier(ModelConfig(group="o2", frames="pca", **SMALL), 2).eval()
+    p, n = (x[None].float() for x in _cloud(seed=4))
+    R = torch.tensor(Rotation.random(random_state=5).as_matrix(), dtype=torch.float32)
+    with torch.no_grad():
+        want = ens(p, n)
+        members = torch.stack([m(p, n) for m in ens.members]).mean(0)
+        assert (want - members).abs().max() < 1e-5
+        assert (ens(p @ R.T, n @ R.T) - want).abs().max() < 1e-3 * max(1.0, float(want.abs().max()))
+    got = NumpyClassifier(export_model(ens, tmp_path / "e.npz", "numpy"))(p.numpy(), n.numpy())
+    assert np.abs(got - want.numpy()).max() < 1e-5 * max(1.0, float(want.abs().max()))
+
+
+def test_frames_on_a_group_already_invariant_to_every_rotation_is_a_note():
+    from pcsym.config import model_notes
+
+    assert model_notes(ModelConfig(group="so3", frames="pca")) == [
+        "frames 'pca' add nothing under so3, already invariant to every rotation, at six passes per prediction "
+        "(they are for so2, o2 and the other groups about z)"]
+    assert model_notes(ModelConfig(group="o2", frames="pca")) == []
