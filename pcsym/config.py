@@ -37,7 +37,7 @@ SELECT_METRICS = ("macc", "oa", "last")
 #: normals n_i, n_j themselves as vector fields (the kernel may then turn with the surface, not only with d), or
 #: |n_i.n_j|, |n_i.d|, |n_j.d| and their product, blind to the normals' signs (then no normal input field either)
 EDGE_FEATURES = ("none", "ppf", "ppf+normals", "ppf-unsigned")
-#: PCA frame averaging (see pcsym.geometry.frames, which imports this tuple)
+#: PCA frame averaging: none, or the six views of pcsym.geometry.frames
 FRAMES = ("none", "pca")
 _Z_TURN = ((0.7648421872844885, -0.644217687237691, 0.0), (0.644217687237691, 0.7648421872844885, 0.0),
            (0.0, 0.0, 1.0))  # a rotation about z by 0.7 rad, which no finite group of pcsym contains
