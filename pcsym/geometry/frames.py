@@ -18,18 +18,19 @@ import numpy as np
 
 #: views of one cloud: 3 principal axes x 2 signs
 FRAME_VIEWS = 6
+#: the rotation of view v, row by row: eigenvector VIEW_ROWS[v][r] (columns of V) times VIEW_SIGNS[v][r], the
+#: first row also times det V, i.e. (s·det·v_j, v_k, s·v_i) for axis i, its cyclic successors j, k, and sign s;
+#: the one table both frame_views (numpy here, torch in pcsym.geometry.graph) read
+VIEW_ROWS = tuple(((i + 1) % 3, (i + 2) % 3, i) for i in range(3) for _ in (1.0, -1.0))
+VIEW_SIGNS = tuple((s, 1.0, s) for _ in range(3) for s in (1.0, -1.0))
 
 
 def view_rotations(vectors: np.ndarray) -> np.ndarray:
     """The six view rotations (..., 6, 3, 3) of eigenvector matrices ``vectors`` (..., 3, 3) (columns
     v_0, v_1, v_2): row-wise (a·v_j, v_k, s·v_i) for i = 0, 1, 2 and s = +1, -1 (see the module)."""
-    det = np.linalg.det(vectors)[..., None]
-    views = []
-    for i in range(3):
-        j, k = (i + 1) % 3, (i + 2) % 3
-        for s in (1.0, -1.0):
-            views.append(np.stack([s * det * vectors[..., :, j], vectors[..., :, k], s * vectors[..., :, i]], axis=-2))
-    return np.stack(views, axis=-3)
+    det = np.linalg.det(vectors)
+    scale = np.asarray(VIEW_SIGNS) * np.stack([det, np.ones_like(det), np.ones_like(det)], -1)[..., None, :]
+    return np.swapaxes(vectors, -1, -2)[..., VIEW_ROWS, :] * scale[..., None]
 
 
 def principal_axes(points: np.ndarray) -> np.ndarray:

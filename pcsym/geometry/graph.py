@@ -16,6 +16,7 @@ import torch
 
 from ..seeds import derive
 from . import native
+from .frames import VIEW_ROWS, VIEW_SIGNS
 from .numpy_graph import KNN_BLOCK_ENTRIES, NORMAL_K
 from .numpy_graph import estimate_normals as _estimate_normals
 
@@ -194,13 +195,12 @@ def estimate_normals(pos: torch.Tensor, k: int = NORMAL_K) -> torch.Tensor:
 
 def frame_views(pos: torch.Tensor) -> torch.Tensor:
     """The six PCA-frame view rotations (B, 6, 3, 3) of clouds ``pos`` (B, N, 3), as
-    :func:`pcsym.geometry.frames.frame_views` (eigenvectors in float64, returned in ``pos``' dtype)."""
+    :func:`pcsym.geometry.frames.frame_views` from its tables (eigenvectors in float64, returned in ``pos``' dtype)."""
     x = pos.double() - pos.double().mean(dim=1, keepdim=True)
     vectors = torch.linalg.eigh(x.transpose(1, 2) @ x / max(x.shape[1], 1))[1]
-    det = torch.linalg.det(vectors)[:, None]
-    views = []
-    for i in range(3):
-        j, k = (i + 1) % 3, (i + 2) % 3
-        for s in (1.0, -1.0):
-            views.append(torch.stack([s * det * vectors[:, :, j], vectors[:, :, k], s * vectors[:, :, i]], dim=1))
-    return torch.stack(views, dim=1).to(pos.dtype)
+    det = torch.linalg.det(vectors)
+    ones = torch.ones_like(det)
+    signs = torch.tensor(VIEW_SIGNS, dtype=det.dtype, device=det.device)  # (6, 3)
+    scale = signs * torch.stack([det, ones, ones], -1)[:, None, :]  # (B, 6, 3): the first row also times det V
+    rows = vectors.transpose(1, 2)[:, torch.tensor(VIEW_ROWS, device=det.device)]  # (B, 6, 3, 3)
+    return (rows * scale[..., None]).to(pos.dtype)

@@ -116,13 +116,15 @@ def check_model(model, pos: torch.Tensor, normals: torch.Tensor, n_random: int =
     gs = gspace(name)
     pos, normals = pos[None].to(dtype), normals[None].to(dtype)
     order = model.point_order(pos)  # identical indices for every transformed copy
-    base, feats = (model(pos, normals, order=order), []) if frames else \
-        model(pos, normals, order=order, return_features=True)
+
+    def outputs(p, n):  # (logits, layer outputs)
+        return (model(p, n, order=order), []) if frames else model(p, n, order=order, return_features=True)
+
+    base, feats = outputs(pos, normals)
     rows = []
     for label, g in group_elements(name, n_random, seed):
         M = np.asarray(gs.basespace_action(g))
-        out, feats_g = (model(*_transform(pos, normals, M), order=order), []) if frames else \
-            model(*_transform(pos, normals, M), order=order, return_features=True)
+        out, feats_g = outputs(*_transform(pos, normals, M))
         a, r = _rel(out, base)
         layers = {}
         for lo, lg in zip(feats, feats_g):
