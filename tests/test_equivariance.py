@@ -142,6 +142,35 @@ def _assert_numpy_export_gives_its_logits(model, path, cfg):
     assert np.abs(ref).max() > 1e-3  # not a degenerate all-zero comparison
 
 
+@pytest.mark.parametrize("sampling", ["random", "random-fps"])
+def test_a_clouds_prediction_does_not_depend_on_its_batch(sampling, tmp_path):
+    """Eval mode draws one seeded downsampling order for every cloud of a batch, so a cloud's logits are
+    the same alone, at any batch position, under any ``--batch-size``, and equal the numpy export's (which
+    holds that order) for every row, not only the first. Once each row drew its own order: ``evaluate``'s
+    figures moved with ``--batch-size`` although its help said they did not."""
+    from pcsym.inference.export import export_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(group="o2", points=256, widths=(16, 24), strides=(2, 4), invariant_dims=16,
+                      sampling=sampling, class_names=[str(i) for i in range(5)])
+    model = build_model(cfg).eval()
+    p, n = (torch.stack(xs).float() for xs in zip(*(_cloud(seed=s) for s in range(4))))
+    with torch.no_grad():
+        batch = model(p, n)
+        alone = torch.cat([model(p[i:i + 1], n[i:i + 1]) for i in range(4)])
+        flipped = model(p.flip(0), n.flip(0)).flip(0)
+        voted = model(p, n, vote=3)
+        voted_alone = torch.cat([model(p[i:i + 1], n[i:i + 1], vote=3) for i in range(4)])
+    scale = float(batch.abs().max())
+    assert scale > 1e-3
+    for other in (alone, flipped):
+        assert (other - batch).abs().max() < 1e-5 * scale
+    assert (voted - voted_alone).abs().max() < 1e-5 * scale
+    assert (voted - batch).abs().max() > 1e-4 * scale  # vote 3 really is another downsampling
+    net = NumpyClassifier(export_model(model, tmp_path / "m.npz", "numpy"))
+    assert np.abs(net(p.numpy(), n.numpy()) - batch.numpy()).max() < 1e-5 * scale
+
+
 @pytest.mark.parametrize("name", ["so3", "m"])
 def test_basis_kernel_model_is_invariant(name):
     torch.manual_seed(0)

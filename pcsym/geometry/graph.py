@@ -91,10 +91,12 @@ EVAL_ORDER_SEED = derive("vote", 0)  # eval mode's order is test-time vote 0's
 
 
 def eval_order(b: int, n: int, device=None, seed: int = EVAL_ORDER_SEED) -> torch.Tensor:
-    """The seeded random order used in eval mode (deterministic predictions; same for exports).
-    Other seeds give the other downsamplings that test-time voting averages over."""
+    """The seeded random order used in eval mode (deterministic predictions; same for exports), one
+    order for every cloud of the batch: a cloud's prediction does not depend on its batch position or
+    the batch size, and equals the exports' (which hold this order for one cloud). Other seeds give
+    the other downsamplings that test-time voting averages over."""
     gen = torch.Generator(device=device).manual_seed(seed)
-    return random_order(b, n, generator=gen, device=device)
+    return random_order(1, n, generator=gen, device=device).repeat(b, 1)
 
 
 def vote_order(vote: int, b: int, n: int, device=None) -> torch.Tensor:
