@@ -120,6 +120,48 @@ def test_older_detectors_still_run(run_dir, tmp_path):
     assert res["unknown_score"] == "max-probability" and res["threshold"] == round(raw["unknown_threshold"], 4)
 
 
+def test_evaluate_reports_the_models_own_detector_on_the_shapes(run_dir, tmp_path):
+    """evaluate gives the detector classify uses (score, threshold) and the share of the evaluated shapes it
+    flags: on the validation shapes its threshold was calibrated on, the 5% it was set to give up."""
+    from pcsym.data.datasets import load_dataset
+    from pcsym.data.splits import run_split
+    from pcsym.data.transforms import eval_dataset
+    from pcsym.inference.runtime import energy
+    from pcsym.models.checkpoint import load_model, train_config_of
+    from pcsym.training.unknown import logits_of
+
+    model, ckpt = load_model(run_dir / "best.pt")
+    run = train_config_of(ckpt)
+    data = load_dataset(run.data, points=model.cfg.points)
+    val_idx = run_split(data, "val", run)
+    scores = energy(logits_of(model, eval_dataset(data, val_idx, model.cfg.points, run.eval_rotate, run.seed)))
+    threshold = ckpt["unknown"]["threshold"]
+
+    def evaluate(model_file, *flags):
+        r = runner.invoke(app, ["evaluate", str(model_file), "--data", str(run.data), "--split", "val",
+                                "--rotate", run.eval_rotate, *flags])
+        assert r.exit_code == 0, r.output
+        return r
+
+    unk = json.loads(evaluate(run_dir / "best.pt", "--json").stdout)["unknown"]
+    assert unk["score"] == "energy" and unk["threshold"] == round(threshold, 4)
+    assert abs(unk["flagged"] - (scores < threshold).mean()) <= 1.0 / len(val_idx) + 1e-9
+    assert abs(unk["flagged"] - 0.05) <= 1.0 / len(val_idx) + 1e-9
+    assert unk["mean_score"] == pytest.approx(scores.mean(), abs=1e-3)
+    assert f'"unknown" {unk["flagged"]:.1%} of these shapes' in evaluate(run_dir / "best.pt").stdout
+
+    raw = torch.load(run_dir / "best.pt", weights_only=True)
+    del raw["unknown"]  # before the energy detector: classify falls back to the max probability
+    torch.save(raw, tmp_path / "old.pt")
+    unk = json.loads(evaluate(tmp_path / "old.pt", "--json").stdout)["unknown"]
+    assert unk["score"] == "max-probability" and unk["threshold"] == round(raw["unknown_threshold"], 4)
+    assert abs(unk["flagged"] - 0.05) <= 1.0 / len(val_idx) + 1e-9  # calibrated on the same shapes in training
+    del raw["unknown_threshold"]  # no detector at all
+    torch.save(raw, tmp_path / "none.pt")
+    assert json.loads(evaluate(tmp_path / "none.pt", "--json").stdout)["unknown"] is None
+    assert '"unknown"' not in evaluate(tmp_path / "none.pt").stdout
+
+
 def _classify_teapot_and_bed(model: str = "so3"):
     r = runner.invoke(app, ["classify", str(SAMPLE / "meshes" / "teapot.stl"), str(SAMPLE / "meshes" / "bed_0001.off"),
                             "--json", "--model", model])

@@ -101,6 +101,10 @@ def _print_eval(m: dict):
     con.print(f"[bold]overall accuracy[/] {m['overall_accuracy']:.4f}   [bold]mean class accuracy[/] "
               f"{m['mean_class_accuracy']:.4f}{prior}   (n={m['n']}, split={m['split']}, rotate={m['rotate']}, "
               f"votes={m['votes']}, sampling={m['sampling']}{seed})")
+    unk = m.get("unknown")
+    if unk and unk.get("flagged") is not None:
+        con.print(f"[bold]\"unknown\"[/] {unk['flagged']:.1%} of these shapes (what classify flags: "
+                  f"{unk['score']} score below {unk['threshold']:g})")
     if m.get("model_classes"):
         con.print(f"scored on the data's {len(m['class_names'])} classes, matched by name: each shape's answer is the "
                   f"likeliest of them (the model knows {m['model_classes']})")

@@ -45,22 +45,28 @@ def vote_base(eval_seed: int | None) -> int:
 
 
 @torch.no_grad()
-def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, first_order: int = 0):
+def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, first_order: int = 0,
+            energies: bool = False):
     """Class probabilities averaged over ``votes`` copies: copy v uses the dataset's augmentation of
     epoch v and, for randomly downsampling models, the seeded downsampling order ``first_order + v``.
     Models without a pcsym config (the benchmarks' peers) are called as ``model(pos, normals)``. On
     CPU, batches run concurrently on torch's threads, one each (:func:`batch_workers`); every batch's
-    result is the same."""
+    result is the same. Returns ``(probabilities, labels)``, with ``energies`` also each shape's energy
+    "unknown" score averaged over the votes, as ``classify`` computes it: from all the model's logits, also
+    where ``model`` is a view of some of its classes (:func:`restrict_to_classes`)."""
     model.eval()
     has_votes = getattr(getattr(model, "cfg", None), "sampling", None) is not None
+    subset = isinstance(model, _ClassSubset)
 
     def probabilities(pos, nrm, v):
         with torch.no_grad():  # grad mode is per thread
-            logits = model(pos, nrm, vote=v) if has_votes else model(pos, nrm)
-        return torch.softmax(logits.float(), dim=-1).cpu()
+            net = model.inner if subset else model
+            full = net(pos, nrm, vote=v) if has_votes else net(pos, nrm)
+            logits = full.index_select(-1, model.index) if subset else full
+            score = torch.logsumexp(full.double(), dim=-1).cpu() if energies else None
+        return torch.softmax(logits.float(), dim=-1).cpu(), score
 
-    total = None
-    labels = None
+    total = energy = labels = None
     with batch_workers(torch.get_num_threads() if torch.device(device).type == "cpu" else 1) as submit:
         for v in range(max(1, votes)):
             ds.set_epoch(v)
@@ -68,10 +74,17 @@ def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, first
             for pos, nrm, y in make_loader(ds, batch_size, False, 0, v, 0):
                 outs.append(submit(probabilities, pos.to(device), nrm.to(device), first_order + v))
                 ys.append(y)
-            probs = torch.cat([o.result() for o in outs])
+            results = [o.result() for o in outs]
+            probs = torch.cat([p for p, _ in results])
             total = probs if total is None else total + probs
+            if energies:
+                e = torch.cat([s for _, s in results])
+                energy = e if energy is None else energy + e
             labels = torch.cat(ys)
-    return total / max(1, votes), labels
+    n = max(1, votes)
+    if energies:
+        return total / n, labels, energy / n
+    return total / n, labels
 
 
 class _Done:
@@ -185,7 +198,8 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     ``seed`` (``evaluate --seed N``): draw the evaluation pass with this seed — each shape's points, its
     rotation and the downsampling orders (:func:`pcsym.data.transforms.eval_dataset`, :func:`vote_base`);
     None: the one fixed pass of validation, the benchmarks and the README's figures. ``logits``: also
-    return each shape's class probabilities (``probabilities``, averaged over the votes).
+    return each shape's class probabilities (``probabilities``, averaged over the votes). ``unknown``: the
+    model's "unknown" detector on these shapes (:func:`unknown_summary`).
     ``val``/``train`` are the run's own split: its seed and validation fraction come from the
     checkpoint (the defaults, seed 0 and 0.2, for checkpoints that predate storing them)."""
     check_choice(rotate, ROTATIONS, "--rotate")
@@ -208,14 +222,11 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
         ds_all, idx = with_estimated_normals(ds_all, cfg.estimated_normals, run.seed, rows=idx), np.arange(len(idx))
     ds = eval_dataset(ds_all, idx, cfg.points, rotate, run.seed, seed)
     weights = None if prior is None else read_prior(prior, model.cfg.class_names)
+    probs, labels, energies = predict(model, ds, batch_size, device, votes, vote_base(seed), energies=True)
+    m = metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), model.cfg.class_names, weights)
+    m["unknown"] = unknown_summary(ckpt, probs.numpy(), energies.numpy())
     if logits:
-        probs, labels = predict(model, ds, batch_size, device, votes, vote_base(seed))
-        m = metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), model.cfg.class_names, weights)
-        m["unknown_threshold"] = unknown_threshold(probs.numpy())
         m["probabilities"] = probs.numpy().round(6).tolist()
-    else:
-        m = evaluate_model(model, ds, batch_size=batch_size, device=device, votes=votes, prior=weights,
-                           first_order=vote_base(seed))
     m.update({"checkpoint": str(checkpoint), "model": model_name(checkpoint), "group": cfg.group,
               "data": str(data), "rotate": rotate, "split": split, "votes": votes, "sampling": cfg.sampling,
               "seed": seed, "split_seed": run.seed, "val_fraction": run.val_fraction,
@@ -226,6 +237,28 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     if model_classes:
         m["model_classes"] = model_classes
     return m
+
+
+def unknown_summary(ckpt: dict, probs: np.ndarray, energies: np.ndarray) -> dict | None:
+    """The checkpoint's own "unknown" detector on the evaluated shapes, as ``classify`` applies it: its score,
+    threshold, the share of the shapes it would call "unknown" (score below the threshold) and their mean
+    score. On in-class shapes the share is the detector's false-alarm rate on this data (about 5% on the
+    shapes it was calibrated on). None for a model without a detector; ``flagged`` None for the
+    neighbour-similarity detector of the first ModelNet10 models (it needs pooled features, not logits)."""
+    det = ckpt.get("unknown")
+    if det is not None and det.get("score") == "energy":
+        name, threshold, scores = "energy", float(det["threshold"]), np.asarray(energies, dtype=np.float64)
+    elif det is not None:
+        return {"score": str(det.get("score")), "threshold": round(float(det["threshold"]), 4), "flagged": None,
+                "mean_score": None}
+    elif ckpt.get("unknown_threshold") is not None:
+        name, threshold = "max-probability", float(ckpt["unknown_threshold"])
+        scores = np.asarray(probs, dtype=np.float64).max(axis=1)
+    else:
+        return None
+    return {"score": name, "threshold": round(threshold, 4),
+            "flagged": float((scores < threshold).mean()) if len(scores) else 0.0,
+            "mean_score": round(float(scores.mean()), 4) if len(scores) else None}
 
 
 class _ClassSubset(torch.nn.Module):
