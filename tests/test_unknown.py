@@ -162,6 +162,32 @@ def test_evaluate_reports_the_models_own_detector_on_the_shapes(run_dir, tmp_pat
     assert '"unknown"' not in evaluate(tmp_path / "none.pt").stdout
 
 
+def test_evaluate_scores_unknown_from_all_the_models_classes(run_dir):
+    """Scored on some of its classes (a dataset holding only those), a model's answers are the likeliest of
+    them, but classify would read its energy from all its logits: evaluate's "unknown" reads the same."""
+    from pcsym.data.datasets import load_dataset
+    from pcsym.data.splits import run_split
+    from pcsym.data.transforms import eval_dataset
+    from pcsym.inference.runtime import energy
+    from pcsym.models.checkpoint import load_model, train_config_of
+    from pcsym.training.evaluate import predict, restrict_to_classes
+    from pcsym.training.unknown import logits_of
+
+    model, ckpt = load_model(run_dir / "best.pt")
+    run = train_config_of(ckpt)
+    data = load_dataset(run.data, points=model.cfg.points)
+    ds = eval_dataset(data, run_split(data, "val", run), model.cfg.points, run.eval_rotate, run.seed)
+    full = logits_of(model, ds)
+    keep = list(model.cfg.class_names[1::2])
+    view, known = restrict_to_classes(model, keep)
+    assert known == len(model.cfg.class_names)
+    probs, _, energies = predict(view, ds, energies=True)
+    np.testing.assert_allclose(energies.numpy(), energy(full), atol=1e-4)
+    cols = [model.cfg.class_names.index(n) for n in keep]
+    np.testing.assert_allclose(probs.numpy(), torch.softmax(torch.as_tensor(full[:, cols]), 1).numpy(), atol=1e-5)
+    assert np.abs(energy(full[:, cols]) - energies.numpy()).max() > 1e-3  # the subset's own would differ
+
+
 def _classify_teapot_and_bed(model: str = "so3"):
     r = runner.invoke(app, ["classify", str(SAMPLE / "meshes" / "teapot.stl"), str(SAMPLE / "meshes" / "bed_0001.off"),
                             "--json", "--model", model])
