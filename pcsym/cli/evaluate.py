@@ -57,7 +57,8 @@ def evaluate(
     _quiet: bool = quiet_option(),
     _debug: bool = debug_option(),
 ):
-    """Overall / mean-class (/ prior-weighted) accuracy, per-class table and confusion matrix."""
+    """Overall / mean-class (/ prior-weighted) accuracy, per-class table, confusion matrix, and the share of
+    the shapes the model's "unknown" detector flags."""
 
     def body():
         from ..models.checkpoint import resolve_checkpoint
