@@ -33,6 +33,20 @@ def run_dir(tmp_path_factory, sample_dataset):
     return out
 
 
+def _validation_of(run_dir):
+    """(model, checkpoint, train config, the run's validation clouds as it calibrated on them, their count)."""
+    from pcsym.data.datasets import load_dataset
+    from pcsym.data.splits import run_split
+    from pcsym.data.transforms import eval_dataset
+    from pcsym.models.checkpoint import load_model, train_config_of
+
+    model, ckpt = load_model(run_dir / "best.pt")
+    run = train_config_of(ckpt)
+    data = load_dataset(run.data, points=model.cfg.points)
+    val_idx = run_split(data, "val", run)
+    return model, ckpt, run, eval_dataset(data, val_idx, model.cfg.points, run.eval_rotate, run.seed), len(val_idx)
+
+
 def test_neighbour_similarity_is_the_kth_largest_cosine():
     from pcsym.inference.runtime import neighbour_similarity
 
@@ -55,24 +69,17 @@ def test_energy_is_the_log_sum_exp_of_the_logits():
 
 
 def test_training_stores_the_energy_detector_and_every_export_carries_it(run_dir, tmp_path):
-    from pcsym.data.datasets import load_dataset
-    from pcsym.data.splits import run_split
-    from pcsym.data.transforms import eval_dataset
     from pcsym.inference.runtime import energy
-    from pcsym.models.checkpoint import load_model, train_config_of
     from pcsym.training.unknown import logits_of
 
     best = torch.load(run_dir / "best.pt", weights_only=True)
     assert 0.0 < best["unknown_threshold"] <= 1.0
     unk = best["unknown"]
     assert unk["score"] == "energy" and "bank" not in unk and unk["keep"] == 0.95
-    model, ckpt = load_model(run_dir / "best.pt")
-    run = train_config_of(ckpt)
-    data = load_dataset(run.data, points=model.cfg.points)
-    val_idx = run_split(data, "val", run)
+    model, _, _, val, n_val = _validation_of(run_dir)
     # the threshold keeps 95% of the run's own validation shapes
-    scores = energy(logits_of(model, eval_dataset(data, val_idx, model.cfg.points, run.eval_rotate, run.seed)))
-    assert abs((scores >= unk["threshold"]).mean() - 0.95) <= 1.0 / len(val_idx) + 1e-9
+    scores = energy(logits_of(model, val))
+    assert abs((scores >= unk["threshold"]).mean() - 0.95) <= 1.0 / n_val + 1e-9
 
     for fmt, suffix in (("numpy", ".npz"), ("torchscript", ".ts")):
         r = runner.invoke(app, ["export", str(run_dir / "best.pt"), "--format", fmt, "--out", str(tmp_path / ("m" + suffix))])
@@ -123,18 +130,11 @@ def test_older_detectors_still_run(run_dir, tmp_path):
 def test_evaluate_reports_the_models_own_detector_on_the_shapes(run_dir, tmp_path):
     """evaluate gives the detector classify uses (score, threshold) and the share of the evaluated shapes it
     flags: on the validation shapes its threshold was calibrated on, the 5% it was set to give up."""
-    from pcsym.data.datasets import load_dataset
-    from pcsym.data.splits import run_split
-    from pcsym.data.transforms import eval_dataset
     from pcsym.inference.runtime import energy
-    from pcsym.models.checkpoint import load_model, train_config_of
     from pcsym.training.unknown import logits_of
 
-    model, ckpt = load_model(run_dir / "best.pt")
-    run = train_config_of(ckpt)
-    data = load_dataset(run.data, points=model.cfg.points)
-    val_idx = run_split(data, "val", run)
-    scores = energy(logits_of(model, eval_dataset(data, val_idx, model.cfg.points, run.eval_rotate, run.seed)))
+    model, ckpt, run, val, n_val = _validation_of(run_dir)
+    scores = energy(logits_of(model, val))
     threshold = ckpt["unknown"]["threshold"]
 
     def evaluate(model_file, *flags):
@@ -145,8 +145,8 @@ def test_evaluate_reports_the_models_own_detector_on_the_shapes(run_dir, tmp_pat
 
     unk = json.loads(evaluate(run_dir / "best.pt", "--json").stdout)["unknown"]
     assert unk["score"] == "energy" and unk["threshold"] == round(threshold, 4)
-    assert abs(unk["flagged"] - (scores < threshold).mean()) <= 1.0 / len(val_idx) + 1e-9
-    assert abs(unk["flagged"] - 0.05) <= 1.0 / len(val_idx) + 1e-9
+    assert abs(unk["flagged"] - (scores < threshold).mean()) <= 1.0 / n_val + 1e-9
+    assert abs(unk["flagged"] - 0.05) <= 1.0 / n_val + 1e-9
     assert unk["mean_score"] == pytest.approx(scores.mean(), abs=1e-3)
     assert f'"unknown" {unk["flagged"]:.1%} of these shapes' in evaluate(run_dir / "best.pt").stdout
 
@@ -155,7 +155,7 @@ def test_evaluate_reports_the_models_own_detector_on_the_shapes(run_dir, tmp_pat
     torch.save(raw, tmp_path / "old.pt")
     unk = json.loads(evaluate(tmp_path / "old.pt", "--json").stdout)["unknown"]
     assert unk["score"] == "max-probability" and unk["threshold"] == round(raw["unknown_threshold"], 4)
-    assert abs(unk["flagged"] - 0.05) <= 1.0 / len(val_idx) + 1e-9  # calibrated on the same shapes in training
+    assert abs(unk["flagged"] - 0.05) <= 1.0 / n_val + 1e-9  # calibrated on the same shapes in training
     del raw["unknown_threshold"]  # no detector at all
     torch.save(raw, tmp_path / "none.pt")
     assert json.loads(evaluate(tmp_path / "none.pt", "--json").stdout)["unknown"] is None
@@ -165,27 +165,20 @@ def test_evaluate_reports_the_models_own_detector_on_the_shapes(run_dir, tmp_pat
 def test_evaluate_scores_unknown_from_all_the_models_classes(run_dir):
     """Scored on some of its classes (a dataset holding only those), a model's answers are the likeliest of
     them, but classify would read its energy from all its logits: evaluate's "unknown" reads the same."""
-    from pcsym.data.datasets import load_dataset
-    from pcsym.data.splits import run_split
-    from pcsym.data.transforms import eval_dataset
     from pcsym.inference.runtime import energy
-    from pcsym.models.checkpoint import load_model, train_config_of
     from pcsym.training.evaluate import predict, restrict_to_classes
     from pcsym.training.unknown import logits_of
 
-    model, ckpt = load_model(run_dir / "best.pt")
-    run = train_config_of(ckpt)
-    data = load_dataset(run.data, points=model.cfg.points)
-    ds = eval_dataset(data, run_split(data, "val", run), model.cfg.points, run.eval_rotate, run.seed)
+    model, _, _, ds, _ = _validation_of(run_dir)
     full = logits_of(model, ds)
     keep = list(model.cfg.class_names[1::2])
     view, known = restrict_to_classes(model, keep)
     assert known == len(model.cfg.class_names)
     probs, _, energies = predict(view, ds, energies=True)
-    np.testing.assert_allclose(energies.numpy(), energy(full), atol=1e-4)
+    np.testing.assert_allclose(energies, energy(full), atol=1e-4)
     cols = [model.cfg.class_names.index(n) for n in keep]
     np.testing.assert_allclose(probs.numpy(), torch.softmax(torch.as_tensor(full[:, cols]), 1).numpy(), atol=1e-5)
-    assert np.abs(energy(full[:, cols]) - energies.numpy()).max() > 1e-3  # the subset's own would differ
+    assert np.abs(energy(full[:, cols]) - energies).max() > 1e-3  # the subset's own would differ
 
 
 def _classify_teapot_and_bed(model: str = "so3"):

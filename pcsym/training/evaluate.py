@@ -29,6 +29,7 @@ from ..data.splits import SPLITS, default_split, run_split
 from ..data.transforms import eval_dataset
 from ..errors import PcsymError
 from ..files import atomic_write_bytes
+from ..inference.runtime import energy
 from ..models.checkpoint import PRETRAINED, load_model, train_config_of
 from ..models.groups import get_group
 from ..seeds import derive
@@ -52,8 +53,9 @@ def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, first
     Models without a pcsym config (the benchmarks' peers) are called as ``model(pos, normals)``. On
     CPU, batches run concurrently on torch's threads, one each (:func:`batch_workers`); every batch's
     result is the same. Returns ``(probabilities, labels)``, with ``energies`` also each shape's energy
-    "unknown" score averaged over the votes, as ``classify`` computes it: from all the model's logits, also
-    where ``model`` is a view of some of its classes (:func:`restrict_to_classes`)."""
+    "unknown" score (:func:`pcsym.inference.runtime.energy`, a numpy array) averaged over the votes, as
+    ``classify`` computes it: from all the model's logits, also where ``model`` is a view of some of its
+    classes (:func:`restrict_to_classes`)."""
     model.eval()
     has_votes = getattr(getattr(model, "cfg", None), "sampling", None) is not None
     subset = isinstance(model, _ClassSubset)
@@ -63,10 +65,10 @@ def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, first
             net = model.inner if subset else model
             full = net(pos, nrm, vote=v) if has_votes else net(pos, nrm)
             logits = full.index_select(-1, model.index) if subset else full
-            score = torch.logsumexp(full.double(), dim=-1).cpu() if energies else None
+            score = energy(full.float().cpu().numpy()) if energies else None
         return torch.softmax(logits.float(), dim=-1).cpu(), score
 
-    total = energy = labels = None
+    total = scores = labels = None
     with batch_workers(torch.get_num_threads() if torch.device(device).type == "cpu" else 1) as submit:
         for v in range(max(1, votes)):
             ds.set_epoch(v)
@@ -78,12 +80,12 @@ def predict(model, ds, batch_size: int = 32, device="cpu", votes: int = 1, first
             probs = torch.cat([p for p, _ in results])
             total = probs if total is None else total + probs
             if energies:
-                e = torch.cat([s for _, s in results])
-                energy = e if energy is None else energy + e
+                e = np.concatenate([s for _, s in results])
+                scores = e if scores is None else scores + e
             labels = torch.cat(ys)
     n = max(1, votes)
     if energies:
-        return total / n, labels, energy / n
+        return total / n, labels, scores / n
     return total / n, labels
 
 
@@ -224,7 +226,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | os.PathLike, split: str | N
     weights = None if prior is None else read_prior(prior, model.cfg.class_names)
     probs, labels, energies = predict(model, ds, batch_size, device, votes, vote_base(seed), energies=True)
     m = metrics_from_predictions(labels.numpy(), probs.argmax(1).numpy(), model.cfg.class_names, weights)
-    m["unknown"] = unknown_summary(ckpt, probs.numpy(), energies.numpy())
+    m["unknown"] = unknown_summary(ckpt, probs.numpy(), energies)
     if logits:
         m["probabilities"] = probs.numpy().round(6).tolist()
     m.update({"checkpoint": str(checkpoint), "model": model_name(checkpoint), "group": cfg.group,
@@ -256,9 +258,8 @@ def unknown_summary(ckpt: dict, probs: np.ndarray, energies: np.ndarray) -> dict
         scores = np.asarray(probs, dtype=np.float64).max(axis=1)
     else:
         return None
-    return {"score": name, "threshold": round(threshold, 4),
-            "flagged": float((scores < threshold).mean()) if len(scores) else 0.0,
-            "mean_score": round(float(scores.mean()), 4) if len(scores) else None}
+    return {"score": name, "threshold": round(threshold, 4), "flagged": float((scores < threshold).mean()),
+            "mean_score": round(float(scores.mean()), 4)}
 
 
 class _ClassSubset(torch.nn.Module):
